@@ -1,0 +1,211 @@
+// How plugins declare ops: a fluent builder that fills OpDef schemas (data) and attaches kernels.
+//
+//   void RegisterHead(weir::Registrar& r) {
+//     r.StreamOp("io.Head")
+//         .Doc("Passes the first n rows through and drops the rest.")
+//         .Input("in", "batch").Output("out", "batch")
+//         .Attr<int64_t>("n", 10, "rows to keep", weir::Min(0))
+//         .Stateful()
+//         .Factory([](const weir::NodeContext& ctx) { ... });
+//   }
+//
+// Mistakes in a declaration (a default outside its bounds, a duplicate attr) are collected and
+// reported when the plugin's registrations are committed; nothing is registered then.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "weir/attr.h"
+#include "weir/op.pb.h"
+#include "weir/status.h"
+#include "weir/stream_kernel.h"
+
+namespace weir {
+
+using StreamKernelFactory =
+    std::function<StatusOr<std::unique_ptr<StreamKernel>>(const NodeContext& ctx)>;
+
+// Attr constraints, passed after the doc string.
+struct Min {
+  explicit Min(double v) : value(v) {}
+  double value;
+};
+struct Max {
+  explicit Max(double v) : value(v) {}
+  double value;
+};
+struct OneOf {
+  OneOf(std::initializer_list<const char*> v) : values(v.begin(), v.end()) {}
+  OneOf(std::initializer_list<int64_t> v) {
+    for (int64_t x : v) values.push_back(std::to_string(x));
+  }
+  std::vector<std::string> values;  // literals, typed like the attr
+};
+
+template <typename T>
+constexpr AttrType AttrTypeOf() {
+  if constexpr (std::is_same_v<T, bool>) return ATTR_BOOL;
+  else if constexpr (std::is_integral_v<T>) return ATTR_INT;
+  else if constexpr (std::is_floating_point_v<T>) return ATTR_FLOAT;
+  else if constexpr (std::is_same_v<T, std::string>) return ATTR_STRING;
+  else if constexpr (std::is_same_v<T, std::vector<int64_t>>) return ATTR_INT_LIST;
+  else if constexpr (std::is_same_v<T, std::vector<double>>) return ATTR_FLOAT_LIST;
+  else if constexpr (std::is_same_v<T, std::vector<std::string>>) return ATTR_STRING_LIST;
+  else static_assert(sizeof(T) == 0, "unsupported attr type: use AttrOfType");
+}
+
+AttrValue ToAttrValue(bool v);
+AttrValue ToAttrValue(int64_t v);
+AttrValue ToAttrValue(double v);
+AttrValue ToAttrValue(const std::string& v);
+AttrValue ToAttrValue(const std::vector<int64_t>& v);
+AttrValue ToAttrValue(const std::vector<double>& v);
+AttrValue ToAttrValue(const std::vector<std::string>& v);
+
+// Builds the attrs of an op or a resource kind.
+class AttrListBuilder {
+ public:
+  AttrListBuilder(google::protobuf::RepeatedPtrField<AttrDef>* attrs, std::vector<std::string>* errors,
+                  std::string owner)
+      : attrs_(attrs), errors_(errors), owner_(std::move(owner)) {}
+
+  // An attr with a default, or (default = nullopt) a required one.
+  void Add(const std::string& name, AttrType type, std::optional<AttrValue> default_value,
+           const std::string& doc);
+  void Apply(const Min& m);
+  void Apply(const Max& m);
+  void Apply(const OneOf& o);
+  // Checks the last attr's default against its constraints.
+  void Finish();
+
+ private:
+  google::protobuf::RepeatedPtrField<AttrDef>* attrs_;
+  std::vector<std::string>* errors_;
+  std::string owner_;
+};
+
+class OpBuilder {
+ public:
+  OpBuilder(OpDef* def, std::vector<std::string>* errors);
+
+  OpBuilder& Doc(const std::string& doc);
+  OpBuilder& Input(const std::string& name, const std::string& type, const std::string& doc = "");
+  OpBuilder& OptionalInput(const std::string& name, const std::string& type,
+                           const std::string& doc = "");
+  // Takes any number of connections; must be the last input.
+  OpBuilder& VariadicInput(const std::string& name, const std::string& type,
+                           const std::string& doc = "");
+  OpBuilder& Output(const std::string& name, const std::string& type, const std::string& doc = "");
+
+  template <typename T, typename... Constraints>
+  OpBuilder& Attr(const std::string& name, const T& default_value, const std::string& doc,
+                  const Constraints&... constraints) {
+    using V = std::conditional_t<std::is_convertible_v<T, std::string> && !std::is_same_v<T, bool>,
+                                 std::string,
+                                 std::conditional_t<std::is_integral_v<T> && !std::is_same_v<T, bool>,
+                                                    int64_t, T>>;
+    return AttrOfType(name, AttrTypeOf<V>(), ToAttrValue(V(default_value)), doc, constraints...);
+  }
+  template <typename T, typename... Constraints>
+  OpBuilder& RequiredAttr(const std::string& name, const std::string& doc,
+                          const Constraints&... constraints) {
+    return AttrOfType(name, AttrTypeOf<T>(), std::nullopt, doc, constraints...);
+  }
+  // Any attr type (dtype, shape, tensor, function, resource); default as a literal ("f32"), or
+  // nullopt for a required attr.
+  template <typename... Constraints>
+  OpBuilder& AttrOfType(const std::string& name, AttrType type,
+                        std::optional<AttrValue> default_value, const std::string& doc,
+                        const Constraints&... constraints) {
+    attrs_.Add(name, type, std::move(default_value), doc);
+    (attrs_.Apply(constraints), ...);
+    attrs_.Finish();
+    return *this;
+  }
+  OpBuilder& AttrOfType(const std::string& name, AttrType type, const char* default_literal,
+                        const std::string& doc);
+
+  // Stateful ops run one item at a time, in arrival order.
+  OpBuilder& Stateful();
+  // Stateless ops run up to n items at once (0: as many as there are workers).
+  OpBuilder& MaxConcurrency(int n);
+  OpBuilder& SinceVersion(int version);
+  OpBuilder& Factory(StreamKernelFactory factory);
+
+  StreamKernelFactory& factory() { return factory_; }
+
+ private:
+  OpDef* def_;
+  std::vector<std::string>* errors_;
+  AttrListBuilder attrs_;
+  StreamKernelFactory factory_;
+};
+
+class ResourceKindBuilder {
+ public:
+  ResourceKindBuilder(ResourceKindDef* def, std::vector<std::string>* errors);
+  ResourceKindBuilder& Doc(const std::string& doc);
+  template <typename T, typename... Constraints>
+  ResourceKindBuilder& Attr(const std::string& name, const T& default_value,
+                            const std::string& doc, const Constraints&... constraints) {
+    using V = std::conditional_t<std::is_convertible_v<T, std::string> && !std::is_same_v<T, bool>,
+                                 std::string,
+                                 std::conditional_t<std::is_integral_v<T> && !std::is_same_v<T, bool>,
+                                                    int64_t, T>>;
+    attrs_.Add(name, AttrTypeOf<V>(), ToAttrValue(V(default_value)), doc);
+    (attrs_.Apply(constraints), ...);
+    attrs_.Finish();
+    return *this;
+  }
+  template <typename T>
+  ResourceKindBuilder& RequiredAttr(const std::string& name, const std::string& doc) {
+    attrs_.Add(name, AttrTypeOf<T>(), std::nullopt, doc);
+    attrs_.Finish();
+    return *this;
+  }
+
+ private:
+  ResourceKindDef* def_;
+  AttrListBuilder attrs_;
+};
+
+// Collects one plugin's registrations; the host commits them all or none.
+class Registrar {
+ public:
+  Registrar() = default;
+  Registrar(const Registrar&) = delete;
+  Registrar& operator=(const Registrar&) = delete;
+
+  OpBuilder& StreamOp(const std::string& name);
+  OpBuilder& TensorOp(const std::string& name);
+  ResourceKindBuilder& ResourceKind(const std::string& name);
+
+  // Declaration mistakes found so far.
+  const std::vector<std::string>& errors() const { return errors_; }
+
+  struct StagedOp {
+    std::unique_ptr<OpDef> def;
+    std::unique_ptr<OpBuilder> builder;
+  };
+  struct StagedResourceKind {
+    std::unique_ptr<ResourceKindDef> def;
+    std::unique_ptr<ResourceKindBuilder> builder;
+  };
+  std::vector<StagedOp>& ops() { return ops_; }
+  std::vector<StagedResourceKind>& resource_kinds() { return resource_kinds_; }
+
+ private:
+  OpBuilder& AddOp(const std::string& name, OpDef::Kind kind);
+
+  std::vector<StagedOp> ops_;
+  std::vector<StagedResourceKind> resource_kinds_;
+  std::vector<std::string> errors_;
+};
+
+}  // namespace weir

@@ -1,0 +1,471 @@
+// Parsing graph files (text and binary), imports, params and overrides.
+#include <fstream>
+#include <memory>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include "weir/graph.h"
+
+namespace weir {
+namespace fs = std::filesystem;
+using google::protobuf::Descriptor;
+using google::protobuf::FieldDescriptor;
+using google::protobuf::TextFormat;
+
+namespace {
+
+class CollectErrors : public google::protobuf::io::ErrorCollector {
+ public:
+  explicit CollectErrors(std::string file) : file_(std::move(file)) {}
+  void AddError(int line, int column, const std::string& message) override {
+    Status s = InvalidArgument("syntax error: " + message);
+    s.At(SourceLoc{file_, line + 1, column + 1});
+    errors_.push_back(s);
+  }
+  void AddWarning(int line, int column, const std::string& message) override {
+    LOG(WARNING) << file_ << ":" << line + 1 << ":" << column + 1 << ": " << message;
+  }
+  const std::vector<Status>& errors() const { return errors_; }
+
+ private:
+  std::string file_;
+  std::vector<Status> errors_;
+};
+
+// Locations inside one file, from protobuf's parse-location tree. Binary files have none.
+class Locator {
+ public:
+  Locator(std::string file, std::shared_ptr<const std::vector<std::string>> lines,
+          const TextFormat::ParseInfoTree* tree, const Descriptor* desc)
+      : file_(std::move(file)), lines_(std::move(lines)), tree_(tree), desc_(desc) {}
+
+  // The locator of the index-th message in a repeated message field.
+  Locator Nested(const char* field, int index) const {
+    const FieldDescriptor* f = Field(field);
+    const TextFormat::ParseInfoTree* sub = tree_ ? tree_->GetTreeForNested(f, index) : nullptr;
+    return Locator(file_, lines_, sub, f->message_type());
+  }
+
+  // Where the field's name is written (index = -1 for singular fields).
+  SourceLoc Of(const char* field, int index = -1) const {
+    if (tree_ == nullptr) return SourceLoc{file_, 0, 0};
+    auto loc = tree_->GetLocation(Field(field), index);
+    if (loc.line < 0) return SourceLoc{file_, 0, 0};
+    return SourceLoc{file_, loc.line + 1, loc.column + 1};
+  }
+
+  // The first character inside the quotes of a string field's value.
+  SourceLoc StringStart(const char* field, int index = -1) const {
+    SourceLoc at = Of(field, index);
+    if (!at.known() || at.line > static_cast<int>(lines_->size())) return at;
+    const std::string& line = (*lines_)[at.line - 1];
+    size_t quote = line.find_first_of("\"'", static_cast<size_t>(at.col - 1));
+    if (quote == std::string::npos) return at;
+    return SourceLoc{file_, at.line, static_cast<int>(quote) + 2};
+  }
+
+  const std::string& file() const { return file_; }
+
+ private:
+  const FieldDescriptor* Field(const char* name) const {
+    const FieldDescriptor* f = desc_->FindFieldByName(name);
+    CHECK(f != nullptr) << desc_->full_name() << " has no field " << name;
+    return f;
+  }
+
+  std::string file_;
+  std::shared_ptr<const std::vector<std::string>> lines_;
+  const TextFormat::ParseInfoTree* tree_;
+  const Descriptor* desc_;
+};
+
+StatusOr<std::vector<WrittenAttr>> ParseWrittenAttrs(
+    const google::protobuf::RepeatedPtrField<std::string>& strings, const Locator& at,
+    const char* field) {
+  std::vector<WrittenAttr> out;
+  for (int i = 0; i < strings.size(); ++i) {
+    SourceLoc start = at.StringStart(field, i);
+    WEIR_ASSIGN_OR_RETURN(std::vector<AttrAssignment> parsed, ParseAttrString(strings[i], start));
+    for (AttrAssignment& a : parsed) {
+      WrittenAttr w;
+      w.key = a.key;
+      w.loc = start.Shifted(a.offset);
+      w.value_loc = start.Shifted(a.value.offset);
+      w.value = std::move(a.value);
+      out.push_back(std::move(w));
+    }
+  }
+  return out;
+}
+
+StatusOr<Endpoint> ParseEndpoint(const std::string& text, const SourceLoc& loc) {
+  Endpoint e;
+  e.loc = loc;
+  std::string rest = text;
+  if (!rest.empty() && rest[0] == '^') {
+    e.control = true;
+    rest = rest.substr(1);
+  }
+  size_t colon = rest.find(':');
+  e.node = rest.substr(0, colon);
+  if (colon != std::string::npos) e.port = rest.substr(colon + 1);
+  static const std::regex kNode(R"([A-Za-z_][A-Za-z0-9_.\-]*)");
+  static const std::regex kPort(R"([A-Za-z0-9_]+)");
+  if (!std::regex_match(e.node, kNode) ||
+      (colon != std::string::npos && !std::regex_match(e.port, kPort)) ||
+      (e.control && colon != std::string::npos)) {
+    Status s = InvalidArgument("input '" + text +
+                               "' is not of the form 'node', 'node:port' or '^node'");
+    s.At(loc);
+    return s;
+  }
+  return e;
+}
+
+StatusOr<NodeSpec> ParseNodeSpec(const NodeDef& def, const Locator& at) {
+  NodeSpec n;
+  n.name = def.name();
+  n.op = def.op();
+  n.device = def.device();
+  n.doc = def.doc();
+  n.stage = def.stage();
+  n.repeat = def.repeat();
+  n.loc = at.Of("name").known() ? at.Of("name") : SourceLoc{at.file(), 0, 0};
+  n.name_loc = at.StringStart("name");
+  n.op_loc = at.StringStart("op");
+  n.device_loc = at.StringStart("device");
+  n.repeat_loc = at.Of("repeat");
+  auto fail = [&](Status s) {
+    s.InNode(n.name, n.op);
+    return s;
+  };
+  static const std::regex kName(R"([A-Za-z_][A-Za-z0-9_\-]*)");
+  if (n.name.empty()) return fail(InvalidArgument("node has no name").At(n.loc));
+  if (!std::regex_match(n.name, kName)) {
+    return fail(InvalidArgument("node name must start with a letter or '_' and hold only letters, "
+                                "digits, '_' and '-'")
+                    .At(n.name_loc));
+  }
+  if (n.op.empty()) return fail(InvalidArgument("node has no op").At(n.loc));
+  for (int i = 0; i < def.input_size(); ++i) {
+    auto e = ParseEndpoint(def.input(i), at.StringStart("input", i));
+    if (!e.ok()) return fail(e.status());
+    n.inputs.push_back(*e);
+  }
+  auto attrs = ParseWrittenAttrs(def.attr(), at, "attr");
+  if (!attrs.ok()) return fail(attrs.status());
+  n.attrs = std::move(attrs).value();
+  return n;
+}
+
+struct ParsedFile {
+  fs::path path;
+  GraphDef def;
+  std::shared_ptr<std::vector<std::string>> lines = std::make_shared<std::vector<std::string>>();
+  TextFormat::ParseInfoTree tree;
+  bool text = true;
+};
+
+StatusOr<std::unique_ptr<ParsedFile>> ParseFile(const fs::path& path) {
+  auto file = std::make_unique<ParsedFile>();
+  file->path = path;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFound("cannot read graph file " + path.string());
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  std::string content = buffer.str();
+  file->text = path.extension() != ".pb";
+  if (!file->text) {
+    if (!file->def.ParseFromString(content))
+      return InvalidArgument(path.string() + ": not a binary GraphDef");
+    return file;
+  }
+  std::istringstream lines(content);
+  for (std::string line; std::getline(lines, line);) file->lines->push_back(line);
+  TextFormat::Parser parser;
+  CollectErrors errors(path.string());
+  parser.RecordErrorsTo(&errors);
+  parser.WriteLocationsTo(&file->tree);
+  if (!parser.ParseFromString(content, &file->def)) {
+    if (errors.errors().empty()) return InvalidArgument(path.string() + ": cannot parse");
+    return Status::Join(errors.errors());
+  }
+  return file;
+}
+
+// Migrates older graph formats to the current one, one version at a time.
+Status UpgradeFormat(GraphDef& def, const SourceLoc& loc) {
+  int version = def.format_version() == 0 ? kGraphFormatVersion : def.format_version();
+  if (version > kGraphFormatVersion) {
+    return InvalidArgument("graph format_version " + std::to_string(version) +
+                           " is newer than this weir reads (" +
+                           std::to_string(kGraphFormatVersion) + "); upgrade weir")
+        .At(loc);
+  }
+  if (version < 1) {
+    return InvalidArgument("graph format_version " + std::to_string(version) + " is invalid")
+        .At(loc);
+  }
+  // Upgraders go here as the format evolves: while (version < kGraphFormatVersion) {...}
+  def.set_format_version(kGraphFormatVersion);
+  return Status();
+}
+
+class GraphFileLoader {
+ public:
+  explicit GraphFileLoader(Graph* graph) : graph_(graph) {}
+
+  Status LoadRoot(const fs::path& file) {
+    std::error_code ec;
+    fs::path abs = fs::absolute(file, ec);
+    graph_->file = file;
+    return Load(abs, /*root=*/true, SourceLoc{});
+  }
+
+ private:
+  Status Load(const fs::path& path, bool root, const SourceLoc& imported_at) {
+    std::error_code ec;
+    fs::path canon = fs::weakly_canonical(path, ec);
+    for (size_t i = 0; i < stack_.size(); ++i) {
+      if (stack_[i] == canon) {
+        std::string chain;
+        for (size_t j = i; j < stack_.size(); ++j) chain += stack_[j].filename().string() + " -> ";
+        return InvalidArgument("import cycle: " + chain + canon.filename().string())
+            .At(imported_at);
+      }
+    }
+    if (!visited_.insert(canon.string()).second) return Status();  // diamond: already merged
+    if (!fs::exists(path, ec)) {
+      Status s = NotFound(root ? "graph file " + path.string() + " not found"
+                               : "import " + path.string() + " not found");
+      return s.At(imported_at);
+    }
+    WEIR_ASSIGN_OR_RETURN(auto parsed, ParseFile(path));
+    std::string shown = root ? graph_->file.string() : Relative(path);
+    Locator at(shown, parsed->lines, parsed->text ? &parsed->tree : nullptr, GraphDef::descriptor());
+    GraphDef& def = parsed->def;
+    WEIR_RETURN_IF_ERROR(UpgradeFormat(def, at.Of("format_version")));
+
+    stack_.push_back(canon);
+    std::vector<Status> errors;
+    for (int i = 0; i < def.import_size(); ++i) {
+      fs::path child = path.parent_path() / def.import(i);
+      errors.push_back(Load(child, /*root=*/false, at.StringStart("import", i)));
+    }
+    stack_.pop_back();
+    WEIR_RETURN_IF_ERROR(Status::Join(errors));
+
+    if (root) {
+      graph_->name = def.name();
+      graph_->doc = def.doc();
+    }
+    for (int i = 0; i < def.plugin_size(); ++i) {
+      graph_->plugins.push_back(def.plugin(i));
+      graph_->plugin_dirs.push_back(path.parent_path());
+      graph_->plugin_locs.push_back(at.StringStart("plugin", i));
+    }
+    // Params: an importing file's declaration replaces an imported one.
+    WEIR_ASSIGN_OR_RETURN(auto params, ParseWrittenAttrs(def.param(), at, "param"));
+    for (WrittenAttr& w : params) {
+      auto value = InferLiteral(w.value);
+      if (!value.ok()) {
+        errors.push_back(Status(value.status()).At(w.value_loc).Prepend("param '" + w.key + "'"));
+        continue;
+      }
+      Param p{w.key, *value, w.loc, false};
+      bool replaced = false;
+      for (Param& existing : graph_->params) {
+        if (existing.name == w.key) {
+          existing = p;
+          replaced = true;
+        }
+      }
+      if (!replaced) graph_->params.push_back(p);
+    }
+    for (int i = 0; i < def.resource_size(); ++i) {
+      const ResourceDef& r = def.resource(i);
+      Locator rat = at.Nested("resource", i);
+      ResourceSpec spec;
+      spec.name = r.name();
+      spec.kind = r.kind();
+      spec.doc = r.doc();
+      spec.loc = rat.Of("name");
+      auto attrs = ParseWrittenAttrs(r.attr(), rat, "attr");
+      if (!attrs.ok()) {
+        errors.push_back(attrs.status());
+        continue;
+      }
+      spec.attrs = std::move(attrs).value();
+      for (const ResourceSpec& existing : graph_->resources) {
+        if (existing.name == spec.name) {
+          errors.push_back(AlreadyExists("resource '" + spec.name + "' is already defined at " +
+                                         existing.loc.ToString())
+                               .At(spec.loc));
+        }
+      }
+      graph_->resources.push_back(std::move(spec));
+    }
+    for (int i = 0; i < def.function_size(); ++i) {
+      Status s = AddFunction(def.function(i), at.Nested("function", i));
+      errors.push_back(s);
+    }
+    if (root) {
+      for (int i = 0; i < def.node_size(); ++i) {
+        Locator nat = at.Nested("node", i);
+        auto spec = ParseNodeSpec(def.node(i), nat);
+        if (!spec.ok()) {
+          errors.push_back(spec.status());
+          continue;
+        }
+        graph_->node_specs.push_back(std::move(spec).value());
+      }
+    }
+    return Status::Join(errors);
+  }
+
+  Status AddFunction(const FunctionDef& def, const Locator& at) {
+    FunctionSpec f;
+    f.name = def.name();
+    f.doc = def.doc();
+    f.def = def;
+    f.loc = at.Of("name");
+    if (f.name.empty()) return InvalidArgument("function has no name").At(at.Of("node", 0));
+    auto it = graph_->functions.find(f.name);
+    if (it != graph_->functions.end()) {
+      return AlreadyExists("function '" + f.name + "' is already defined at " +
+                           it->second.loc.ToString())
+          .At(f.loc);
+    }
+    f.inputs.assign(def.input().begin(), def.input().end());
+    for (int i = 0; i < def.output_size(); ++i) {
+      const std::string& text = def.output(i);
+      SourceLoc loc = at.StringStart("output", i);
+      size_t eq = text.find('=');
+      if (eq == std::string::npos) {
+        return InvalidArgument("function output '" + text + "' must be written name=node:port")
+            .At(loc);
+      }
+      FunctionSpec::Output out;
+      out.name = text.substr(0, eq);
+      WEIR_ASSIGN_OR_RETURN(out.source,
+                            ParseEndpoint(text.substr(eq + 1), loc.Shifted(static_cast<int>(eq) + 1)));
+      f.outputs.push_back(std::move(out));
+    }
+    WEIR_ASSIGN_OR_RETURN(f.attrs, ParseWrittenAttrs(def.attr(), at, "attr"));
+    for (const WrittenAttr& a : f.attrs) {
+      if (a.value.kind == Literal::kParam) {
+        return InvalidArgument("function attr '" + a.key +
+                               "' needs a literal default, not a param reference")
+            .At(a.value_loc);
+      }
+    }
+    std::vector<Status> errors;
+    for (int i = 0; i < def.node_size(); ++i) {
+      Locator nat = at.Nested("node", i);
+      auto spec = ParseNodeSpec(def.node(i), nat);
+      if (!spec.ok()) {
+        errors.push_back(spec.status());
+        continue;
+      }
+      f.nodes.push_back(std::move(spec).value());
+    }
+    graph_->functions.emplace(f.name, std::move(f));
+    return Status::Join(errors);
+  }
+
+  // Paths of imported files as the user would write them, relative to the root file's folder.
+  std::string Relative(const fs::path& path) const {
+    fs::path root_dir = graph_->file.parent_path();
+    fs::path rel = root_dir / fs::relative(path, fs::absolute(root_dir));
+    return rel.lexically_normal().string();
+  }
+
+  Graph* graph_;
+  std::vector<fs::path> stack_;
+  std::set<std::string> visited_;
+};
+
+}  // namespace
+
+std::string Endpoint::ToString() const {
+  std::string out = (control ? "^" : "") + node;
+  if (!port.empty()) out += ":" + port;
+  return out;
+}
+
+const AttrValue* Node::FindAttr(const std::string& key) const {
+  for (const auto& [k, v] : attrs)
+    if (k == key) return &v;
+  return nullptr;
+}
+
+const Param* Graph::FindParam(const std::string& name) const {
+  for (const Param& p : params)
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+int Graph::FindNode(const std::string& name) const {
+  for (size_t i = 0; i < nodes.size(); ++i)
+    if (nodes[i].name == name) return static_cast<int>(i);
+  return -1;
+}
+
+StatusOr<Graph> LoadGraph(const fs::path& file) {
+  Graph graph;
+  GraphFileLoader loader(&graph);
+  WEIR_RETURN_IF_ERROR(loader.LoadRoot(file));
+  return graph;
+}
+
+Status ApplyOverrides(Graph& graph, const std::vector<std::string>& sets) {
+  std::vector<Status> errors;
+  for (const std::string& set : sets) {
+    size_t eq = set.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      errors.push_back(InvalidArgument("--set " + set + ": expected key=value"));
+      continue;
+    }
+    std::string key = set.substr(0, eq);
+    Param* param = nullptr;
+    std::vector<std::string> names;
+    for (Param& p : graph.params) {
+      names.push_back(p.name);
+      if (p.name == key) param = &p;
+    }
+    if (param == nullptr) {
+      std::string known;
+      for (const std::string& n : names) known += (known.empty() ? "" : ", ") + n;
+      errors.push_back(InvalidArgument("--set " + set + ": graph " + graph.file.string() +
+                                       " has no param '" + key + "'" +
+                                       SuggestClosest(key, names) +
+                                       (known.empty() ? " (it has none)" : " (params: " + known + ")")));
+      continue;
+    }
+    auto lit = ParseLiteral(set.substr(eq + 1));
+    StatusOr<AttrValue> value =
+        lit.ok() ? CoerceLiteral(*lit, InferredType(param->value)) : StatusOr<AttrValue>(lit.status());
+    if (!value.ok()) {
+      errors.push_back(InvalidArgument("--set " + set + ": param '" + key + "' " +
+                                       value.status().message()));
+      continue;
+    }
+    param->value = *value;
+    param->overridden = true;
+  }
+  return Status::Join(errors);
+}
+
+std::string GraphDefToText(const GraphDef& def) {
+  std::string out;
+  TextFormat::Printer printer;
+  printer.SetUseShortRepeatedPrimitives(false);
+  printer.PrintToString(def, &out);
+  return out;
+}
+
+}  // namespace weir

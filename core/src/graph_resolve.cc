@@ -1,0 +1,696 @@
+// Resolving a loaded graph: function expansion, attr typing, edges, port types, order.
+#include <algorithm>
+#include <regex>
+#include <set>
+
+#include "weir/dtype.h"
+#include "weir/graph.h"
+
+namespace weir {
+namespace {
+
+constexpr int kMaxCallDepth = 32;
+
+// Variables visible to $references: a function's attrs (and $repeat_index), then the graph's
+// params.
+struct Scope {
+  std::map<std::string, AttrValue> vars;
+  const Scope* parent = nullptr;
+
+  const AttrValue* Find(const std::string& name) const {
+    for (const Scope* s = this; s != nullptr; s = s->parent) {
+      auto it = s->vars.find(name);
+      if (it != s->vars.end()) return &it->second;
+    }
+    return nullptr;
+  }
+  std::vector<std::string> Names() const {
+    std::vector<std::string> out;
+    for (const Scope* s = this; s != nullptr; s = s->parent)
+      for (const auto& [k, v] : s->vars) out.push_back(k);
+    return out;
+  }
+};
+
+bool ValidDevice(const std::string& device) {
+  static const std::regex kDevice(R"((cpu|cuda)(:\d+)?)");
+  return device.empty() || std::regex_match(device, kDevice);
+}
+
+// The output endpoints of an expanded function call, by output name and index.
+struct CallOutputs {
+  std::vector<std::string> names;
+  std::vector<Endpoint> sources;
+};
+
+class Resolver {
+ public:
+  Resolver(Graph& graph, const OpRegistry& ops) : graph_(graph), ops_(ops) {
+    for (const Param& p : graph_.params) params_.vars[p.name] = p.value;
+  }
+
+  Status Run() {
+    ResolveResources();
+    CheckFunctionsStandalone();
+    std::vector<Node> nodes;
+    ExpandSpecs(graph_.node_specs, "", params_, {}, 0, nodes);
+    if (errors_.empty()) {
+      for (const Node& n : nodes) {
+        if (n.entry != nullptr && n.entry->def.kind() == OpDef::TENSOR) {
+          Fail(InvalidArgument("tensor op '" + n.op +
+                               "' cannot run as a stream node; put it in a function and run "
+                               "that function with a stream op")
+                   .At(n.op_loc)
+                   .InNode(n.name, n.op));
+        }
+      }
+      Link(nodes);
+    }
+    if (errors_.empty()) graph_.nodes = Order(std::move(nodes));
+    return Status::Join(errors_);
+  }
+
+ private:
+  void Fail(Status s) {
+    std::string text = s.ToString();
+    if (seen_errors_.insert(text).second) errors_.push_back(std::move(s));
+  }
+
+  // Types a written value for an attr of `type`, resolving $references in `scope`.
+  StatusOr<AttrValue> TypeValue(const WrittenAttr& w, AttrType type, const Scope& scope) {
+    if (w.value.kind == Literal::kParam) {
+      const AttrValue* v = scope.Find(w.value.text);
+      if (v == nullptr) {
+        return InvalidArgument("refers to unknown param '$" + w.value.text + "'" +
+                               SuggestClosest(w.value.text, scope.Names()))
+            .At(w.value_loc);
+      }
+      auto converted = ConvertValue(*v, type);
+      if (!converted.ok()) {
+        return InvalidArgument(converted.status().message() + " (from $" + w.value.text + ")")
+            .At(w.value_loc);
+      }
+      return converted;
+    }
+    auto typed = CoerceLiteral(w.value, type);
+    if (!typed.ok()) return Status(typed.status()).At(w.value_loc);
+    return typed;
+  }
+
+  // Types written attrs against a schema's attr list, fills defaults, checks constraints.
+  // Problems go to `errors`, one Status each.
+  std::vector<std::pair<std::string, AttrValue>> TypeAttrs(
+      const google::protobuf::RepeatedPtrField<AttrDef>& defs, const std::vector<WrittenAttr>& written,
+      const Scope& scope, const SourceLoc& owner_loc, const std::string& what,
+      std::vector<Status>& errors) {
+    std::vector<std::string> names;
+    for (const AttrDef& d : defs) names.push_back(d.name());
+    std::map<std::string, const WrittenAttr*> given;
+    for (const WrittenAttr& w : written) {
+      auto it = std::find(names.begin(), names.end(), w.key);
+      if (it == names.end()) {
+        std::string known;
+        for (const std::string& n : names) known += (known.empty() ? "" : ", ") + n;
+        errors.push_back(InvalidArgument("unknown attr '" + w.key + "'" +
+                                         SuggestClosest(w.key, names) + " (" + what +
+                                         (known.empty() ? " takes no attrs)" : " takes: " + known + ")"))
+                             .At(w.loc));
+        continue;
+      }
+      if (given.count(w.key)) {
+        errors.push_back(InvalidArgument("attr '" + w.key + "' is set twice (first at " +
+                                         given[w.key]->loc.ToString() + ")")
+                             .At(w.loc));
+        continue;
+      }
+      given[w.key] = &w;
+    }
+    std::vector<std::pair<std::string, AttrValue>> out;
+    for (const AttrDef& d : defs) {
+      auto it = given.find(d.name());
+      if (it == given.end()) {
+        if (!AttrValueIsSet(d.default_value())) {
+          errors.push_back(InvalidArgument("missing required attr '" + d.name() + "' (" +
+                                           AttrTypeName(d.type()) + ": " + d.doc() + ")")
+                               .At(owner_loc));
+          continue;
+        }
+        out.emplace_back(d.name(), d.default_value());
+        continue;
+      }
+      auto value = TypeValue(*it->second, d.type(), scope);
+      if (value.ok()) {
+        Status c = CheckAttrConstraints(d, *value);
+        if (!c.ok()) value = c.At(it->second->value_loc);
+      }
+      if (!value.ok()) {
+        errors.push_back(Status(value.status()).InAttr(d.name()));
+        continue;
+      }
+      out.emplace_back(d.name(), *value);
+    }
+    return out;
+  }
+
+  void ResolveResources() {
+    for (ResourceSpec& r : graph_.resources) {
+      const ResourceKindEntry* kind = ops_.FindResourceKind(r.kind);
+      if (kind == nullptr) {
+        Fail(InvalidArgument("resource '" + r.name + "': unknown resource kind '" + r.kind + "'" +
+                             SuggestClosest(r.kind, ops_.ResourceKindNames()))
+                 .At(r.loc));
+        continue;
+      }
+      std::vector<Status> errors;
+      r.resolved_attrs =
+          TypeAttrs(kind->def.attr(), r.attrs, params_, r.loc, "resource kind '" + r.kind + "'", errors);
+      for (Status& e : errors) Fail(e.Prepend("resource '" + r.name + "'"));
+    }
+  }
+
+  // Checks every function on its own, with its default attrs, so errors inside a function that
+  // no stream node calls directly (tensor functions run by bridging ops) are found at load.
+  void CheckFunctionsStandalone() {
+    for (const auto& [name, f] : graph_.functions) {
+      Scope scope;
+      scope.parent = &params_;
+      for (const WrittenAttr& a : f.attrs) {
+        auto v = InferLiteral(a.value);
+        if (v.ok()) scope.vars[a.key] = *v;
+      }
+      scope.vars["repeat_index"] = AttrValue();
+      scope.vars["repeat_index"].set_i(0);
+      std::map<std::string, Endpoint> args;
+      for (const std::string& in : f.inputs) {
+        Endpoint e;
+        e.node = in;
+        e.external = true;
+        args[in] = e;
+      }
+      std::vector<Node> nodes;
+      size_t errors_before = errors_.size();
+      ExpandSpecs(f.nodes, f.name, scope, args, 1, nodes);
+      for (const FunctionSpec::Output& out : f.outputs) {
+        bool found = std::any_of(f.nodes.begin(), f.nodes.end(),
+                                 [&](const NodeSpec& n) { return n.name == out.source.node; }) ||
+                     args.count(out.source.node);
+        if (!found) {
+          Fail(InvalidArgument("function '" + f.name + "' output '" + out.name +
+                               "' refers to no node or argument named '" + out.source.node + "'")
+                   .At(out.source.loc));
+        }
+      }
+      if (errors_.size() == errors_before) Link(nodes);
+      if (errors_.size() == errors_before) Order(std::move(nodes));
+    }
+  }
+
+  // Maps an endpoint written inside a scope to the expanded graph's names.
+  Endpoint MapEndpoint(const Endpoint& e, const std::string& prefix,
+                       const std::set<std::string>& siblings,
+                       const std::map<std::string, Endpoint>& args) {
+    auto arg = args.find(e.node);
+    if (arg != args.end() && !siblings.count(e.node)) {
+      Endpoint out = arg->second;
+      out.control = e.control;
+      out.loc = e.loc;
+      if (!e.port.empty()) out.port = e.port;  // a repeated call's previous output
+      return out;
+    }
+    Endpoint out = e;
+    if (!prefix.empty() && siblings.count(e.node)) out.node = prefix + "." + e.node;
+    return out;
+  }
+
+  void ExpandSpecs(const std::vector<NodeSpec>& specs, const std::string& prefix,
+                   const Scope& scope, const std::map<std::string, Endpoint>& args, int depth,
+                   std::vector<Node>& out) {
+    std::set<std::string> siblings;
+    std::map<std::string, const NodeSpec*> first;
+    for (const NodeSpec& s : specs) {
+      if (first.count(s.name)) {
+        Fail(AlreadyExists("duplicate node name '" + s.name + "' (first defined at " +
+                           first[s.name]->loc.ToString() + ")")
+                 .At(s.name_loc)
+                 .InNode(Qualified(prefix, s.name), s.op));
+        continue;
+      }
+      first[s.name] = &s;
+      siblings.insert(s.name);
+    }
+    for (const NodeSpec& s : specs) {
+      if (first[s.name] != &s) continue;
+      std::string name = Qualified(prefix, s.name);
+      std::vector<Endpoint> inputs;
+      for (const Endpoint& e : s.inputs) {
+        if (!prefix.empty() && !siblings.count(e.node) && !args.count(e.node)) {
+          Fail(InvalidArgument("input '" + e.ToString() + "': no node or argument named '" +
+                               e.node + "' in this function")
+                   .At(e.loc)
+                   .InNode(name, s.op));
+          continue;
+        }
+        inputs.push_back(MapEndpoint(e, prefix, siblings, args));
+      }
+      if (!ValidDevice(s.device)) {
+        Fail(InvalidArgument("device '" + s.device + "' is not 'cpu', 'cpu:N', 'cuda' or 'cuda:N'")
+                 .At(s.device_loc)
+                 .InNode(name, s.op));
+        continue;
+      }
+      auto fn = graph_.functions.find(s.op);
+      if (fn != graph_.functions.end()) {
+        ExpandCall(s, fn->second, name, inputs, scope, depth, out);
+        continue;
+      }
+      if (s.repeat != 0) {
+        Fail(InvalidArgument("repeat applies to function calls only; '" + s.op + "' is an op")
+                 .At(s.repeat_loc)
+                 .InNode(name, s.op));
+      }
+      const OpEntry* entry = ops_.Find(s.op);
+      if (entry == nullptr) {
+        std::vector<std::string> candidates = ops_.OpNames();
+        for (const auto& [fname, f] : graph_.functions) candidates.push_back(fname);
+        Fail(NotFound("unknown op '" + s.op + "'" + SuggestClosest(s.op, candidates))
+                 .At(s.op_loc)
+                 .InNode(name, s.op));
+        continue;
+      }
+      std::vector<Status> errors;
+      auto attrs = TypeAttrs(entry->def.attr(), s.attrs, scope, s.loc, "op '" + s.op + "'", errors);
+      for (Status& e : errors) Fail(e.InNode(name, s.op));
+      if (!errors.empty()) continue;
+      Node n;
+      n.name = name;
+      n.op = s.op;
+      n.device = s.device;
+      n.doc = s.doc;
+      n.stage = s.stage;
+      n.loc = s.loc;
+      n.op_loc = s.op_loc;
+      n.entry = entry;
+      n.attrs = std::move(attrs);
+      for (const Endpoint& e : inputs) {
+        Node::Input in;
+        in.written = e;
+        n.inputs.push_back(in);
+      }
+      for (const WrittenAttr& w : s.attrs) CheckReference(n, w);
+      out.push_back(std::move(n));
+    }
+    (void)depth;
+  }
+
+  // Function and resource attrs must name something the graph defines.
+  void CheckReference(const Node& n, const WrittenAttr& w) {
+    const AttrValue* v = n.FindAttr(w.key);
+    if (v == nullptr) return;
+    for (const AttrDef& d : n.entry->def.attr()) {
+      if (d.name() != w.key) continue;
+      if (d.type() == ATTR_FUNC && !graph_.functions.count(v->func())) {
+        std::vector<std::string> names;
+        for (const auto& [k, f] : graph_.functions) names.push_back(k);
+        Fail(NotFound("names unknown function '" + v->func() + "'" + SuggestClosest(v->func(), names))
+                 .At(w.value_loc)
+                 .InAttr(w.key)
+                 .InNode(n.name, n.op));
+      }
+      if (d.type() == ATTR_RESOURCE) {
+        std::vector<std::string> names;
+        for (const ResourceSpec& r : graph_.resources) names.push_back(r.name);
+        if (std::find(names.begin(), names.end(), v->s()) == names.end()) {
+          Fail(NotFound("names unknown resource '" + v->s() + "'" + SuggestClosest(v->s(), names))
+                   .At(w.value_loc)
+                   .InAttr(w.key)
+                   .InNode(n.name, n.op));
+        }
+      }
+    }
+  }
+
+  static std::string Qualified(const std::string& prefix, const std::string& name) {
+    return prefix.empty() ? name : prefix + "." + name;
+  }
+
+  void ExpandCall(const NodeSpec& s, const FunctionSpec& f, const std::string& name,
+                  const std::vector<Endpoint>& inputs, const Scope& scope, int depth,
+                  std::vector<Node>& out) {
+    auto fail = [&](Status st) { Fail(st.InNode(name, s.op)); };
+    if (depth >= kMaxCallDepth) {
+      fail(InvalidArgument("function calls nest deeper than " + std::to_string(kMaxCallDepth) +
+                           " (does function '" + f.name + "' call itself?)")
+               .At(s.op_loc));
+      return;
+    }
+    if (s.repeat < 0) {
+      fail(InvalidArgument("repeat must be >= 0, got " + std::to_string(s.repeat)).At(s.repeat_loc));
+      return;
+    }
+    std::vector<Endpoint> data;
+    std::vector<Endpoint> controls;
+    for (const Endpoint& e : inputs) (e.control ? controls : data).push_back(e);
+    if (data.size() != f.inputs.size()) {
+      fail(InvalidArgument("function '" + f.name + "' takes " + std::to_string(f.inputs.size()) +
+                           " inputs, got " + std::to_string(data.size()))
+               .At(s.loc));
+      return;
+    }
+    if (s.repeat > 0 && f.outputs.size() < f.inputs.size()) {
+      fail(InvalidArgument("repeat feeds each copy's outputs into the next copy's inputs, but "
+                           "function '" + f.name + "' has " + std::to_string(f.inputs.size()) +
+                           " inputs and " + std::to_string(f.outputs.size()) + " outputs")
+               .At(s.repeat_loc));
+      return;
+    }
+    // The function's attrs: defaults, then the call's values typed like the defaults.
+    Scope base;
+    base.parent = &params_;
+    std::vector<std::string> attr_names;
+    for (const WrittenAttr& a : f.attrs) {
+      auto v = InferLiteral(a.value);
+      if (!v.ok()) {
+        fail(Status(v.status()).At(a.value_loc));
+        return;
+      }
+      base.vars[a.key] = *v;
+      attr_names.push_back(a.key);
+    }
+    for (const WrittenAttr& w : s.attrs) {
+      auto it = base.vars.find(w.key);
+      if (it == base.vars.end() || w.key == "repeat_index") {
+        fail(InvalidArgument("unknown attr '" + w.key + "'" + SuggestClosest(w.key, attr_names) +
+                             " (function '" + f.name + "' takes: " +
+                             [&] {
+                               std::string k;
+                               for (const auto& n : attr_names) k += (k.empty() ? "" : ", ") + n;
+                               return k.empty() ? std::string("no attrs") : k;
+                             }() +
+                             ")")
+                 .At(w.loc));
+        return;
+      }
+      auto v = TypeValue(w, InferredType(it->second), scope);
+      if (!v.ok()) {
+        fail(Status(v.status()).InAttr(w.key));
+        return;
+      }
+      it->second = *v;
+    }
+    int copies = s.repeat > 0 ? s.repeat : 1;
+    std::vector<Endpoint> current = data;
+    for (int k = 0; k < copies; ++k) {
+      std::string copy = s.repeat > 0 ? name + "." + std::to_string(k) : name;
+      Scope local = base;
+      local.vars["repeat_index"].set_i(k);
+      std::map<std::string, Endpoint> args;
+      for (size_t i = 0; i < f.inputs.size(); ++i) args[f.inputs[i]] = current[i];
+      size_t first_new = out.size();
+      ExpandSpecs(f.nodes, copy, local, args, depth + 1, out);
+      for (size_t i = first_new; i < out.size(); ++i) {
+        Node& n = out[i];
+        if (n.device.empty()) n.device = s.device;
+        if (n.stage == 0) n.stage = s.stage;
+        // The call's control inputs hold back every node of the call.
+        for (const Endpoint& c : controls) {
+          Node::Input in;
+          in.written = c;
+          n.inputs.push_back(in);
+        }
+      }
+      std::set<std::string> siblings;
+      for (const NodeSpec& ns : f.nodes) siblings.insert(ns.name);
+      CallOutputs outs;
+      for (const FunctionSpec::Output& o : f.outputs) {
+        outs.names.push_back(o.name);
+        outs.sources.push_back(MapEndpoint(o.source, copy, siblings, args));
+      }
+      calls_[copy] = outs;
+      current.clear();
+      for (size_t i = 0; i < f.inputs.size() && i < outs.sources.size(); ++i) {
+        Endpoint e;
+        e.node = copy;
+        e.port = std::to_string(i);
+        current.push_back(e);
+      }
+      if (k == copies - 1 && copy != name) calls_[name] = outs;
+    }
+  }
+
+  // Follows endpoints that name expanded function calls to the node that really produces them.
+  StatusOr<Endpoint> Follow(Endpoint e) const {
+    for (int hops = 0; hops < 4 * kMaxCallDepth; ++hops) {
+      auto it = calls_.find(e.node);
+      if (it == calls_.end()) return e;
+      const CallOutputs& outs = it->second;
+      if (e.control) {
+        // A control edge on a call waits for all its outputs' producers; the first stands in.
+        if (outs.sources.empty()) return e;
+        Endpoint next = outs.sources[0];
+        next.control = true;
+        next.loc = e.loc;
+        e = next;
+        continue;
+      }
+      int index = -1;
+      if (e.port.empty()) index = 0;
+      for (size_t i = 0; i < outs.names.size(); ++i)
+        if (outs.names[i] == e.port) index = static_cast<int>(i);
+      if (index < 0 && !e.port.empty() && std::all_of(e.port.begin(), e.port.end(), ::isdigit))
+        index = std::stoi(e.port);
+      if (index < 0 || index >= static_cast<int>(outs.sources.size())) {
+        std::string names;
+        for (const std::string& n : outs.names) names += (names.empty() ? "" : ", ") + n;
+        return InvalidArgument("input '" + e.ToString() + "': function call '" + e.node +
+                               "' has no output '" + e.port + "' (outputs: " +
+                               (names.empty() ? "none" : names) + ")")
+            .At(e.loc);
+      }
+      SourceLoc loc = e.loc;
+      e = outs.sources[index];
+      e.loc = loc;
+    }
+    return InvalidArgument("function outputs refer to each other in a loop").At(e.loc);
+  }
+
+  static std::string PortType(const Node& n, const PortDef& p) {
+    const AttrValue* v = n.FindAttr(p.type());
+    if (v != nullptr && v->has_type()) return DataTypeName(v->type());
+    return p.type();
+  }
+
+  static bool Compatible(const Node& from, const std::string& out_type, const Node& to,
+                         const std::string& in_type) {
+    bool from_stream = from.entry->def.kind() == OpDef::STREAM;
+    bool to_stream = to.entry->def.kind() == OpDef::STREAM;
+    if (from_stream != to_stream) return false;
+    if (out_type == in_type) return true;
+    if (from_stream) return out_type == "batch" || in_type == "batch";
+    // Tensor ports: an unresolved type variable (not a dtype) matches anything.
+    return !ParseDataType(out_type) || !ParseDataType(in_type);
+  }
+
+  void Link(std::vector<Node>& nodes) {
+    std::map<std::string, int> index;
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      auto [it, fresh] = index.emplace(nodes[i].name, static_cast<int>(i));
+      if (!fresh) {
+        Fail(AlreadyExists("duplicate node name '" + nodes[i].name + "' (first defined at " +
+                           nodes[it->second].loc.ToString() + ")")
+                 .At(nodes[i].loc)
+                 .InNode(nodes[i].name, nodes[i].op));
+      }
+    }
+    std::vector<std::string> names;
+    for (const Node& n : nodes) names.push_back(n.name);
+    for (Node& n : nodes) {
+      auto fail = [&](Status s) { Fail(s.InNode(n.name, n.op)); };
+      std::vector<Node::Input> data;
+      int slot = 0;
+      const auto& ports = n.entry->def.input();
+      for (Node::Input& in : n.inputs) {
+        auto followed = Follow(in.written);
+        if (!followed.ok()) {
+          fail(followed.status());
+          continue;
+        }
+        Endpoint e = *followed;
+        if (e.external) {
+          if (!e.control) ++slot;
+          continue;  // a function argument: its producer is outside the function
+        }
+        auto it = index.find(e.node);
+        if (it == index.end()) {
+          fail(NotFound("input '" + in.written.ToString() + "': no node named '" + e.node + "'" +
+                        SuggestClosest(e.node, names))
+                   .At(in.written.loc));
+          continue;
+        }
+        const Node& from = nodes[it->second];
+        if (e.control) {
+          n.controls.push_back(it->second);
+          continue;
+        }
+        const auto& outs = from.entry->def.output();
+        int port = -1;
+        if (e.port.empty()) port = 0;
+        for (int p = 0; p < outs.size(); ++p)
+          if (outs[p].name() == e.port) port = p;
+        if (port < 0 && std::all_of(e.port.begin(), e.port.end(), ::isdigit)) port = std::stoi(e.port);
+        if (port < 0 || port >= outs.size()) {
+          std::string list;
+          for (const PortDef& p : outs) list += (list.empty() ? "" : ", ") + p.name();
+          fail(NotFound("input '" + in.written.ToString() + "': node '" + from.name + "' (op '" +
+                        from.op + "') has no output port '" + e.port + "' (outputs: " +
+                        (list.empty() ? "none" : list) + ")")
+                   .At(in.written.loc));
+          continue;
+        }
+        if (slot >= ports.size() && !(ports.size() > 0 && ports.rbegin()->variadic())) {
+          ++slot;
+          continue;  // counted below
+        }
+        int in_port = std::min(slot, ports.size() - 1);
+        std::string out_type = PortType(from, outs[port]);
+        std::string in_type = PortType(n, ports[in_port]);
+        if (!Compatible(from, out_type, n, in_type)) {
+          fail(InvalidArgument("port type mismatch: input " + std::to_string(slot) + " ('" +
+                               ports[in_port].name() + "') expects " + in_type + ", got " +
+                               out_type + " from '" + from.name + ":" + outs[port].name() + "'")
+                   .At(in.written.loc));
+        }
+        in.node = it->second;
+        in.port = port;
+        in.slot = in_port;
+        data.push_back(in);
+        ++slot;
+      }
+      int required = 0;
+      bool variadic = ports.size() > 0 && ports.rbegin()->variadic();
+      for (const PortDef& p : ports) required += p.optional() ? 0 : 1;
+      if (slot > ports.size() && !variadic) {
+        fail(InvalidArgument("takes at most " + std::to_string(ports.size()) + " inputs, got " +
+                             std::to_string(slot))
+                 .At(n.loc));
+      } else if (slot < required) {
+        fail(InvalidArgument("missing input '" + ports[slot].name() + "' (input " +
+                             std::to_string(slot) + " of " + std::to_string(ports.size()) + ")")
+                 .At(n.loc));
+      }
+      n.inputs = std::move(data);
+    }
+  }
+
+  // Stable topological order (Kahn); a cycle is reported with its path.
+  std::vector<Node> Order(std::vector<Node> nodes) {
+    size_t n = nodes.size();
+    std::vector<std::vector<int>> succ(n);
+    std::vector<int> indegree(n, 0);
+    for (size_t i = 0; i < n; ++i) {
+      std::vector<int> preds;
+      for (const Node::Input& in : nodes[i].inputs) preds.push_back(in.node);
+      for (int c : nodes[i].controls) preds.push_back(c);
+      for (int p : preds) {
+        if (p < 0) continue;
+        succ[p].push_back(static_cast<int>(i));
+        ++indegree[i];
+      }
+    }
+    std::set<int> ready;
+    for (size_t i = 0; i < n; ++i)
+      if (indegree[i] == 0) ready.insert(static_cast<int>(i));
+    std::vector<int> order;
+    while (!ready.empty()) {
+      int i = *ready.begin();
+      ready.erase(ready.begin());
+      order.push_back(i);
+      for (int s : succ[i])
+        if (--indegree[s] == 0) ready.insert(s);
+    }
+    if (order.size() != n) {
+      // Walk predecessors among the nodes left until one repeats: that is a cycle.
+      int start = 0;
+      while (indegree[start] == 0) ++start;
+      std::vector<int> path;
+      std::map<int, size_t> at;
+      int cur = start;
+      while (!at.count(cur)) {
+        at[cur] = path.size();
+        path.push_back(cur);
+        int next = -1;
+        for (const Node::Input& in : nodes[cur].inputs)
+          if (in.node >= 0 && indegree[in.node] > 0) next = in.node;
+        for (int c : nodes[cur].controls)
+          if (indegree[c] > 0) next = c;
+        cur = next;
+      }
+      std::vector<int> cycle(path.begin() + at[cur], path.end());
+      std::reverse(cycle.begin(), cycle.end());
+      std::string text;
+      for (int c : cycle) text += nodes[c].name + " -> ";
+      text += nodes[cycle[0]].name;
+      const Node& first = nodes[cycle[0]];
+      Fail(InvalidArgument("cycle: " + text).At(first.loc).InNode(first.name, first.op));
+      return nodes;
+    }
+    std::vector<int> new_index(n);
+    for (size_t k = 0; k < n; ++k) new_index[order[k]] = static_cast<int>(k);
+    std::vector<Node> sorted;
+    for (int i : order) {
+      Node node = std::move(nodes[i]);
+      for (Node::Input& in : node.inputs)
+        if (in.node >= 0) in.node = new_index[in.node];
+      for (int& c : node.controls) c = new_index[c];
+      sorted.push_back(std::move(node));
+    }
+    return sorted;
+  }
+
+  Graph& graph_;
+  const OpRegistry& ops_;
+  Scope params_;
+  std::map<std::string, CallOutputs> calls_;
+  std::vector<Status> errors_;
+  std::set<std::string> seen_errors_;
+};
+
+}  // namespace
+
+Status ResolveGraph(Graph& graph, const OpRegistry& ops) {
+  Resolver resolver(graph, ops);
+  return resolver.Run();
+}
+
+GraphDef ToResolvedGraphDef(const Graph& graph) {
+  GraphDef def;
+  def.set_name(graph.name);
+  def.set_doc(graph.doc);
+  def.set_format_version(kGraphFormatVersion);
+  for (const std::string& p : graph.plugins) def.add_plugin(p);
+  for (const Param& p : graph.params) def.add_param(p.name + "=" + FormatAttrValue(p.value));
+  for (const ResourceSpec& r : graph.resources) {
+    ResourceDef* rd = def.add_resource();
+    rd->set_name(r.name);
+    rd->set_kind(r.kind);
+    rd->set_doc(r.doc);
+    for (const auto& [k, v] : r.resolved_attrs) rd->add_attr(k + "=" + FormatAttrValue(v));
+  }
+  for (const auto& [name, f] : graph.functions) *def.add_function() = f.def;
+  for (const Node& n : graph.nodes) {
+    NodeDef* nd = def.add_node();
+    nd->set_name(n.name);
+    nd->set_op(n.op);
+    nd->set_device(n.device);
+    nd->set_stage(n.stage);
+    nd->set_doc(n.doc);
+    for (const Node::Input& in : n.inputs) {
+      const Node& from = graph.nodes[in.node];
+      nd->add_input(from.name + ":" + from.entry->def.output(in.port).name());
+    }
+    for (int c : n.controls) nd->add_input("^" + graph.nodes[c].name);
+    for (const auto& [k, v] : n.attrs) nd->add_attr(k + "=" + FormatAttrValue(v));
+  }
+  return def;
+}
+
+}  // namespace weir

@@ -1,0 +1,118 @@
+#include "weir/op_registry.h"
+
+#include <algorithm>
+
+namespace weir {
+namespace {
+
+size_t EditDistance(std::string_view a, std::string_view b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t sub = prev[j - 1] + (std::tolower(a[i - 1]) == std::tolower(b[j - 1]) ? 0 : 1);
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, sub});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+template <typename Map>
+std::vector<std::string> Keys(const Map& map) {
+  std::vector<std::string> out;
+  for (const auto& [k, v] : map) out.push_back(k);
+  return out;
+}
+
+}  // namespace
+
+std::string SuggestClosest(std::string_view name, const std::vector<std::string>& candidates) {
+  size_t best = std::string::npos;
+  std::vector<std::string> picks;
+  for (const std::string& c : candidates) {
+    size_t d = EditDistance(name, c);
+    // Also match on the part after the namespace: "JsonlSource" finds "io.JsonlSource".
+    size_t dot = c.rfind('.');
+    if (dot != std::string::npos) d = std::min(d, EditDistance(name, c.substr(dot + 1)) + 1);
+    if (d > std::max<size_t>(2, name.size() / 3)) continue;
+    if (d < best) {
+      best = d;
+      picks.clear();
+    }
+    if (d == best && picks.size() < 3) picks.push_back(c);
+  }
+  if (picks.empty()) return "";
+  std::string out = "; did you mean ";
+  for (size_t i = 0; i < picks.size(); ++i) out += (i ? " or '" : "'") + picks[i] + "'";
+  return out + "?";
+}
+
+OpRegistry& OpRegistry::Global() {
+  static OpRegistry* registry = new OpRegistry();  // never destroyed: plugins are never unloaded
+  return *registry;
+}
+
+const OpEntry* OpRegistry::Find(std::string_view name) const {
+  auto it = ops_.find(name);
+  return it == ops_.end() ? nullptr : it->second.get();
+}
+
+const ResourceKindEntry* OpRegistry::FindResourceKind(std::string_view name) const {
+  auto it = resource_kinds_.find(name);
+  return it == resource_kinds_.end() ? nullptr : it->second.get();
+}
+
+std::vector<std::string> OpRegistry::OpNames() const { return Keys(ops_); }
+std::vector<std::string> OpRegistry::ResourceKindNames() const { return Keys(resource_kinds_); }
+
+Status OpRegistry::Commit(Registrar& staged, const std::string& plugin) {
+  std::vector<std::string> problems = staged.errors();
+  std::map<std::string, int> seen;
+  for (auto& op : staged.ops()) {
+    const std::string& name = op.def->name();
+    if (const OpEntry* existing = Find(name)) {
+      problems.push_back("op '" + name + "' is already registered by plugin " +
+                         existing->def.plugin());
+    }
+    if (seen[name]++ == 1) problems.push_back("op '" + name + "' is registered twice");
+    if (op.def->doc().empty()) problems.push_back("op '" + name + "' has no doc");
+    if (op.def->kind() == OpDef::STREAM && !op.builder->factory())
+      problems.push_back("stream op '" + name + "' has no kernel factory");
+  }
+  for (auto& kind : staged.resource_kinds()) {
+    if (const ResourceKindEntry* existing = FindResourceKind(kind.def->name())) {
+      problems.push_back("resource kind '" + kind.def->name() + "' is already registered by plugin " +
+                         existing->def.plugin());
+    }
+  }
+  if (!problems.empty()) {
+    std::string message = "plugin " + plugin + " registers nothing because:";
+    for (const std::string& p : problems) message += "\n  " + p;
+    return FailedPrecondition(message);
+  }
+  for (auto& op : staged.ops()) {
+    auto entry = std::make_unique<OpEntry>();
+    entry->def = *op.def;
+    entry->def.set_plugin(plugin);
+    if (entry->def.kind() == OpDef::STREAM) entry->def.add_kernel()->set_device("cpu");
+    entry->stream_factory = std::move(op.builder->factory());
+    ops_[entry->def.name()] = std::move(entry);
+  }
+  for (auto& kind : staged.resource_kinds()) {
+    auto entry = std::make_unique<ResourceKindEntry>();
+    entry->def = *kind.def;
+    entry->def.set_plugin(plugin);
+    resource_kinds_[entry->def.name()] = std::move(entry);
+  }
+  return Status();
+}
+
+OpList OpRegistry::Export() const {
+  OpList list;
+  for (const auto& [name, entry] : ops_) *list.add_op() = entry->def;
+  return list;
+}
+
+}  // namespace weir
