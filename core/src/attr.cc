@@ -167,6 +167,13 @@ std::string Quote(const std::string& s) {
   return out + "'";
 }
 
+// Strings that read back as the same string stay bare (paths, names); others are quoted.
+std::string BareWordOrQuote(const std::string& s) {
+  bool plain = !s.empty() && !IsNumberText(s) && s != "true" && s != "false" && s != "inf" &&
+               s != "-inf" && s != "nan" && s.find_first_of(" \t\r\n'\"[],$\\") == std::string::npos;
+  return plain ? s : Quote(s);
+}
+
 Status FillTensor(const Literal& lit, size_t depth, TensorValue* t, std::vector<int64_t>* shape,
                   bool* all_int) {
   if (lit.kind == Literal::kList) {
@@ -464,7 +471,7 @@ std::string FormatAttrValue(const AttrValue& v) {
     case AttrValue::kI: return std::to_string(v.i());
     case AttrValue::kF: return FormatDouble(v.f());
     case AttrValue::kB: return v.b() ? "true" : "false";
-    case AttrValue::kS: return Quote(v.s());
+    case AttrValue::kS: return BareWordOrQuote(v.s());
     case AttrValue::kType: return DataTypeName(v.type());
     case AttrValue::kFunc: return v.func();
     case AttrValue::kParam: return "$" + v.param();

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <regex>
 #include <set>
+#include <tuple>
 
 #include "weir/dtype.h"
 #include "weir/graph.h"
@@ -67,6 +68,11 @@ class Resolver {
       Link(nodes);
     }
     if (errors_.empty()) graph_.nodes = Order(std::move(nodes));
+    // Report in file order, as a compiler would.
+    std::stable_sort(errors_.begin(), errors_.end(), [](const Status& a, const Status& b) {
+      return std::tie(a.loc().file, a.loc().line, a.loc().col) <
+             std::tie(b.loc().file, b.loc().line, b.loc().col);
+    });
     return Status::Join(errors_);
   }
 

@@ -5,7 +5,8 @@ namespace weir {
 std::string SourceLoc::ToString() const {
   if (file.empty() && !known()) return "";
   if (!known()) return file;
-  return file + ":" + std::to_string(line) + ":" + std::to_string(col);
+  std::string out = file + ":" + std::to_string(line);
+  return col > 0 ? out + ":" + std::to_string(col) : out;
 }
 
 SourceLoc SourceLoc::Shifted(int offset) const {

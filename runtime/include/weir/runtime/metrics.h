@@ -6,15 +6,11 @@
 #include <mutex>
 #include <string>
 
+#include "weir/json.h"
 #include "weir/status.h"
 #include "weir/stream_kernel.h"
 
 namespace weir {
-
-// JSON string literal with escapes.
-std::string JsonQuote(const std::string& s);
-// A JSON number; NaN and infinities (not JSON) become null.
-std::string JsonNumber(double v);
 
 class JsonlMetricSink : public MetricSink {
  public:

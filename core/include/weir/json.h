@@ -1,0 +1,23 @@
+// Small JSON helpers shared by the runtime and plugins (metrics, JSONL sources and sinks).
+// Parsing goes through protobuf's JSON support, so weir carries no JSON parser of its own.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include <google/protobuf/struct.pb.h>
+
+#include "weir/status.h"
+
+namespace weir {
+
+// A JSON string literal with escapes.
+std::string JsonQuote(std::string_view s);
+// The shortest JSON number that reads back as `v`; NaN and infinities (not JSON) become null.
+std::string JsonNumber(double v);
+// Parses one JSON object (one line of a JSONL file).
+StatusOr<google::protobuf::Struct> ParseJsonObject(std::string_view text);
+// Writes a JSON value compactly.
+std::string JsonValueText(const google::protobuf::Value& v);
+
+}  // namespace weir

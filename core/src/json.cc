@@ -1,0 +1,83 @@
+#include "weir/json.h"
+
+#include <cmath>
+#include <cstdio>
+#include <algorithm>
+#include <cstdlib>
+#include <vector>
+
+#include <google/protobuf/util/json_util.h>
+
+namespace weir {
+
+std::string JsonQuote(std::string_view s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+          out += buf;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string JsonNumber(double v) {
+  if (!std::isfinite(v)) return "null";
+  char buf[32];
+  for (int precision = 6; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof(buf), "%.*g", precision, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return buf;
+}
+
+StatusOr<google::protobuf::Struct> ParseJsonObject(std::string_view text) {
+  google::protobuf::Struct out;
+  auto status = google::protobuf::util::JsonStringToMessage(
+      google::protobuf::StringPiece(text.data(), text.size()), &out);
+  if (!status.ok()) {
+    return InvalidArgument("not a JSON object: " + std::string(status.message()));
+  }
+  return out;
+}
+
+std::string JsonValueText(const google::protobuf::Value& v) {
+  using google::protobuf::Value;
+  switch (v.kind_case()) {
+    case Value::kNullValue: return "null";
+    case Value::kNumberValue: return JsonNumber(v.number_value());
+    case Value::kStringValue: return JsonQuote(v.string_value());
+    case Value::kBoolValue: return v.bool_value() ? "true" : "false";
+    case Value::kStructValue: {
+      std::string out = "{";
+      // protobuf maps are unordered: sort keys so output is stable.
+      std::vector<std::string> keys;
+      for (const auto& [k, _] : v.struct_value().fields()) keys.push_back(k);
+      std::sort(keys.begin(), keys.end());
+      for (size_t i = 0; i < keys.size(); ++i)
+        out += (i ? "," : "") + JsonQuote(keys[i]) + ":" +
+               JsonValueText(v.struct_value().fields().at(keys[i]));
+      return out + "}";
+    }
+    case Value::kListValue: {
+      std::string out = "[";
+      for (int i = 0; i < v.list_value().values_size(); ++i)
+        out += (i ? "," : "") + JsonValueText(v.list_value().values(i));
+      return out + "]";
+    }
+    default: return "null";
+  }
+}
+
+}  // namespace weir

@@ -1,0 +1,16 @@
+#include "io_ops.h"
+#include "weir/plugin.h"
+
+namespace {
+
+void RegisterIo(weir::Registrar& r) {
+  weir::io::RegisterJsonlSource(r);
+  weir::io::RegisterJsonlSink(r);
+  weir::io::RegisterTextSource(r);
+  weir::io::RegisterHead(r);
+  weir::io::RegisterSample(r);
+}
+
+}  // namespace
+
+WEIR_PLUGIN("io", "0.1.0", RegisterIo)

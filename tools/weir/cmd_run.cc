@@ -1,0 +1,217 @@
+#include <unistd.h>
+
+#include <csignal>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+
+#include <glog/logging.h>
+
+#include "args.h"
+#include "commands.h"
+#include "weir/atomic_file.h"
+#include "weir/json.h"
+#include "weir/runtime/executor.h"
+#include "weir/runtime/metrics.h"
+#include "weir/runtime/prepare.h"
+
+namespace weir::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr char kHelp[] = R"(usage: weir run GRAPH [--set key=value]... [--out DIR] [options]
+
+Runs GRAPH. Writes into DIR (default runs/NAME-YYYYmmdd-HHMMSS/):
+  graph.resolved.pbtxt  the graph as it ran: params applied, every attr with its default
+  metrics.jsonl         one JSON object per line: {"node": ..., "step": ..., values...}
+  summary.json          status, wall time, per-node counters (items, rows, busy seconds)
+  run.log               the log
+Relative input paths in the graph are read relative to the graph file; relative output paths
+are written relative to DIR. Ctrl-C stops the sources, lets work in flight finish and exits 130;
+a second Ctrl-C kills the process.
+
+Options:
+  --set key=value        override a graph param (repeatable; typed like the param)
+  --out DIR              output folder; refused if it holds an earlier run, unless --overwrite
+  --overwrite            allow --out to name a folder that holds an earlier run
+  --threads N            worker threads (default: every core)
+  --max-in-flight N      items in flight per source (default 16)
+  --progress MODE        auto (default: live line on a terminal, else lines), live, lines, none
+  --progress-interval S  seconds between progress lines when not live (default 10)
+)";
+
+std::atomic<bool> g_stop{false};
+
+void OnSigint(int) {
+  g_stop = true;
+  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process
+}
+
+class FileLogSink : public google::LogSink {
+ public:
+  explicit FileLogSink(const fs::path& path) : out_(path, std::ios::app) {}
+  using google::LogSink::send;
+  void send(google::LogSeverity severity, const char* /*full_filename*/, const char* base_filename,
+            int line, const google::LogMessageTime& time, const char* message,
+            size_t message_len) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    out_ << ToString(severity, base_filename, line, time, message, message_len) << "\n";
+    out_.flush();
+  }
+  void Line(const std::string& text) {
+    std::lock_guard<std::mutex> lock(mu_);
+    out_ << text << "\n";
+    out_.flush();
+  }
+
+ private:
+  std::mutex mu_;
+  std::ofstream out_;
+};
+
+std::string Timestamp() {
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&now, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y%m%d-%H%M%S", &tm);
+  return buf;
+}
+
+std::string SummaryJson(const fs::path& graph_file, const RunResult& r) {
+  std::string status = !r.status.ok() ? "failed" : r.interrupted ? "interrupted" : "ok";
+  std::string out = "{\n  \"graph\": " + JsonQuote(graph_file.string()) + ",\n";
+  out += "  \"status\": " + JsonQuote(status) + ",\n";
+  if (!r.status.ok()) out += "  \"error\": " + JsonQuote(r.status.ToString()) + ",\n";
+  out += "  \"wall_s\": " + JsonNumber(r.wall_s) + ",\n  \"nodes\": [";
+  for (size_t i = 0; i < r.nodes.size(); ++i) {
+    const NodeStats& n = r.nodes[i];
+    out += std::string(i ? "," : "") + "\n    {\"name\": " + JsonQuote(n.name) +
+           ", \"op\": " + JsonQuote(n.op) + ", \"items_in\": " + std::to_string(n.items_in) +
+           ", \"items_out\": " + std::to_string(n.items_out) + ", \"rows_in\": " +
+           std::to_string(n.rows_in) + ", \"rows_out\": " + std::to_string(n.rows_out) +
+           ", \"busy_s\": " + JsonNumber(n.busy_s) + "}";
+  }
+  return out + "\n  ]\n}\n";
+}
+
+}  // namespace
+
+int RunCommand(const std::vector<std::string>& argv) {
+  auto args = ParseArgs(argv, {{"set", true, true},
+                               {"out", true, false},
+                               {"overwrite", false, false},
+                               {"threads", true, false},
+                               {"max-in-flight", true, false},
+                               {"progress", true, false},
+                               {"progress-interval", true, false},
+                               {"help", false, false}});
+  if (!args.ok()) {
+    std::cerr << "weir run: " << args.status().message() << "\n";
+    return 2;
+  }
+  if (args->Has("help")) {
+    std::cout << kHelp;
+    return 0;
+  }
+  if (args->positional.size() != 1) {
+    std::cerr << kHelp;
+    return 2;
+  }
+  fs::path graph_file = args->positional[0];
+  auto threads = args->GetInt("threads", 0);
+  auto in_flight = args->GetInt("max-in-flight", 16);
+  auto interval = args->GetInt("progress-interval", 10);
+  for (const Status* s : {&threads.status(), &in_flight.status(), &interval.status()}) {
+    if (!s->ok()) {
+      std::cerr << "weir run: " << s->message() << "\n";
+      return 2;
+    }
+  }
+  std::string progress = args->Get("progress").value_or("auto");
+  if (progress != "auto" && progress != "live" && progress != "lines" && progress != "none") {
+    std::cerr << "weir run: --progress expects auto, live, lines or none, got '" << progress << "'\n";
+    return 2;
+  }
+
+  auto graph = PrepareGraph(graph_file, args->All("set"));
+  if (!graph.ok()) {
+    std::cerr << graph.status().ToString() << "\n";
+    return 1;
+  }
+
+  std::string name = graph->name.empty() ? graph_file.stem().string() : graph->name;
+  fs::path out_dir = args->Get("out").value_or((fs::path("runs") / (name + "-" + Timestamp())).string());
+  std::error_code ec;
+  if (fs::exists(out_dir / "summary.json", ec) && !args->Has("overwrite")) {
+    std::cerr << "weir run: " << out_dir.string()
+              << " holds an earlier run (summary.json); choose another --out or pass --overwrite\n";
+    return 1;
+  }
+  fs::create_directories(out_dir, ec);
+  if (ec) {
+    std::cerr << "weir run: cannot create " << out_dir.string() << ": " << ec.message() << "\n";
+    return 1;
+  }
+  fs::remove(out_dir / "metrics.jsonl", ec);
+  fs::remove(out_dir / "run.log", ec);
+
+  FileLogSink log(out_dir / "run.log");
+  google::AddLogSink(&log);
+  log.Line("weir run " + graph_file.string() + " --out " + out_dir.string());
+  for (const std::string& s : args->All("set")) log.Line("  --set " + s);
+
+  Status wrote = WriteFileAtomically(out_dir / "graph.resolved.pbtxt",
+                                     "# Resolved from " + graph_file.string() + "\n" +
+                                         GraphDefToText(ToResolvedGraphDef(*graph)));
+  auto metrics = JsonlMetricSink::Open(out_dir / "metrics.jsonl");
+  if (!wrote.ok() || !metrics.ok()) {
+    std::cerr << "weir run: " << (wrote.ok() ? metrics.status() : wrote).ToString() << "\n";
+    google::RemoveLogSink(&log);
+    return 1;
+  }
+
+  RunOptions options;
+  options.out_dir = out_dir;
+  options.threads = *threads;
+  options.max_in_flight = *in_flight;
+  options.metrics = metrics->get();
+  options.stop = &g_stop;
+  options.progress_interval_s = *interval;
+  bool tty = ::isatty(STDERR_FILENO);
+  if (progress != "none") {
+    options.progress = &std::cerr;
+    options.progress_live = progress == "live" || (progress == "auto" && tty);
+  }
+  g_stop = false;
+  std::signal(SIGINT, OnSigint);
+  RunResult result = RunGraph(*graph, options);
+  std::signal(SIGINT, SIG_DFL);
+
+  Status summary = WriteFileAtomically(out_dir / "summary.json", SummaryJson(graph_file, result));
+  int code = 0;
+  if (!result.status.ok()) {
+    std::cerr << result.status.ToString() << "\n";
+    log.Line("error: " + result.status.ToString());
+    code = 1;
+  } else if (result.interrupted) {
+    std::cerr << "weir run: interrupted; outputs so far are in " << out_dir.string() << "\n";
+    log.Line("interrupted");
+    code = 130;
+  } else {
+    std::cerr << "weir run: done in " << JsonNumber(result.wall_s) << " s; outputs in "
+              << out_dir.string() << "\n";
+    log.Line("done in " + JsonNumber(result.wall_s) + " s");
+  }
+  if (!summary.ok()) {
+    std::cerr << "weir run: " << summary.ToString() << "\n";
+    code = code == 0 ? 1 : code;
+  }
+  google::RemoveLogSink(&log);
+  return code;
+}
+
+}  // namespace weir::cli

@@ -1,0 +1,13 @@
+// The weir CLI's commands. Each takes the arguments after its name and returns the exit code.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace weir::cli {
+
+int RunCommand(const std::vector<std::string>& args);
+int CheckCommand(const std::vector<std::string>& args);
+int OpsCommand(const std::vector<std::string>& args);
+
+}  // namespace weir::cli

@@ -1,0 +1,46 @@
+// weir: run, check and inspect dataflow graphs.
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <glog/logging.h>
+
+#include "commands.h"
+
+namespace {
+
+constexpr char kUsage[] = R"(usage: weir COMMAND [ARGS]
+
+Commands:
+  run GRAPH [--set k=v]... [--out DIR]   run a graph; outputs go to DIR (default runs/NAME-TIME/)
+  check GRAPH [--set k=v]...             parse and validate a graph; exit 1 on errors
+  ops [--json|--markdown] [OP]           list ops with their plugin, ports, attrs and kernels
+
+Run 'weir COMMAND --help' for a command's options.
+Plugins load from the plugin folder beside libweir_core, then $WEIR_PLUGIN_PATH (':'-separated),
+then the graph's own 'plugin' entries.
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  FLAGS_logtostderr = true;
+  FLAGS_minloglevel = 1;  // warnings and errors; --verbose shows info
+  google::InitGoogleLogging(argv[0]);
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (!args.empty() && (args[0] == "--verbose" || args[0] == "-v")) {
+    FLAGS_minloglevel = 0;
+    args.erase(args.begin());
+  }
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::cout << kUsage;
+    return args.empty() ? 2 : 0;
+  }
+  std::string command = args[0];
+  args.erase(args.begin());
+  if (command == "run") return weir::cli::RunCommand(args);
+  if (command == "check") return weir::cli::CheckCommand(args);
+  if (command == "ops") return weir::cli::OpsCommand(args);
+  std::cerr << "weir: unknown command '" << command << "'\n\n" << kUsage;
+  return 2;
+}
