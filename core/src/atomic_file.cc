@@ -16,9 +16,12 @@ StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Open(const fs::pat
   w->temp_ += ".tmp." + std::to_string(::getpid());
   std::error_code ec;
   if (target.has_parent_path()) fs::create_directories(target.parent_path(), ec);
-  if (ec) return Unavailable("cannot create folder " + target.parent_path().string() + ": " + ec.message());
+  if (ec)
+    return Unavailable("cannot create folder " + target.parent_path().string() + ": " +
+                       ec.message());
   w->out_.open(w->temp_, std::ios::binary | std::ios::trunc);
-  if (!w->out_) return Unavailable("cannot write " + w->temp_.string() + ": " + std::strerror(errno));
+  if (!w->out_)
+    return Unavailable("cannot write " + w->temp_.string() + ": " + std::strerror(errno));
   return w;
 }
 
@@ -40,7 +43,9 @@ Status AtomicFileWriter::Commit() {
   }
   std::error_code ec;
   fs::rename(temp_, target_, ec);
-  if (ec) return Unavailable("cannot rename " + temp_.string() + " to " + target_.string() + ": " + ec.message());
+  if (ec)
+    return Unavailable("cannot rename " + temp_.string() + " to " + target_.string() + ": " +
+                       ec.message());
   committed_ = true;
   return Status();
 }

@@ -12,7 +12,9 @@
 namespace weir {
 namespace {
 
-bool IsKeyChar(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.'; }
+bool IsKeyChar(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.';
+}
 bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
 bool IsNumberText(const std::string& t) {
@@ -71,7 +73,8 @@ class LiteralParser {
         WEIR_ASSIGN_OR_RETURN(Literal item, ParseValue(/*in_list=*/true));
         lit.items.push_back(std::move(item));
         SkipSpace();
-        if (AtEnd()) return Error(static_cast<size_t>(lit.offset), "unterminated list: missing ']'");
+        if (AtEnd())
+          return Error(static_cast<size_t>(lit.offset), "unterminated list: missing ']'");
         if (s_[pos_] == ',') {
           ++pos_;
           continue;
@@ -170,7 +173,8 @@ std::string Quote(const std::string& s) {
 // Strings that read back as the same string stay bare (paths, names); others are quoted.
 std::string BareWordOrQuote(const std::string& s) {
   bool plain = !s.empty() && !IsNumberText(s) && s != "true" && s != "false" && s != "inf" &&
-               s != "-inf" && s != "nan" && s.find_first_of(" \t\r\n'\"[],$\\") == std::string::npos;
+               s != "-inf" && s != "nan" &&
+               s.find_first_of(" \t\r\n'\"[],$\\") == std::string::npos;
   return plain ? s : Quote(s);
 }
 
@@ -196,10 +200,14 @@ Status FillTensor(const Literal& lit, size_t depth, TensorValue* t, std::vector<
 
 std::optional<AttrType> ListElementType(AttrType type) {
   switch (type) {
-    case ATTR_INT_LIST: return ATTR_INT;
-    case ATTR_FLOAT_LIST: return ATTR_FLOAT;
-    case ATTR_STRING_LIST: return ATTR_STRING;
-    default: return std::nullopt;
+    case ATTR_INT_LIST:
+      return ATTR_INT;
+    case ATTR_FLOAT_LIST:
+      return ATTR_FLOAT;
+    case ATTR_STRING_LIST:
+      return ATTR_STRING;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -241,7 +249,8 @@ StatusOr<std::vector<AttrAssignment>> ParseAttrString(std::string_view text,
     WEIR_ASSIGN_OR_RETURN(a.value, p.ParseValue(/*in_list=*/false));
     if (!p.AtEnd() && !IsSpace(text[p.pos()])) {
       return p.Error(p.pos(), "unexpected '" + std::string(1, text[p.pos()]) +
-                                  "' after the value of '" + a.key + "' (quote values with spaces)");
+                                  "' after the value of '" + a.key +
+                                  "' (quote values with spaces)");
     }
     out.push_back(std::move(a));
   }
@@ -262,19 +271,32 @@ StatusOr<Literal> ParseLiteral(std::string_view text) {
 
 const char* AttrTypeName(AttrType t) {
   switch (t) {
-    case ATTR_INT: return "int";
-    case ATTR_FLOAT: return "float";
-    case ATTR_BOOL: return "bool";
-    case ATTR_STRING: return "string";
-    case ATTR_TYPE: return "dtype";
-    case ATTR_SHAPE: return "shape";
-    case ATTR_INT_LIST: return "list(int)";
-    case ATTR_FLOAT_LIST: return "list(float)";
-    case ATTR_STRING_LIST: return "list(string)";
-    case ATTR_TENSOR: return "tensor";
-    case ATTR_FUNC: return "function";
-    case ATTR_RESOURCE: return "resource";
-    default: return "unspecified";
+    case ATTR_INT:
+      return "int";
+    case ATTR_FLOAT:
+      return "float";
+    case ATTR_BOOL:
+      return "bool";
+    case ATTR_STRING:
+      return "string";
+    case ATTR_TYPE:
+      return "dtype";
+    case ATTR_SHAPE:
+      return "shape";
+    case ATTR_INT_LIST:
+      return "list(int)";
+    case ATTR_FLOAT_LIST:
+      return "list(float)";
+    case ATTR_STRING_LIST:
+      return "list(string)";
+    case ATTR_TENSOR:
+      return "tensor";
+    case ATTR_FUNC:
+      return "function";
+    case ATTR_RESOURCE:
+      return "resource";
+    default:
+      return "unspecified";
   }
 }
 
@@ -311,7 +333,8 @@ StatusOr<AttrValue> CoerceLiteral(const Literal& lit, AttrType type) {
       auto dt = textual ? ParseDataType(lit.text) : std::nullopt;
       if (!dt) {
         std::string names;
-        for (DataType d : AllDataTypes()) names += std::string(names.empty() ? "" : ", ") + DataTypeName(d);
+        for (DataType d : AllDataTypes())
+          names += std::string(names.empty() ? "" : ", ") + DataTypeName(d);
         return InvalidArgument("expects dtype (one of " + names + "), got " + Describe(lit));
       }
       v.set_type(*dt);
@@ -322,7 +345,8 @@ StatusOr<AttrValue> CoerceLiteral(const Literal& lit, AttrType type) {
       auto* shape = v.mutable_shape();
       for (const Literal& item : lit.items) {
         if (item.kind != Literal::kNumber || !IsIntegerText(item.text))
-          return InvalidArgument("expects shape (list of ints, -1 for unknown), got " + lit.ToString());
+          return InvalidArgument("expects shape (list of ints, -1 for unknown), got " +
+                                 lit.ToString());
         int64_t d = std::strtoll(item.text.c_str(), nullptr, 10);
         if (d < -1) return InvalidArgument("shape dims must be >= -1, got " + lit.ToString());
         shape->add_dim(d);
@@ -397,14 +421,22 @@ StatusOr<AttrValue> InferLiteral(const Literal& lit) {
 
 AttrType InferredType(const AttrValue& v) {
   switch (v.value_case()) {
-    case AttrValue::kI: return ATTR_INT;
-    case AttrValue::kF: return ATTR_FLOAT;
-    case AttrValue::kB: return ATTR_BOOL;
-    case AttrValue::kS: return ATTR_STRING;
-    case AttrValue::kType: return ATTR_TYPE;
-    case AttrValue::kShape: return ATTR_SHAPE;
-    case AttrValue::kTensor: return ATTR_TENSOR;
-    case AttrValue::kFunc: return ATTR_FUNC;
+    case AttrValue::kI:
+      return ATTR_INT;
+    case AttrValue::kF:
+      return ATTR_FLOAT;
+    case AttrValue::kB:
+      return ATTR_BOOL;
+    case AttrValue::kS:
+      return ATTR_STRING;
+    case AttrValue::kType:
+      return ATTR_TYPE;
+    case AttrValue::kShape:
+      return ATTR_SHAPE;
+    case AttrValue::kTensor:
+      return ATTR_TENSOR;
+    case AttrValue::kFunc:
+      return ATTR_FUNC;
     case AttrValue::kList: {
       AttrType t = ATTR_INT_LIST;
       for (const AttrValue& e : v.list().value()) {
@@ -414,7 +446,8 @@ AttrType InferredType(const AttrValue& v) {
       }
       return t;
     }
-    default: return ATTR_UNSPECIFIED;
+    default:
+      return ATTR_UNSPECIFIED;
   }
 }
 
@@ -468,13 +501,20 @@ Status CheckAttrConstraints(const AttrDef& def, const AttrValue& value) {
 
 std::string FormatAttrValue(const AttrValue& v) {
   switch (v.value_case()) {
-    case AttrValue::kI: return std::to_string(v.i());
-    case AttrValue::kF: return FormatDouble(v.f());
-    case AttrValue::kB: return v.b() ? "true" : "false";
-    case AttrValue::kS: return BareWordOrQuote(v.s());
-    case AttrValue::kType: return DataTypeName(v.type());
-    case AttrValue::kFunc: return v.func();
-    case AttrValue::kParam: return "$" + v.param();
+    case AttrValue::kI:
+      return std::to_string(v.i());
+    case AttrValue::kF:
+      return FormatDouble(v.f());
+    case AttrValue::kB:
+      return v.b() ? "true" : "false";
+    case AttrValue::kS:
+      return BareWordOrQuote(v.s());
+    case AttrValue::kType:
+      return DataTypeName(v.type());
+    case AttrValue::kFunc:
+      return v.func();
+    case AttrValue::kParam:
+      return "$" + v.param();
     case AttrValue::kShape: {
       std::string out = "[";
       for (int i = 0; i < v.shape().dim_size(); ++i)
@@ -495,17 +535,20 @@ std::string FormatAttrValue(const AttrValue& v) {
       std::function<std::string(int)> write = [&](int depth) -> std::string {
         if (depth == t.shape().dim_size()) {
           size_t i = next++;
-          return ints ? (i < static_cast<size_t>(t.int_val_size()) ? std::to_string(t.int_val(i)) : "0")
+          return ints ? (i < static_cast<size_t>(t.int_val_size()) ? std::to_string(t.int_val(i))
+                                                                   : "0")
                       : (i < static_cast<size_t>(t.float_val_size()) ? FormatDouble(t.float_val(i))
-                                                                      : "0.0");
+                                                                     : "0.0");
         }
         std::string out = "[";
-        for (int64_t k = 0; k < t.shape().dim(depth); ++k) out += (k ? ", " : "") + write(depth + 1);
+        for (int64_t k = 0; k < t.shape().dim(depth); ++k)
+          out += (k ? ", " : "") + write(depth + 1);
         return out + "]";
       };
       return write(0);
     }
-    case AttrValue::VALUE_NOT_SET: return "<unset>";
+    case AttrValue::VALUE_NOT_SET:
+      return "<unset>";
   }
   return "";
 }

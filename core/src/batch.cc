@@ -8,9 +8,12 @@ size_t ColumnSize(const Column& c) {
 
 const char* ColumnTypeName(const Column& c) {
   switch (c.index()) {
-    case 0: return "strings";
-    case 1: return "ints";
-    default: return "floats";
+    case 0:
+      return "strings";
+    case 1:
+      return "ints";
+    default:
+      return "floats";
   }
 }
 

@@ -10,9 +10,9 @@ struct DTypeInfo {
 };
 
 constexpr DTypeInfo kDTypes[] = {
-    {DT_F32, "f32", 4},      {DT_BF16, "bf16", 2}, {DT_F16, "f16", 2},   {DT_F8E4M3, "f8e4m3", 1},
-    {DT_F8E5M2, "f8e5m2", 1}, {DT_I8, "i8", 1},     {DT_I32, "i32", 4},   {DT_I64, "i64", 8},
-    {DT_U8, "u8", 1},        {DT_BOOL, "bool", 1}, {DT_F64, "f64", 8},
+    {DT_F32, "f32", 4},       {DT_BF16, "bf16", 2}, {DT_F16, "f16", 2}, {DT_F8E4M3, "f8e4m3", 1},
+    {DT_F8E5M2, "f8e5m2", 1}, {DT_I8, "i8", 1},     {DT_I32, "i32", 4}, {DT_I64, "i64", 8},
+    {DT_U8, "u8", 1},         {DT_BOOL, "bool", 1}, {DT_F64, "f64", 8},
 };
 
 }  // namespace

@@ -14,8 +14,8 @@ StatusOr<std::vector<fs::path>> ListInputFiles(const fs::path& path, const std::
        it.increment(ec)) {
     if (!it->is_regular_file()) continue;
     std::string name = it->path().filename().string();
-    if (!suffix.empty() &&
-        (name.size() < suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0))
+    if (!suffix.empty() && (name.size() < suffix.size() ||
+                            name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0))
       continue;
     files.push_back(it->path());
   }

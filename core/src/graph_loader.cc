@@ -1,14 +1,16 @@
 // Parsing graph files (text and binary), imports, params and overrides.
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
 #include <fstream>
 #include <memory>
 #include <regex>
 #include <set>
 #include <sstream>
 
-#include <google/protobuf/io/tokenizer.h>
-#include <google/protobuf/text_format.h>
-
 #include "weir/graph.h"
+#include "weir/op_registry.h"
 
 namespace weir {
 namespace fs = std::filesystem;
@@ -22,7 +24,10 @@ class CollectErrors : public google::protobuf::io::ErrorCollector {
  public:
   explicit CollectErrors(std::string file) : file_(std::move(file)) {}
   void AddError(int line, int column, const std::string& message) override {
-    Status s = InvalidArgument("syntax error: " + message);
+    std::string hint = Hint(message);
+    std::string text = message;
+    if (!hint.empty() && !text.empty() && text.back() == '.') text.pop_back();
+    Status s = InvalidArgument("syntax error: " + text + hint);
     s.At(SourceLoc{file_, line + 1, column + 1});
     errors_.push_back(s);
   }
@@ -32,6 +37,24 @@ class CollectErrors : public google::protobuf::io::ErrorCollector {
   const std::vector<Status>& errors() const { return errors_; }
 
  private:
+  // For an unknown field: the field meant, or the brace that is probably missing.
+  static std::string Hint(const std::string& message) {
+    static const std::regex kUnknown(R"re(Message type "([\w.]+)" has no field named "(\w+)")re");
+    std::smatch m;
+    if (!std::regex_search(message, m, kUnknown)) return "";
+    const Descriptor* d =
+        google::protobuf::DescriptorPool::generated_pool()->FindMessageTypeByName(m[1]);
+    if (d == nullptr) return "";
+    std::string field = m[2];
+    for (const Descriptor* outer : {GraphDef::descriptor(), FunctionDef::descriptor()}) {
+      if (outer != d && outer->FindFieldByName(field) != nullptr)
+        return " (is a closing '}' missing before it?)";
+    }
+    std::vector<std::string> names;
+    for (int i = 0; i < d->field_count(); ++i) names.push_back(d->field(i)->name());
+    return SuggestClosest(field, names);
+  }
+
   std::string file_;
   std::vector<Status> errors_;
 };
@@ -118,8 +141,8 @@ StatusOr<Endpoint> ParseEndpoint(const std::string& text, const SourceLoc& loc) 
   if (!std::regex_match(e.node, kNode) ||
       (colon != std::string::npos && !std::regex_match(e.port, kPort)) ||
       (e.control && colon != std::string::npos)) {
-    Status s = InvalidArgument("input '" + text +
-                               "' is not of the form 'node', 'node:port' or '^node'");
+    Status s =
+        InvalidArgument("input '" + text + "' is not of the form 'node', 'node:port' or '^node'");
     s.At(loc);
     return s;
   }
@@ -170,28 +193,29 @@ struct ParsedFile {
   bool text = true;
 };
 
-StatusOr<std::unique_ptr<ParsedFile>> ParseFile(const fs::path& path) {
+// `shown` is how messages name the file.
+StatusOr<std::unique_ptr<ParsedFile>> ParseFile(const fs::path& path, const std::string& shown) {
   auto file = std::make_unique<ParsedFile>();
   file->path = path;
   std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound("cannot read graph file " + path.string());
+  if (!in) return NotFound("cannot read graph file " + shown);
   std::stringstream buffer;
   buffer << in.rdbuf();
   std::string content = buffer.str();
   file->text = path.extension() != ".pb";
   if (!file->text) {
     if (!file->def.ParseFromString(content))
-      return InvalidArgument(path.string() + ": not a binary GraphDef");
+      return InvalidArgument(shown + ": not a binary GraphDef");
     return file;
   }
   std::istringstream lines(content);
   for (std::string line; std::getline(lines, line);) file->lines->push_back(line);
   TextFormat::Parser parser;
-  CollectErrors errors(path.string());
+  CollectErrors errors(shown);
   parser.RecordErrorsTo(&errors);
   parser.WriteLocationsTo(&file->tree);
   if (!parser.ParseFromString(content, &file->def)) {
-    if (errors.errors().empty()) return InvalidArgument(path.string() + ": cannot parse");
+    if (errors.errors().empty()) return InvalidArgument(shown + ": cannot parse");
     return Status::Join(errors.errors());
   }
   return file;
@@ -227,7 +251,8 @@ class GraphFileLoader {
   }
 
  private:
-  Status Load(const fs::path& path, bool root, const SourceLoc& imported_at) {
+  Status Load(const fs::path& path, bool root, const SourceLoc& imported_at,
+              const std::string& written = "") {
     std::error_code ec;
     fs::path canon = fs::weakly_canonical(path, ec);
     for (size_t i = 0; i < stack_.size(); ++i) {
@@ -240,13 +265,15 @@ class GraphFileLoader {
     }
     if (!visited_.insert(canon.string()).second) return Status();  // diamond: already merged
     if (!fs::exists(path, ec)) {
-      Status s = NotFound(root ? "graph file " + path.string() + " not found"
-                               : "import " + path.string() + " not found");
+      Status s = NotFound(root ? "graph file " + graph_->file.string() + " not found"
+                               : "import '" + written + "' not found (no file " +
+                                     path.lexically_normal().string() + ")");
       return s.At(imported_at);
     }
-    WEIR_ASSIGN_OR_RETURN(auto parsed, ParseFile(path));
     std::string shown = root ? graph_->file.string() : Relative(path);
-    Locator at(shown, parsed->lines, parsed->text ? &parsed->tree : nullptr, GraphDef::descriptor());
+    WEIR_ASSIGN_OR_RETURN(auto parsed, ParseFile(path, shown));
+    Locator at(shown, parsed->lines, parsed->text ? &parsed->tree : nullptr,
+               GraphDef::descriptor());
     GraphDef& def = parsed->def;
     WEIR_RETURN_IF_ERROR(UpgradeFormat(def, at.Of("format_version")));
 
@@ -254,7 +281,7 @@ class GraphFileLoader {
     std::vector<Status> errors;
     for (int i = 0; i < def.import_size(); ++i) {
       fs::path child = path.parent_path() / def.import(i);
-      errors.push_back(Load(child, /*root=*/false, at.StringStart("import", i)));
+      errors.push_back(Load(child, /*root=*/false, at.StringStart("import", i), def.import(i)));
     }
     stack_.pop_back();
     WEIR_RETURN_IF_ERROR(Status::Join(errors));
@@ -351,8 +378,8 @@ class GraphFileLoader {
       }
       FunctionSpec::Output out;
       out.name = text.substr(0, eq);
-      WEIR_ASSIGN_OR_RETURN(out.source,
-                            ParseEndpoint(text.substr(eq + 1), loc.Shifted(static_cast<int>(eq) + 1)));
+      WEIR_ASSIGN_OR_RETURN(
+          out.source, ParseEndpoint(text.substr(eq + 1), loc.Shifted(static_cast<int>(eq) + 1)));
       f.outputs.push_back(std::move(out));
     }
     WEIR_ASSIGN_OR_RETURN(f.attrs, ParseWrittenAttrs(def.attr(), at, "attr"));
@@ -440,18 +467,18 @@ Status ApplyOverrides(Graph& graph, const std::vector<std::string>& sets) {
     if (param == nullptr) {
       std::string known;
       for (const std::string& n : names) known += (known.empty() ? "" : ", ") + n;
-      errors.push_back(InvalidArgument("--set " + set + ": graph " + graph.file.string() +
-                                       " has no param '" + key + "'" +
-                                       SuggestClosest(key, names) +
-                                       (known.empty() ? " (it has none)" : " (params: " + known + ")")));
+      errors.push_back(
+          InvalidArgument("--set " + set + ": graph " + graph.file.string() + " has no param '" +
+                          key + "'" + SuggestClosest(key, names) +
+                          (known.empty() ? " (it has none)" : " (params: " + known + ")")));
       continue;
     }
     auto lit = ParseLiteral(set.substr(eq + 1));
-    StatusOr<AttrValue> value =
-        lit.ok() ? CoerceLiteral(*lit, InferredType(param->value)) : StatusOr<AttrValue>(lit.status());
+    StatusOr<AttrValue> value = lit.ok() ? CoerceLiteral(*lit, InferredType(param->value))
+                                         : StatusOr<AttrValue>(lit.status());
     if (!value.ok()) {
-      errors.push_back(InvalidArgument("--set " + set + ": param '" + key + "' " +
-                                       value.status().message()));
+      errors.push_back(
+          InvalidArgument("--set " + set + ": param '" + key + "' " + value.status().message()));
       continue;
     }
     param->value = *value;

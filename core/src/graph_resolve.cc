@@ -52,10 +52,11 @@ class Resolver {
 
   Status Run() {
     ResolveResources();
-    CheckFunctionsStandalone();
     std::vector<Node> nodes;
     ExpandSpecs(graph_.node_specs, "", params_, {}, 0, nodes);
+    CheckFunctionsStandalone();
     if (errors_.empty()) {
+      size_t errors_before = errors_.size();
       for (const Node& n : nodes) {
         if (n.entry != nullptr && n.entry->def.kind() == OpDef::TENSOR) {
           Fail(InvalidArgument("tensor op '" + n.op +
@@ -65,7 +66,7 @@ class Resolver {
                    .InNode(n.name, n.op));
         }
       }
-      Link(nodes);
+      if (errors_.size() == errors_before) Link(nodes);
     }
     if (errors_.empty()) graph_.nodes = Order(std::move(nodes));
     // Report in file order, as a compiler would.
@@ -106,9 +107,9 @@ class Resolver {
   // Types written attrs against a schema's attr list, fills defaults, checks constraints.
   // Problems go to `errors`, one Status each.
   std::vector<std::pair<std::string, AttrValue>> TypeAttrs(
-      const google::protobuf::RepeatedPtrField<AttrDef>& defs, const std::vector<WrittenAttr>& written,
-      const Scope& scope, const SourceLoc& owner_loc, const std::string& what,
-      std::vector<Status>& errors) {
+      const google::protobuf::RepeatedPtrField<AttrDef>& defs,
+      const std::vector<WrittenAttr>& written, const Scope& scope, const SourceLoc& owner_loc,
+      const std::string& what, std::vector<Status>& errors) {
     std::vector<std::string> names;
     for (const AttrDef& d : defs) names.push_back(d.name());
     std::map<std::string, const WrittenAttr*> given;
@@ -117,10 +118,10 @@ class Resolver {
       if (it == names.end()) {
         std::string known;
         for (const std::string& n : names) known += (known.empty() ? "" : ", ") + n;
-        errors.push_back(InvalidArgument("unknown attr '" + w.key + "'" +
-                                         SuggestClosest(w.key, names) + " (" + what +
-                                         (known.empty() ? " takes no attrs)" : " takes: " + known + ")"))
-                             .At(w.loc));
+        errors.push_back(
+            InvalidArgument("unknown attr '" + w.key + "'" + SuggestClosest(w.key, names) + " (" +
+                            what + (known.empty() ? " takes no attrs)" : " takes: " + known + ")"))
+                .At(w.loc));
         continue;
       }
       if (given.count(w.key)) {
@@ -168,8 +169,8 @@ class Resolver {
         continue;
       }
       std::vector<Status> errors;
-      r.resolved_attrs =
-          TypeAttrs(kind->def.attr(), r.attrs, params_, r.loc, "resource kind '" + r.kind + "'", errors);
+      r.resolved_attrs = TypeAttrs(kind->def.attr(), r.attrs, params_, r.loc,
+                                   "resource kind '" + r.kind + "'", errors);
       for (Status& e : errors) Fail(e.Prepend("resource '" + r.name + "'"));
     }
   }
@@ -178,6 +179,7 @@ class Resolver {
   // no stream node calls directly (tensor functions run by bridging ops) are found at load.
   void CheckFunctionsStandalone() {
     for (const auto& [name, f] : graph_.functions) {
+      if (expanded_.count(name)) continue;  // already checked with its real attrs
       Scope scope;
       scope.parent = &params_;
       for (const WrittenAttr& a : f.attrs) {
@@ -317,7 +319,8 @@ class Resolver {
       if (d.type() == ATTR_FUNC && !graph_.functions.count(v->func())) {
         std::vector<std::string> names;
         for (const auto& [k, f] : graph_.functions) names.push_back(k);
-        Fail(NotFound("names unknown function '" + v->func() + "'" + SuggestClosest(v->func(), names))
+        Fail(NotFound("names unknown function '" + v->func() + "'" +
+                      SuggestClosest(v->func(), names))
                  .At(w.value_loc)
                  .InAttr(w.key)
                  .InNode(n.name, n.op));
@@ -350,7 +353,8 @@ class Resolver {
       return;
     }
     if (s.repeat < 0) {
-      fail(InvalidArgument("repeat must be >= 0, got " + std::to_string(s.repeat)).At(s.repeat_loc));
+      fail(
+          InvalidArgument("repeat must be >= 0, got " + std::to_string(s.repeat)).At(s.repeat_loc));
       return;
     }
     std::vector<Endpoint> data;
@@ -364,8 +368,9 @@ class Resolver {
     }
     if (s.repeat > 0 && f.outputs.size() < f.inputs.size()) {
       fail(InvalidArgument("repeat feeds each copy's outputs into the next copy's inputs, but "
-                           "function '" + f.name + "' has " + std::to_string(f.inputs.size()) +
-                           " inputs and " + std::to_string(f.outputs.size()) + " outputs")
+                           "function '" +
+                           f.name + "' has " + std::to_string(f.inputs.size()) + " inputs and " +
+                           std::to_string(f.outputs.size()) + " outputs")
                .At(s.repeat_loc));
       return;
     }
@@ -403,6 +408,7 @@ class Resolver {
       }
       it->second = *v;
     }
+    expanded_.insert(f.name);
     int copies = s.repeat > 0 ? s.repeat : 1;
     std::vector<Endpoint> current = data;
     for (int k = 0; k < copies; ++k) {
@@ -468,8 +474,8 @@ class Resolver {
         std::string names;
         for (const std::string& n : outs.names) names += (names.empty() ? "" : ", ") + n;
         return InvalidArgument("input '" + e.ToString() + "': function call '" + e.node +
-                               "' has no output '" + e.port + "' (outputs: " +
-                               (names.empty() ? "none" : names) + ")")
+                               "' has no output '" + e.port +
+                               "' (outputs: " + (names.empty() ? "none" : names) + ")")
             .At(e.loc);
       }
       SourceLoc loc = e.loc;
@@ -518,6 +524,7 @@ class Resolver {
         auto followed = Follow(in.written);
         if (!followed.ok()) {
           fail(followed.status());
+          ++slot;  // the input is there, only wrong: do not also report it missing
           continue;
         }
         Endpoint e = *followed;
@@ -530,6 +537,7 @@ class Resolver {
           fail(NotFound("input '" + in.written.ToString() + "': no node named '" + e.node + "'" +
                         SuggestClosest(e.node, names))
                    .At(in.written.loc));
+          ++slot;
           continue;
         }
         const Node& from = nodes[it->second];
@@ -542,14 +550,16 @@ class Resolver {
         if (e.port.empty()) port = 0;
         for (int p = 0; p < outs.size(); ++p)
           if (outs[p].name() == e.port) port = p;
-        if (port < 0 && std::all_of(e.port.begin(), e.port.end(), ::isdigit)) port = std::stoi(e.port);
+        if (port < 0 && std::all_of(e.port.begin(), e.port.end(), ::isdigit))
+          port = std::stoi(e.port);
         if (port < 0 || port >= outs.size()) {
           std::string list;
           for (const PortDef& p : outs) list += (list.empty() ? "" : ", ") + p.name();
           fail(NotFound("input '" + in.written.ToString() + "': node '" + from.name + "' (op '" +
-                        from.op + "') has no output port '" + e.port + "' (outputs: " +
-                        (list.empty() ? "none" : list) + ")")
+                        from.op + "') has no output port '" + e.port +
+                        "' (outputs: " + (list.empty() ? "none" : list) + ")")
                    .At(in.written.loc));
+          ++slot;
           continue;
         }
         if (slot >= ports.size() && !(ports.size() > 0 && ports.rbegin()->variadic())) {
@@ -632,6 +642,8 @@ class Resolver {
       }
       std::vector<int> cycle(path.begin() + at[cur], path.end());
       std::reverse(cycle.begin(), cycle.end());
+      // Start at the node written first, so the message reads in file order.
+      std::rotate(cycle.begin(), std::min_element(cycle.begin(), cycle.end()), cycle.end());
       std::string text;
       for (int c : cycle) text += nodes[c].name + " -> ";
       text += nodes[cycle[0]].name;
@@ -656,6 +668,7 @@ class Resolver {
   const OpRegistry& ops_;
   Scope params_;
   std::map<std::string, CallOutputs> calls_;
+  std::set<std::string> expanded_;  // functions called from the stream level
   std::vector<Status> errors_;
   std::set<std::string> seen_errors_;
 };

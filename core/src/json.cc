@@ -1,12 +1,12 @@
 #include "weir/json.h"
 
+#include <google/protobuf/util/json_util.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <algorithm>
 #include <cstdlib>
 #include <vector>
-
-#include <google/protobuf/util/json_util.h>
 
 namespace weir {
 
@@ -14,11 +14,21 @@ std::string JsonQuote(std::string_view s) {
   std::string out = "\"";
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20) {
           char buf[8];
@@ -55,10 +65,14 @@ StatusOr<google::protobuf::Struct> ParseJsonObject(std::string_view text) {
 std::string JsonValueText(const google::protobuf::Value& v) {
   using google::protobuf::Value;
   switch (v.kind_case()) {
-    case Value::kNullValue: return "null";
-    case Value::kNumberValue: return JsonNumber(v.number_value());
-    case Value::kStringValue: return JsonQuote(v.string_value());
-    case Value::kBoolValue: return v.bool_value() ? "true" : "false";
+    case Value::kNullValue:
+      return "null";
+    case Value::kNumberValue:
+      return JsonNumber(v.number_value());
+    case Value::kStringValue:
+      return JsonQuote(v.string_value());
+    case Value::kBoolValue:
+      return v.bool_value() ? "true" : "false";
     case Value::kStructValue: {
       std::string out = "{";
       // protobuf maps are unordered: sort keys so output is stable.
@@ -76,7 +90,8 @@ std::string JsonValueText(const google::protobuf::Value& v) {
         out += (i ? "," : "") + JsonValueText(v.list_value().values(i));
       return out + "]";
     }
-    default: return "null";
+    default:
+      return "null";
   }
 }
 

@@ -83,8 +83,8 @@ Status OpRegistry::Commit(Registrar& staged, const std::string& plugin) {
   }
   for (auto& kind : staged.resource_kinds()) {
     if (const ResourceKindEntry* existing = FindResourceKind(kind.def->name())) {
-      problems.push_back("resource kind '" + kind.def->name() + "' is already registered by plugin " +
-                         existing->def.plugin());
+      problems.push_back("resource kind '" + kind.def->name() +
+                         "' is already registered by plugin " + existing->def.plugin());
     }
   }
   if (!problems.empty()) {

@@ -3,12 +3,11 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <boost/dll/runtime_symbol_info.hpp>
+#include <boost/dll/shared_library.hpp>
 #include <cstddef>
 #include <cstdlib>
 #include <memory>
-
-#include <boost/dll/runtime_symbol_info.hpp>
-#include <boost/dll/shared_library.hpp>
 
 #include "weir/plugin.h"
 
@@ -158,7 +157,8 @@ Status PluginLoader::LoadByName(const std::string& entry, const fs::path& graph_
   }
   std::string searched;
   for (const fs::path& dir : SearchPath()) {
-    for (const std::string& name : {"weir_" + entry + ".so", entry + ".so", "lib" + entry + ".so"}) {
+    for (const std::string& name :
+         {"weir_" + entry + ".so", entry + ".so", "lib" + entry + ".so"}) {
       std::error_code ec;
       if (fs::is_regular_file(dir / name, ec)) return Load(dir / name);
     }

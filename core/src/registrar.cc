@@ -11,7 +11,7 @@ bool ValidOpName(const std::string& name) {
 }
 
 bool ValidAttrName(const std::string& name) {
-  static const std::regex kName(R"([a-z_][a-z0-9_]*)");
+  static const std::regex kName(R"([A-Za-z_][A-Za-z0-9_]*)");
   return std::regex_match(name, kName);
 }
 
@@ -59,7 +59,7 @@ AttrValue ToAttrValue(const std::vector<std::string>& v) {
 void AttrListBuilder::Add(const std::string& name, AttrType type,
                           std::optional<AttrValue> default_value, const std::string& doc) {
   if (!ValidAttrName(name))
-    errors_->push_back(owner_ + ": attr name '" + name + "' must match [a-z_][a-z0-9_]*");
+    errors_->push_back(owner_ + ": attr name '" + name + "' must match [A-Za-z_][A-Za-z0-9_]*");
   for (const AttrDef& a : *attrs_)
     if (a.name() == name) errors_->push_back(owner_ + ": attr '" + name + "' declared twice");
   if (doc.empty()) errors_->push_back(owner_ + ": attr '" + name + "' has no doc");

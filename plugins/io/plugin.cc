@@ -1,5 +1,6 @@
-#include "io_ops.h"
 #include "weir/plugin.h"
+
+#include "io_ops.h"
 
 namespace {
 

@@ -1,5 +1,8 @@
 #include "weir/runtime/executor.h"
 
+#include <tbb/flow_graph.h>
+#include <tbb/task_arena.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <iomanip>
@@ -8,9 +11,6 @@
 #include <ostream>
 #include <sstream>
 #include <thread>
-
-#include <tbb/flow_graph.h>
-#include <tbb/task_arena.h>
 
 namespace weir {
 namespace flow = tbb::flow;
@@ -155,9 +155,9 @@ class Run {
       rt->source = n.inputs.empty();
       rt->concurrent = !n.entry->def.stateful() && n.entry->def.max_concurrency() != 1;
       std::map<std::string, AttrValue> attrs(n.attrs.begin(), n.attrs.end());
-      rt->ctx = std::make_unique<NodeContext>(n.name, n.op, std::move(attrs),
-                                              graph_.file.parent_path(), options_.out_dir,
-                                              options_.metrics, options_.stop);
+      rt->ctx =
+          std::make_unique<NodeContext>(n.name, n.op, std::move(attrs), graph_.file.parent_path(),
+                                        options_.out_dir, options_.metrics, options_.stop);
       if (!n.entry->stream_factory) {
         return Internal("op has no kernel").InNode(n.name, n.op).At(n.loc);
       }

@@ -12,7 +12,7 @@
 namespace weir::cli {
 
 struct FlagSpec {
-  std::string name;        // without "--"
+  std::string name;  // without "--"
   bool takes_value = true;
   bool repeatable = false;
 };

@@ -1,7 +1,7 @@
+#include <google/protobuf/util/json_util.h>
+
 #include <iostream>
 #include <sstream>
-
-#include <google/protobuf/util/json_util.h>
 
 #include "args.h"
 #include "commands.h"
@@ -35,7 +35,8 @@ std::string Constraint(const AttrDef& a) {
   }
   if (a.allowed_size() > 0) {
     out += out.empty() ? "one of " : ", one of ";
-    for (int i = 0; i < a.allowed_size(); ++i) out += (i ? "|" : "") + FormatAttrValue(a.allowed(i));
+    for (int i = 0; i < a.allowed_size(); ++i)
+      out += (i ? "|" : "") + FormatAttrValue(a.allowed(i));
   }
   if (a.type() == ATTR_INT) {
     // Integer bounds read better without a decimal point.
@@ -54,7 +55,8 @@ std::string Kernels(const OpDef& op) {
     out += (out.empty() ? "" : ", ") + k.device();
     if (k.dtype_size() > 0) {
       out += "(";
-      for (int i = 0; i < k.dtype_size(); ++i) out += (i ? " " : "") + std::string(DataTypeName(k.dtype(i)));
+      for (int i = 0; i < k.dtype_size(); ++i)
+        out += (i ? " " : "") + std::string(DataTypeName(k.dtype(i)));
       out += ")";
     }
   }
@@ -98,8 +100,8 @@ void PrintMarkdown(const OpDef& op, std::ostream& out) {
   if (op.attr_size() > 0) {
     out << "| attr | type | default | constraint | doc |\n|---|---|---|---|---|\n";
     for (const AttrDef& a : op.attr()) {
-      out << "| `" << a.name() << "` | " << AttrTypeName(a.type()) << " | `" << Default(a)
-          << "` | " << Constraint(a) << " | " << a.doc() << " |\n";
+      out << "| `" << a.name() << "` | " << AttrTypeName(a.type()) << " | `" << Default(a) << "` | "
+          << Constraint(a) << " | " << a.doc() << " |\n";
     }
     out << "\n";
   }
@@ -108,7 +110,8 @@ void PrintMarkdown(const OpDef& op, std::ostream& out) {
 }  // namespace
 
 int OpsCommand(const std::vector<std::string>& argv) {
-  auto args = ParseArgs(argv, {{"json", false, false}, {"markdown", false, false}, {"help", false, false}});
+  auto args =
+      ParseArgs(argv, {{"json", false, false}, {"markdown", false, false}, {"help", false, false}});
   if (!args.ok()) {
     std::cerr << "weir ops: " << args.status().message() << "\n";
     return 2;

@@ -1,3 +1,4 @@
+#include <glog/logging.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -5,8 +6,6 @@
 #include <fstream>
 #include <iostream>
 #include <mutex>
-
-#include <glog/logging.h>
 
 #include "args.h"
 #include "commands.h"
@@ -91,8 +90,9 @@ std::string SummaryJson(const fs::path& graph_file, const RunResult& r) {
     const NodeStats& n = r.nodes[i];
     out += std::string(i ? "," : "") + "\n    {\"name\": " + JsonQuote(n.name) +
            ", \"op\": " + JsonQuote(n.op) + ", \"items_in\": " + std::to_string(n.items_in) +
-           ", \"items_out\": " + std::to_string(n.items_out) + ", \"rows_in\": " +
-           std::to_string(n.rows_in) + ", \"rows_out\": " + std::to_string(n.rows_out) +
+           ", \"items_out\": " + std::to_string(n.items_out) +
+           ", \"rows_in\": " + std::to_string(n.rows_in) +
+           ", \"rows_out\": " + std::to_string(n.rows_out) +
            ", \"busy_s\": " + JsonNumber(n.busy_s) + "}";
   }
   return out + "\n  ]\n}\n";
@@ -133,7 +133,8 @@ int RunCommand(const std::vector<std::string>& argv) {
   }
   std::string progress = args->Get("progress").value_or("auto");
   if (progress != "auto" && progress != "live" && progress != "lines" && progress != "none") {
-    std::cerr << "weir run: --progress expects auto, live, lines or none, got '" << progress << "'\n";
+    std::cerr << "weir run: --progress expects auto, live, lines or none, got '" << progress
+              << "'\n";
     return 2;
   }
 
@@ -144,7 +145,8 @@ int RunCommand(const std::vector<std::string>& argv) {
   }
 
   std::string name = graph->name.empty() ? graph_file.stem().string() : graph->name;
-  fs::path out_dir = args->Get("out").value_or((fs::path("runs") / (name + "-" + Timestamp())).string());
+  fs::path out_dir =
+      args->Get("out").value_or((fs::path("runs") / (name + "-" + Timestamp())).string());
   std::error_code ec;
   if (fs::exists(out_dir / "summary.json", ec) && !args->Has("overwrite")) {
     std::cerr << "weir run: " << out_dir.string()
@@ -164,9 +166,9 @@ int RunCommand(const std::vector<std::string>& argv) {
   log.Line("weir run " + graph_file.string() + " --out " + out_dir.string());
   for (const std::string& s : args->All("set")) log.Line("  --set " + s);
 
-  Status wrote = WriteFileAtomically(out_dir / "graph.resolved.pbtxt",
-                                     "# Resolved from " + graph_file.string() + "\n" +
-                                         GraphDefToText(ToResolvedGraphDef(*graph)));
+  Status wrote = WriteFileAtomically(
+      out_dir / "graph.resolved.pbtxt",
+      "# Resolved from " + graph_file.string() + "\n" + GraphDefToText(ToResolvedGraphDef(*graph)));
   auto metrics = JsonlMetricSink::Open(out_dir / "metrics.jsonl");
   if (!wrote.ok() || !metrics.ok()) {
     std::cerr << "weir run: " << (wrote.ok() ? metrics.status() : wrote).ToString() << "\n";

@@ -1,9 +1,9 @@
 // weir: run, check and inspect dataflow graphs.
+#include <glog/logging.h>
+
 #include <iostream>
 #include <string>
 #include <vector>
-
-#include <glog/logging.h>
 
 #include "commands.h"
 

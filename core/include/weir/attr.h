@@ -20,9 +20,9 @@ namespace weir {
 struct Literal {
   enum Kind { kNumber, kWord, kQuoted, kList, kParam };
   Kind kind = kWord;
-  std::string text;             // number text, word, unquoted string, or param name
-  std::vector<Literal> items;   // kList
-  int offset = 0;               // column offset of the value within its attr string
+  std::string text;            // number text, word, unquoted string, or param name
+  std::vector<Literal> items;  // kList
+  int offset = 0;              // column offset of the value within its attr string
 
   // As it would be written back: 3, word, 'quoted', [1, 2], $param.
   std::string ToString() const;

@@ -29,7 +29,7 @@ constexpr int kGraphFormatVersion = 1;
 // One input as written: "node:port", "node" (port 0) or "^node" (control).
 struct Endpoint {
   std::string node;
-  std::string port;     // index or name; empty = 0
+  std::string port;  // index or name; empty = 0
   bool control = false;
   bool external = false;  // a function argument with no producer inside the function
   SourceLoc loc;
@@ -53,7 +53,7 @@ struct NodeSpec {
   int repeat = 0;
   std::vector<Endpoint> inputs;
   std::vector<WrittenAttr> attrs;
-  SourceLoc loc;      // of the node
+  SourceLoc loc;  // of the node
   SourceLoc op_loc;
   SourceLoc name_loc;
   SourceLoc device_loc;
@@ -79,7 +79,7 @@ struct FunctionSpec {
   std::vector<WrittenAttr> attrs;  // parameters with their defaults
   std::vector<NodeSpec> nodes;
   SourceLoc loc;
-  FunctionDef def;                 // as written, for the resolved graph
+  FunctionDef def;  // as written, for the resolved graph
 };
 
 struct ResourceSpec {
@@ -94,18 +94,18 @@ struct ResourceSpec {
 // A node that runs: an op with typed attrs (schema order, defaults filled) and resolved edges.
 struct Node {
   struct Input {
-    int node = -1;        // index into Graph::nodes
-    int port = 0;         // producer's output port
-    int slot = 0;         // this node's input port
+    int node = -1;  // index into Graph::nodes
+    int port = 0;   // producer's output port
+    int slot = 0;   // this node's input port
     Endpoint written;
   };
-  std::string name;       // expanded: "blocks.2.attn"
+  std::string name;  // expanded: "blocks.2.attn"
   std::string op;
   std::string device;
   std::string doc;
   int stage = 0;
-  std::vector<Input> inputs;    // data inputs in written order
-  std::vector<int> controls;    // nodes that must finish before this one starts
+  std::vector<Input> inputs;  // data inputs in written order
+  std::vector<int> controls;  // nodes that must finish before this one starts
   std::vector<std::pair<std::string, AttrValue>> attrs;
   SourceLoc loc;
   SourceLoc op_loc;
@@ -126,7 +126,7 @@ struct Graph {
   std::map<std::string, FunctionSpec> functions;
   std::vector<NodeSpec> node_specs;  // top-level nodes as written
 
-  std::vector<Node> nodes;           // after ResolveGraph: in topological order
+  std::vector<Node> nodes;  // after ResolveGraph: in topological order
 
   const Param* FindParam(const std::string& name) const;
   int FindNode(const std::string& name) const;  // -1 when absent

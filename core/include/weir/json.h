@@ -2,10 +2,10 @@
 // Parsing goes through protobuf's JSON support, so weir carries no JSON parser of its own.
 #pragma once
 
+#include <google/protobuf/struct.pb.h>
+
 #include <string>
 #include <string_view>
-
-#include <google/protobuf/struct.pb.h>
 
 #include "weir/status.h"
 

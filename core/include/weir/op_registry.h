@@ -17,8 +17,8 @@
 namespace weir {
 
 struct OpEntry {
-  OpDef def;                          // with def.plugin set to the registering plugin's file
-  StreamKernelFactory stream_factory; // stream ops
+  OpDef def;                           // with def.plugin set to the registering plugin's file
+  StreamKernelFactory stream_factory;  // stream ops
 };
 
 struct ResourceKindEntry {

@@ -15,12 +15,11 @@
 //   WEIR_PLUGIN("my", "0.1.0", RegisterMyOps)
 #pragma once
 
+#include <boost/config.hpp>
+#include <boost/dll/alias.hpp>
 #include <cstdint>
 #include <exception>
 #include <string>
-
-#include <boost/config.hpp>
-#include <boost/dll/alias.hpp>
 
 #include "weir/registrar.h"
 
@@ -68,15 +67,15 @@ const char* RegisterTrampoline(void* registrar) {
 
 }  // namespace weir::plugin_detail
 
-#define WEIR_PLUGIN(NAME, VERSION, REGISTER_FN)                                                  \
-  extern "C" const WeirPluginDescriptor weir_plugin_descriptor_ = {                              \
-      sizeof(WeirPluginDescriptor),                                                              \
-      WEIR_PLUGIN_ABI_MAJOR,                                                                     \
-      WEIR_PLUGIN_ABI_MINOR,                                                                     \
-      NAME,                                                                                      \
-      VERSION,                                                                                   \
-      __VERSION__,                                                                               \
-      _GLIBCXX_USE_CXX11_ABI,                                                                    \
-      WEIR_CUDA_VERSION,                                                                         \
-      &::weir::plugin_detail::RegisterTrampoline<REGISTER_FN>};                                  \
+#define WEIR_PLUGIN(NAME, VERSION, REGISTER_FN)                     \
+  extern "C" const WeirPluginDescriptor weir_plugin_descriptor_ = { \
+      sizeof(WeirPluginDescriptor),                                 \
+      WEIR_PLUGIN_ABI_MAJOR,                                        \
+      WEIR_PLUGIN_ABI_MINOR,                                        \
+      NAME,                                                         \
+      VERSION,                                                      \
+      __VERSION__,                                                  \
+      _GLIBCXX_USE_CXX11_ABI,                                       \
+      WEIR_CUDA_VERSION,                                            \
+      &::weir::plugin_detail::RegisterTrampoline<REGISTER_FN>};     \
   BOOST_DLL_ALIAS(weir_plugin_descriptor_, weir_plugin)

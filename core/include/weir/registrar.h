@@ -50,14 +50,22 @@ struct OneOf {
 
 template <typename T>
 constexpr AttrType AttrTypeOf() {
-  if constexpr (std::is_same_v<T, bool>) return ATTR_BOOL;
-  else if constexpr (std::is_integral_v<T>) return ATTR_INT;
-  else if constexpr (std::is_floating_point_v<T>) return ATTR_FLOAT;
-  else if constexpr (std::is_same_v<T, std::string>) return ATTR_STRING;
-  else if constexpr (std::is_same_v<T, std::vector<int64_t>>) return ATTR_INT_LIST;
-  else if constexpr (std::is_same_v<T, std::vector<double>>) return ATTR_FLOAT_LIST;
-  else if constexpr (std::is_same_v<T, std::vector<std::string>>) return ATTR_STRING_LIST;
-  else static_assert(sizeof(T) == 0, "unsupported attr type: use AttrOfType");
+  if constexpr (std::is_same_v<T, bool>)
+    return ATTR_BOOL;
+  else if constexpr (std::is_integral_v<T>)
+    return ATTR_INT;
+  else if constexpr (std::is_floating_point_v<T>)
+    return ATTR_FLOAT;
+  else if constexpr (std::is_same_v<T, std::string>)
+    return ATTR_STRING;
+  else if constexpr (std::is_same_v<T, std::vector<int64_t>>)
+    return ATTR_INT_LIST;
+  else if constexpr (std::is_same_v<T, std::vector<double>>)
+    return ATTR_FLOAT_LIST;
+  else if constexpr (std::is_same_v<T, std::vector<std::string>>)
+    return ATTR_STRING_LIST;
+  else
+    static_assert(sizeof(T) == 0, "unsupported attr type: use AttrOfType");
 }
 
 AttrValue ToAttrValue(bool v);
@@ -71,8 +79,8 @@ AttrValue ToAttrValue(const std::vector<std::string>& v);
 // Builds the attrs of an op or a resource kind.
 class AttrListBuilder {
  public:
-  AttrListBuilder(google::protobuf::RepeatedPtrField<AttrDef>* attrs, std::vector<std::string>* errors,
-                  std::string owner)
+  AttrListBuilder(google::protobuf::RepeatedPtrField<AttrDef>* attrs,
+                  std::vector<std::string>* errors, std::string owner)
       : attrs_(attrs), errors_(errors), owner_(std::move(owner)) {}
 
   // An attr with a default, or (default = nullopt) a required one.
@@ -106,10 +114,11 @@ class OpBuilder {
   template <typename T, typename... Constraints>
   OpBuilder& Attr(const std::string& name, const T& default_value, const std::string& doc,
                   const Constraints&... constraints) {
-    using V = std::conditional_t<std::is_convertible_v<T, std::string> && !std::is_same_v<T, bool>,
-                                 std::string,
-                                 std::conditional_t<std::is_integral_v<T> && !std::is_same_v<T, bool>,
-                                                    int64_t, T>>;
+    using V =
+        std::conditional_t < std::is_convertible_v<T, std::string> && !std::is_same_v<T, bool>,
+          std::string, std::conditional_t < std::is_integral_v<T> && !std::is_same_v<T, bool>,
+          int64_t, T >>
+        ;
     return AttrOfType(name, AttrTypeOf<V>(), ToAttrValue(V(default_value)), doc, constraints...);
   }
   template <typename T, typename... Constraints>
@@ -152,12 +161,13 @@ class ResourceKindBuilder {
   ResourceKindBuilder(ResourceKindDef* def, std::vector<std::string>* errors);
   ResourceKindBuilder& Doc(const std::string& doc);
   template <typename T, typename... Constraints>
-  ResourceKindBuilder& Attr(const std::string& name, const T& default_value,
-                            const std::string& doc, const Constraints&... constraints) {
-    using V = std::conditional_t<std::is_convertible_v<T, std::string> && !std::is_same_v<T, bool>,
-                                 std::string,
-                                 std::conditional_t<std::is_integral_v<T> && !std::is_same_v<T, bool>,
-                                                    int64_t, T>>;
+  ResourceKindBuilder& Attr(const std::string& name, const T& default_value, const std::string& doc,
+                            const Constraints&... constraints) {
+    using V =
+        std::conditional_t < std::is_convertible_v<T, std::string> && !std::is_same_v<T, bool>,
+          std::string, std::conditional_t < std::is_integral_v<T> && !std::is_same_v<T, bool>,
+          int64_t, T >>
+        ;
     attrs_.Add(name, AttrTypeOf<V>(), ToAttrValue(V(default_value)), doc);
     (attrs_.Apply(constraints), ...);
     attrs_.Finish();

@@ -4,13 +4,13 @@
 // sees points at the line to fix. glog CHECK is reserved for broken internal invariants.
 #pragma once
 
+#include <glog/logging.h>
+
 #include <optional>
 #include <string>
 #include <utility>
 #include <variant>
 #include <vector>
-
-#include <glog/logging.h>
 
 namespace weir {
 
@@ -33,9 +33,9 @@ enum class StatusCode {
   kNotFound,         // missing file, op, node
   kAlreadyExists,    // duplicate op, node, function
   kFailedPrecondition,
-  kInternal,         // a kernel threw, a broken invariant surfaced as an error
-  kCancelled,        // stopped by SIGINT or by another node's failure
-  kUnavailable,      // a resource (file system, device) failed
+  kInternal,     // a kernel threw, a broken invariant surfaced as an error
+  kCancelled,    // stopped by SIGINT or by another node's failure
+  kUnavailable,  // a resource (file system, device) failed
 };
 
 const char* StatusCodeName(StatusCode code);
@@ -78,7 +78,9 @@ class [[nodiscard]] Status {
   std::string attr_;
 };
 
-inline Status InvalidArgument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
+inline Status InvalidArgument(std::string m) {
+  return {StatusCode::kInvalidArgument, std::move(m)};
+}
 inline Status NotFound(std::string m) { return {StatusCode::kNotFound, std::move(m)}; }
 inline Status AlreadyExists(std::string m) { return {StatusCode::kAlreadyExists, std::move(m)}; }
 inline Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
@@ -97,7 +99,7 @@ class [[nodiscard]] StatusOr {
   StatusOr(Status&& status) : value_(std::move(status)) {  // NOLINT
     CHECK(!std::get<Status>(value_).ok()) << "StatusOr built from an OK status";
   }
-  StatusOr(const T& value) : value_(value) {}  // NOLINT
+  StatusOr(const T& value) : value_(value) {}        // NOLINT
   StatusOr(T&& value) : value_(std::move(value)) {}  // NOLINT
 
   bool ok() const { return std::holds_alternative<T>(value_); }

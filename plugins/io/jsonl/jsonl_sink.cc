@@ -55,16 +55,18 @@ class JsonlSink : public StreamKernel {
 
 void RegisterJsonlSink(Registrar& r) {
   r.StreamOp("io.JsonlSink")
-      .Doc("Writes each row as one JSON object per line. The file appears complete when the run "
-           "finishes (it is written beside the target and renamed), so a failed run leaves an "
-           "earlier file intact.")
+      .Doc(
+          "Writes each row as one JSON object per line. The file appears complete when the run "
+          "finishes (it is written beside the target and renamed), so a failed run leaves an "
+          "earlier file intact.")
       .Input("in", "batch", "rows to write")
       .RequiredAttr<std::string>("path", "output file; relative to the run's output folder")
       .Attr("columns", std::vector<std::string>{},
             "columns to write, in this order (empty: every column)")
       .Stateful()
       .Factory([](const NodeContext& ctx) -> StatusOr<std::unique_ptr<StreamKernel>> {
-        WEIR_ASSIGN_OR_RETURN(auto file, AtomicFileWriter::Open(ctx.OutputPath(ctx.String("path"))));
+        WEIR_ASSIGN_OR_RETURN(auto file,
+                              AtomicFileWriter::Open(ctx.OutputPath(ctx.String("path"))));
         return std::unique_ptr<StreamKernel>(new JsonlSink(ctx, std::move(file)));
       });
 }

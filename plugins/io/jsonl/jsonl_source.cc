@@ -16,9 +16,12 @@ using google::protobuf::Value;
 // ints (0/1); arrays and objects are kept as their JSON text.
 int ColumnKind(const Value& v) {
   switch (v.kind_case()) {
-    case Value::kNumberValue: return 2;
-    case Value::kBoolValue: return 1;
-    default: return 0;
+    case Value::kNumberValue:
+      return 2;
+    case Value::kBoolValue:
+      return 1;
+    default:
+      return 0;
   }
 }
 
@@ -73,14 +76,16 @@ class JsonlSource : public StreamKernel {
         if (kinds_[i] == 2) std::get<FloatColumn>(columns[i]).push_back(v.number_value());
         if (kinds_[i] == 0) {
           std::get<StringColumn>(columns[i])
-              .push_back(v.kind_case() == Value::kStringValue ? v.string_value() : JsonValueText(v));
+              .push_back(v.kind_case() == Value::kStringValue ? v.string_value()
+                                                              : JsonValueText(v));
         }
       }
       ++rows;
       ++total_;
     }
     if (rows == 0) return false;
-    for (size_t i = 0; i < fields_.size(); ++i) WEIR_RETURN_IF_ERROR(batch.Set(fields_[i], std::move(columns[i])));
+    for (size_t i = 0; i < fields_.size(); ++i)
+      WEIR_RETURN_IF_ERROR(batch.Set(fields_[i], std::move(columns[i])));
     out.Emit(std::move(batch));
     return true;
   }
@@ -117,10 +122,11 @@ class JsonlSource : public StreamKernel {
 
 void RegisterJsonlSource(Registrar& r) {
   r.StreamOp("io.JsonlSource")
-      .Doc("Reads JSON Lines (one JSON object per line) into batches. Strings become string "
-           "columns, numbers float columns, booleans int columns (0/1); nested arrays and objects "
-           "are kept as JSON text. Blank lines are skipped; a malformed line is an error naming "
-           "its file and line.")
+      .Doc(
+          "Reads JSON Lines (one JSON object per line) into batches. Strings become string "
+          "columns, numbers float columns, booleans int columns (0/1); nested arrays and objects "
+          "are kept as JSON text. Blank lines are skipped; a malformed line is an error naming "
+          "its file and line.")
       .Output("out", "batch", "rows read")
       .RequiredAttr<std::string>("path",
                                  "a .jsonl file, or a folder whose *.jsonl files are read in "
@@ -131,7 +137,8 @@ void RegisterJsonlSource(Registrar& r) {
             "fields to read, in column order (empty: every field of the first record, sorted)")
       .Stateful()
       .Factory([](const NodeContext& ctx) -> StatusOr<std::unique_ptr<StreamKernel>> {
-        WEIR_ASSIGN_OR_RETURN(auto files, ListInputFiles(ctx.InputPath(ctx.String("path")), ".jsonl"));
+        WEIR_ASSIGN_OR_RETURN(auto files,
+                              ListInputFiles(ctx.InputPath(ctx.String("path")), ".jsonl"));
         return std::unique_ptr<StreamKernel>(new JsonlSource(ctx, std::move(files)));
       });
 }

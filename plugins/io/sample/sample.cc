@@ -40,8 +40,9 @@ class Sample : public StreamKernel {
 
 void RegisterSample(Registrar& r) {
   r.StreamOp("io.Sample")
-      .Doc("Keeps each row with probability `rate`. The choice for a row depends only on the seed "
-           "and the row's position in the stream, so a run is reproducible.")
+      .Doc(
+          "Keeps each row with probability `rate`. The choice for a row depends only on the seed "
+          "and the row's position in the stream, so a run is reproducible.")
       .Input("in", "batch", "rows")
       .Output("out", "batch", "the sampled rows")
       .Attr<double>("rate", 0.1, "probability of keeping a row", Min(0.0), Max(1.0))

@@ -81,11 +81,13 @@ class TextSource : public StreamKernel {
 
 void RegisterTextSource(Registrar& r) {
   r.StreamOp("io.TextSource")
-      .Doc("Reads plain-text files as rows: one row per line, or one row per file. Each row also "
-           "carries a 'source' column naming its file (and line).")
+      .Doc(
+          "Reads plain-text files as rows: one row per line, or one row per file. Each row also "
+          "carries a 'source' column naming its file (and line).")
       .Output("out", "batch", "rows read: the text column and 'source'")
-      .RequiredAttr<std::string>("path", "a text file, or a folder read recursively in path order; "
-                                         "relative to the graph file")
+      .RequiredAttr<std::string>("path",
+                                 "a text file, or a folder read recursively in path order; "
+                                 "relative to the graph file")
       .Attr<std::string>("mode", "lines", "'lines': a row per line; 'files': a row per file",
                          OneOf{"lines", "files"})
       .Attr<std::string>("suffix", "", "in a folder, read only files whose names end with this")
@@ -94,8 +96,8 @@ void RegisterTextSource(Registrar& r) {
       .Attr("skip_empty", true, "skip rows that hold only whitespace")
       .Stateful()
       .Factory([](const NodeContext& ctx) -> StatusOr<std::unique_ptr<StreamKernel>> {
-        WEIR_ASSIGN_OR_RETURN(auto files,
-                              ListInputFiles(ctx.InputPath(ctx.String("path")), ctx.String("suffix")));
+        WEIR_ASSIGN_OR_RETURN(
+            auto files, ListInputFiles(ctx.InputPath(ctx.String("path")), ctx.String("suffix")));
         return std::unique_ptr<StreamKernel>(new TextSource(ctx, std::move(files)));
       });
 }

@@ -25,14 +25,14 @@
 namespace weir {
 
 struct RunOptions {
-  std::filesystem::path out_dir;                 // where relative outputs go
-  int max_in_flight = 16;                        // per source: items in flight at once
-  int threads = 0;                               // 0: every core
-  const std::atomic<bool>* stop = nullptr;       // set to stop the run cleanly
+  std::filesystem::path out_dir;            // where relative outputs go
+  int max_in_flight = 16;                   // per source: items in flight at once
+  int threads = 0;                          // 0: every core
+  const std::atomic<bool>* stop = nullptr;  // set to stop the run cleanly
   MetricSink* metrics = nullptr;
-  std::ostream* progress = nullptr;              // null: no progress output
-  bool progress_live = false;                    // redraw one line (a terminal) or print lines
-  double progress_interval_s = 10;               // between plain progress lines
+  std::ostream* progress = nullptr;  // null: no progress output
+  bool progress_live = false;        // redraw one line (a terminal) or print lines
+  double progress_interval_s = 10;   // between plain progress lines
 };
 
 struct NodeStats {
