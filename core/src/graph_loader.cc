@@ -166,11 +166,12 @@ StatusOr<NodeSpec> ParseNodeSpec(const NodeDef& def, const Locator& at) {
     s.InNode(n.name, n.op);
     return s;
   };
-  static const std::regex kName(R"([A-Za-z_][A-Za-z0-9_\-]*)");
+  // Dots are allowed so that a resolved graph, whose expanded names hold them, loads again.
+  static const std::regex kName(R"([A-Za-z_][A-Za-z0-9_.\-]*)");
   if (n.name.empty()) return fail(InvalidArgument("node has no name").At(n.loc));
   if (!std::regex_match(n.name, kName)) {
     return fail(InvalidArgument("node name must start with a letter or '_' and hold only letters, "
-                                "digits, '_' and '-'")
+                                "digits, '_', '.' and '-'")
                     .At(n.name_loc));
   }
   if (n.op.empty()) return fail(InvalidArgument("node has no op").At(n.loc));

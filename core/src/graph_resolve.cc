@@ -55,19 +55,17 @@ class Resolver {
     std::vector<Node> nodes;
     ExpandSpecs(graph_.node_specs, "", params_, {}, 0, nodes);
     CheckFunctionsStandalone();
-    if (errors_.empty()) {
-      size_t errors_before = errors_.size();
-      for (const Node& n : nodes) {
-        if (n.entry != nullptr && n.entry->def.kind() == OpDef::TENSOR) {
-          Fail(InvalidArgument("tensor op '" + n.op +
-                               "' cannot run as a stream node; put it in a function and run "
-                               "that function with a stream op")
-                   .At(n.op_loc)
-                   .InNode(n.name, n.op));
-        }
+    for (const Node& n : nodes) {
+      if (n.entry != nullptr && n.entry->def.kind() == OpDef::TENSOR) {
+        Fail(InvalidArgument("tensor op '" + n.op +
+                             "' cannot run as a stream node; put it in a function and run "
+                             "that function with a stream op")
+                 .At(n.op_loc)
+                 .InNode(n.name, n.op));
       }
-      if (errors_.size() == errors_before) Link(nodes);
     }
+    // Edges are checked even when some nodes failed, so one run reports every problem.
+    Link(nodes);
     if (errors_.empty()) graph_.nodes = Order(std::move(nodes));
     // Report in file order, as a compiler would.
     std::stable_sort(errors_.begin(), errors_.end(), [](const Status& a, const Status& b) {
@@ -79,6 +77,7 @@ class Resolver {
 
  private:
   void Fail(Status s) {
+    if (!s.node().empty()) failed_.insert(s.node());
     std::string text = s.ToString();
     if (seen_errors_.insert(text).second) errors_.push_back(std::move(s));
   }
@@ -516,6 +515,7 @@ class Resolver {
     std::vector<std::string> names;
     for (const Node& n : nodes) names.push_back(n.name);
     for (Node& n : nodes) {
+      if (failed_.count(n.name)) continue;  // reported already; its edges would only add noise
       auto fail = [&](Status s) { Fail(s.InNode(n.name, n.op)); };
       std::vector<Node::Input> data;
       int slot = 0;
@@ -533,6 +533,10 @@ class Resolver {
           continue;  // a function argument: its producer is outside the function
         }
         auto it = index.find(e.node);
+        if (it == index.end() && failed_.count(e.node)) {
+          ++slot;  // the producer failed to resolve and was reported already
+          continue;
+        }
         if (it == index.end()) {
           fail(NotFound("input '" + in.written.ToString() + "': no node named '" + e.node + "'" +
                         SuggestClosest(e.node, names))
@@ -577,7 +581,7 @@ class Resolver {
         }
         in.node = it->second;
         in.port = port;
-        in.slot = in_port;
+        in.slot = slot;
         data.push_back(in);
         ++slot;
       }
@@ -669,6 +673,7 @@ class Resolver {
   Scope params_;
   std::map<std::string, CallOutputs> calls_;
   std::set<std::string> expanded_;  // functions called from the stream level
+  std::set<std::string> failed_;    // nodes that were reported and left out
   std::vector<Status> errors_;
   std::set<std::string> seen_errors_;
 };

@@ -36,7 +36,7 @@ std::string SuggestClosest(std::string_view name, const std::vector<std::string>
     // Also match on the part after the namespace: "JsonlSource" finds "io.JsonlSource".
     size_t dot = c.rfind('.');
     if (dot != std::string::npos) d = std::min(d, EditDistance(name, c.substr(dot + 1)) + 1);
-    if (d > std::max<size_t>(2, name.size() / 3)) continue;
+    if (d > std::max<size_t>(1, name.size() / 4)) continue;
     if (d < best) {
       best = d;
       picks.clear();

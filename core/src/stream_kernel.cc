@@ -11,12 +11,12 @@ const AttrValue& NodeContext::attr(const std::string& name) const {
 
 std::filesystem::path NodeContext::InputPath(const std::string& path) const {
   std::filesystem::path p(path);
-  return p.is_absolute() ? p : graph_dir_ / p;
+  return (p.is_absolute() ? p : graph_dir_ / p).lexically_normal();
 }
 
 std::filesystem::path NodeContext::OutputPath(const std::string& path) const {
   std::filesystem::path p(path);
-  return p.is_absolute() ? p : out_dir_ / p;
+  return (p.is_absolute() ? p : out_dir_ / p).lexically_normal();
 }
 
 }  // namespace weir

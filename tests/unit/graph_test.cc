@@ -1,1 +1,178 @@
+// Graph loading: params and overrides, imports, function expansion with repeat, defaults in the
+// resolved graph, binary files.
 #include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "test_util.h"
+
+namespace weir::testing {
+namespace {
+
+const Node& FindNode(const Graph& g, const std::string& name) {
+  int i = g.FindNode(name);
+  CHECK_GE(i, 0) << "no node " << name;
+  return g.nodes[i];
+}
+
+std::string Attr(const Node& n, const std::string& key) {
+  const AttrValue* v = n.FindAttr(key);
+  return v ? FormatAttrValue(*v) : "<none>";
+}
+
+std::string InputOf(const Graph& g, const Node& n, size_t i) {
+  return g.nodes[n.inputs.at(i).node].name;
+}
+
+TEST(Params, ReferencesResolveWithTheirTypes) {
+  auto g = LoadTestGraph(TestGraph("good/params.pbtxt"));
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  const Node& src = FindNode(*g, "src");
+  EXPECT_EQ(Attr(src, "n"), "3");
+  EXPECT_EQ(Attr(src, "rows"), "2");
+  const Node& k = FindNode(*g, "k");
+  EXPECT_EQ(Attr(k, "k"), "2");
+  EXPECT_EQ(Attr(k, "ratio"), "0.25");
+  EXPECT_EQ(Attr(k, "mode"), "slow");
+  EXPECT_EQ(Attr(k, "tags"), "[a, b]");
+  // Defaults are filled in.
+  EXPECT_EQ(Attr(k, "sizes"), "[1, 2]");
+  EXPECT_EQ(Attr(k, "dtype"), "f32");
+  EXPECT_EQ(Attr(k, "shape"), "[2, -1]");
+  EXPECT_EQ(Attr(src, "sleep_ms"), "0");
+  EXPECT_EQ(FormatAttrValue(g->FindParam("label")->value), "'two words'");
+  EXPECT_TRUE(g->FindParam("flag")->value.b());
+}
+
+TEST(Params, OverridesAreTypedLikeTheParam) {
+  auto g = LoadTestGraph(TestGraph("good/params.pbtxt"), {"batches=7", "ratio=1", "mode=fast"});
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  EXPECT_EQ(Attr(FindNode(*g, "src"), "n"), "7");
+  // An int written for a float param widens.
+  EXPECT_EQ(Attr(FindNode(*g, "k"), "ratio"), "1.0");
+  EXPECT_EQ(Attr(FindNode(*g, "k"), "mode"), "fast");
+  EXPECT_TRUE(g->FindParam("batches")->overridden);
+}
+
+TEST(Params, BadOverridesAreRefused) {
+  auto wrong_type = LoadTestGraph(TestGraph("good/params.pbtxt"), {"batches=2.5"});
+  ASSERT_FALSE(wrong_type.ok());
+  EXPECT_EQ(wrong_type.status().ToString(),
+            "--set batches=2.5: param 'batches' expects int, got 2.5");
+
+  auto unknown = LoadTestGraph(TestGraph("good/params.pbtxt"), {"batchez=2"});
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.status().message().find("has no param 'batchez'; did you mean 'batches'?"),
+            std::string::npos)
+      << unknown.status().ToString();
+
+  auto not_allowed = LoadTestGraph(TestGraph("good/params.pbtxt"), {"mode=medium"});
+  ASSERT_FALSE(not_allowed.ok());
+  EXPECT_EQ(StripGraphDir(not_allowed.status().ToString()),
+            "good/params.pbtxt:5:41: node 'k' (op 'test.Knobs'): attr 'mode' expects one of "
+            "{fast, slow}, got medium");
+
+  auto malformed = LoadTestGraph(TestGraph("good/params.pbtxt"), {"batches"});
+  ASSERT_FALSE(malformed.ok());
+  EXPECT_EQ(malformed.status().ToString(), "--set batches: expected key=value");
+}
+
+TEST(Functions, RepeatStampsCopiesInSequenceWithTheirIndex) {
+  auto g = LoadTestGraph(TestGraph("good/functions.pbtxt"));
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  std::vector<std::string> names;
+  for (const Node& n : g->nodes) names.push_back(n.name);
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"src", "stages.0.first", "stages.0.second", "stages.1.first",
+                                      "stages.1.second", "stages.2.first", "stages.2.second",
+                                      "once.fail", "twice.a.fail", "twice.b.fail", "sink"}));
+  for (int k = 0; k < 3; ++k) {
+    const Node& second = FindNode(*g, "stages." + std::to_string(k) + ".second");
+    EXPECT_EQ(Attr(second, "at"), std::to_string(k));
+    EXPECT_EQ(InputOf(*g, second, 0), "stages." + std::to_string(k) + ".first");
+  }
+  EXPECT_EQ(InputOf(*g, FindNode(*g, "stages.0.first"), 0), "src");
+  EXPECT_EQ(InputOf(*g, FindNode(*g, "stages.1.first"), 0), "stages.0.second");
+  EXPECT_EQ(InputOf(*g, FindNode(*g, "stages.2.first"), 0), "stages.1.second");
+  // A call's output feeds the next node; an imported param sets a call attr.
+  EXPECT_EQ(InputOf(*g, FindNode(*g, "once.fail"), 0), "stages.2.second");
+  EXPECT_EQ(Attr(FindNode(*g, "once.fail"), "at"), "3");
+  // Nested calls: the inner call's attr, then the function default.
+  EXPECT_EQ(Attr(FindNode(*g, "twice.a.fail"), "at"), "100");
+  EXPECT_EQ(Attr(FindNode(*g, "twice.b.fail"), "at"), "7");
+  EXPECT_EQ(InputOf(*g, FindNode(*g, "twice.b.fail"), 0), "twice.a.fail");
+  EXPECT_EQ(InputOf(*g, FindNode(*g, "sink"), 0), "twice.b.fail");
+  // Diamond import: blocks.pbtxt is imported twice but defines its functions once.
+  EXPECT_EQ(g->functions.size(), 3u);
+}
+
+TEST(Resolved, WritesEveryAttrAndReloadsToTheSameGraph) {
+  auto g = LoadTestGraph(TestGraph("good/functions.pbtxt"));
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  GraphDef def = ToResolvedGraphDef(*g);
+  EXPECT_EQ(def.import_size(), 0);
+  EXPECT_EQ(def.function_size(), 3);
+  ASSERT_EQ(def.node_size(), 11);
+  const NodeDef& src = def.node(0);
+  EXPECT_EQ(src.name(), "src");
+  EXPECT_EQ(std::vector<std::string>(src.attr().begin(), src.attr().end()),
+            (std::vector<std::string>{"n=10", "rows=1", "sleep_ms=0"}));
+
+  std::string path = ::testing::TempDir() + "/resolved.pbtxt";
+  std::ofstream(path) << GraphDefToText(def);
+  auto again = LoadTestGraph(path);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(GraphDefToText(ToResolvedGraphDef(*again)), GraphDefToText(def));
+}
+
+TEST(Binary, ABinaryGraphLoadsLikeItsText) {
+  auto text = LoadGraph(TestGraph("good/params.pbtxt"));
+  ASSERT_TRUE(text.ok()) << text.status().ToString();
+  GraphDef def;
+  def.set_name("params");
+  for (const Param& p : text->params) def.add_param(p.name + "=" + FormatAttrValue(p.value));
+  NodeDef* src = def.add_node();
+  src->set_name("src");
+  src->set_op("test.Count");
+  src->add_attr("n=$batches");
+  std::string path = ::testing::TempDir() + "/graph.pb";
+  std::ofstream(path, std::ios::binary) << def.SerializeAsString();
+  auto g = LoadTestGraph(path, {"batches=5"});
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  EXPECT_EQ(Attr(FindNode(*g, "src"), "n"), "5");
+
+  // Errors in binary files name the file and node, without a line.
+  src->add_attr("bogus=1");
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << def.SerializeAsString();
+  auto bad = LoadTestGraph(path);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().ToString(),
+            path +
+                ": node 'src' (op 'test.Count'): unknown attr 'bogus' (op 'test.Count' takes: "
+                "n, rows, sleep_ms)");
+}
+
+TEST(Resources, AttrsAreTypedAgainstTheKind) {
+  auto g = LoadTestGraph(TestGraph("good/resources.pbtxt"), {"cap=32"});
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  ASSERT_EQ(g->resources.size(), 1u);
+  ASSERT_EQ(g->resources[0].resolved_attrs.size(), 1u);
+  EXPECT_EQ(FormatAttrValue(g->resources[0].resolved_attrs[0].second), "32");
+  EXPECT_EQ(Attr(FindNode(*g, "use"), "store"), "store");
+}
+
+TEST(Errors, AllProblemsAreReportedInFileOrder) {
+  std::string path = ::testing::TempDir() + "/many.pbtxt";
+  std::ofstream(path) << "node { name: \"a\" op: \"test.Count\" attr: \"n=x\" }\n"
+                      << "node { name: \"b\" op: \"test.Nope\" }\n"
+                      << "node { name: \"c\" op: \"test.Record\" input: \"zz\" }\n";
+  auto g = LoadTestGraph(path);
+  ASSERT_FALSE(g.ok());
+  std::string text = g.status().ToString();
+  EXPECT_EQ(text, path + ":1:44: node 'a' (op 'test.Count'): attr 'n' expects int, got 'x'\n" +
+                      path + ":2:23: node 'b' (op 'test.Nope'): unknown op 'test.Nope'\n" + path +
+                      ":3:44: node 'c' (op 'test.Record'): input 'zz': no node named 'zz'");
+}
+
+}  // namespace
+}  // namespace weir::testing

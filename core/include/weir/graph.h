@@ -96,7 +96,8 @@ struct Node {
   struct Input {
     int node = -1;  // index into Graph::nodes
     int port = 0;   // producer's output port
-    int slot = 0;   // this node's input port
+    int slot = 0;   // which data input of this node (its port, except that each connection
+                    // of a variadic port has its own slot)
     Endpoint written;
   };
   std::string name;  // expanded: "blocks.2.attn"

@@ -110,7 +110,7 @@ class StreamKernel {
     return false;
   }
 
-  // One arriving item on input port `input`.
+  // One arriving item on data input `input` (0-based, in the order the graph lists inputs).
   virtual Status Process(int input, const Batch& batch, Emitter& out) {
     (void)input;
     (void)batch;
