@@ -290,6 +290,9 @@ class GraphFileLoader {
     if (root) {
       graph_->name = def.name();
       graph_->doc = def.doc();
+      fs::path input_dir(def.input_dir());
+      graph_->input_dir =
+          input_dir.is_absolute() ? input_dir : (path.parent_path() / input_dir).lexically_normal();
     }
     for (int i = 0; i < def.plugin_size(); ++i) {
       graph_->plugins.push_back(def.plugin(i));

@@ -690,6 +690,8 @@ GraphDef ToResolvedGraphDef(const Graph& graph) {
   def.set_name(graph.name);
   def.set_doc(graph.doc);
   def.set_format_version(kGraphFormatVersion);
+  std::error_code ec;
+  def.set_input_dir(std::filesystem::absolute(graph.input_dir, ec).lexically_normal().string());
   for (const std::string& p : graph.plugins) def.add_plugin(p);
   for (const Param& p : graph.params) def.add_param(p.name + "=" + FormatAttrValue(p.value));
   for (const ResourceSpec& r : graph.resources) {

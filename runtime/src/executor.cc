@@ -155,9 +155,8 @@ class Run {
       rt->source = n.inputs.empty();
       rt->concurrent = !n.entry->def.stateful() && n.entry->def.max_concurrency() != 1;
       std::map<std::string, AttrValue> attrs(n.attrs.begin(), n.attrs.end());
-      rt->ctx =
-          std::make_unique<NodeContext>(n.name, n.op, std::move(attrs), graph_.file.parent_path(),
-                                        options_.out_dir, options_.metrics, options_.stop);
+      rt->ctx = std::make_unique<NodeContext>(n.name, n.op, std::move(attrs), graph_.input_dir,
+                                              options_.out_dir, options_.metrics, options_.stop);
       if (!n.entry->stream_factory) {
         return Internal("op has no kernel").InNode(n.name, n.op).At(n.loc);
       }

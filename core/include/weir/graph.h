@@ -119,6 +119,7 @@ struct Graph {
   std::string name;
   std::string doc;
   std::filesystem::path file;        // the root file
+  std::filesystem::path input_dir;   // where relative input paths are read from
   std::vector<std::string> plugins;  // as written, with the folder of the file that named them
   std::vector<std::filesystem::path> plugin_dirs;
   std::vector<SourceLoc> plugin_locs;

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# End-to-end tests of the weir CLI: exit codes, messages, run outputs, failure safety, Ctrl-C.
+# usage: cli_test.sh WEIR_BINARY SOURCE_DIR TEST_PLUGIN_DIR
+set -uo pipefail
+weir=$1
+src=$2
+export WEIR_PLUGIN_PATH=$3
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$src"
+passed=0
+failed=0
+
+check() {  # check NAME COMMAND...: the command must succeed
+  local name=$1
+  shift
+  if "$@"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "FAIL: $name" >&2
+  fi
+}
+
+# --- help and usage
+check "weir --help" "$weir" --help > "$work/help"
+check "help lists run" grep -q "run GRAPH" "$work/help"
+for cmd in run check ops; do
+  check "weir $cmd --help" "$weir" $cmd --help > "$work/help_$cmd"
+  check "weir $cmd --help shows usage" grep -q "usage: weir $cmd" "$work/help_$cmd"
+done
+"$weir" frobnicate > /dev/null 2>&1
+check "unknown command exits 2" test $? -eq 2
+
+# --- check: the exact place of an unknown op, with a suggestion, and a non-zero exit
+"$weir" check tests/graphs/bad/unknown_op.pbtxt > "$work/out" 2> "$work/err"
+check "check of a bad graph exits 1" test $? -eq 1
+check "check prints FILE:7:COL, node, op and a suggestion" grep -qx \
+  "tests/graphs/bad/unknown_op.pbtxt:7:23: node 'n' (op 'test.Recrod'): unknown op 'test.Recrod'; did you mean 'test.Record'?" \
+  "$work/err"
+check "check of a good graph" "$weir" check graphs/tiny/data.pbtxt
+check "check with overrides" "$weir" check graphs/tiny/data.pbtxt --set sample_rate=0.5 --set seed=3
+"$weir" check graphs/tiny/data.pbtxt --set sample_rate=high 2> "$work/err"
+check "a mistyped override exits 1" test $? -eq 1
+check "a mistyped override is explained" grep -q "param 'sample_rate' expects float, got 'high'" "$work/err"
+
+# --- ops
+check "ops --json" "$weir" ops --json > "$work/ops.json"
+for op in io.JsonlSource io.JsonlSink io.TextSource io.Head io.Sample test.Count; do
+  check "ops --json lists $op" grep -q "\"name\": \"$op\"" "$work/ops.json"
+done
+check "ops --json names plugins" grep -q '"plugin": ".*weir_io.so"' "$work/ops.json"
+check "ops --json has attrs" grep -q '"attr": \[' "$work/ops.json"
+check "ops --json has ports" grep -q '"output": \[' "$work/ops.json"
+if command -v python3 > /dev/null; then
+  check "ops --json is valid JSON" python3 -m json.tool "$work/ops.json" > /dev/null
+fi
+check "ops --markdown" "$weir" ops --markdown > "$work/ops.md"
+check "ops --markdown has a section per op" grep -q '^### `io.Head`' "$work/ops.md"
+check "ops OP" "$weir" ops io.Sample > "$work/sample.txt"
+check "ops OP shows attrs with bounds" grep -q "rate: float = 0.1  \[in \[0.0, 1.0\]\]" "$work/sample.txt"
+"$weir" ops io.Sampel 2> "$work/err"
+check "ops of an unknown op exits 1" test $? -eq 1
+check "ops suggests the op meant" grep -q "did you mean 'io.Sample'" "$work/err"
+
+# --- run: outputs
+run="$work/run1"
+check "run the tiny data graph" "$weir" run graphs/tiny/data.pbtxt --out "$run" --set max_tasks=50 --progress none
+for f in graph.resolved.pbtxt metrics.jsonl summary.json run.log tasks.jsonl stories.jsonl; do
+  check "run wrote $f" test -s "$run/$f"
+done
+check "the head bounds the sample" test "$(wc -l < "$run/tasks.jsonl")" -eq 50
+check "summary says ok" grep -q '"status": "ok"' "$run/summary.json"
+check "summary has per-node counters" grep -q '"name": "capped", "op": "io.Head", "items_in": [0-9]*' "$run/summary.json"
+check "metrics lines have node and step" grep -q '^{"node":"write_tasks","step":0,"rows_written":50}$' "$run/metrics.jsonl"
+check "resolved graph has the override" grep -q 'param: "max_tasks=50"' "$run/graph.resolved.pbtxt"
+check "resolved graph has defaults" grep -q 'attr: "limit=0"' "$run/graph.resolved.pbtxt"
+check "the resolved graph runs again" "$weir" run "$run/graph.resolved.pbtxt" --out "$work/rerun" --progress none
+check "rerun gives the same tasks" cmp -s "$run/tasks.jsonl" "$work/rerun/tasks.jsonl"
+"$weir" run graphs/tiny/data.pbtxt --out "$run" --progress none 2> "$work/err"
+check "an earlier run is not overwritten" test $? -eq 1
+check "... and the refusal says why" grep -q "holds an earlier run" "$work/err"
+check "--overwrite allows it" "$weir" run graphs/tiny/data.pbtxt --out "$run" --overwrite --progress none
+
+# --- a failed run leaves earlier outputs intact
+out="$work/fail"
+check "a good run writes out.jsonl" "$weir" run tests/graphs/good/write_then_fail.pbtxt --out "$out" --progress none
+cp "$out/out.jsonl" "$work/out.before"
+"$weir" run tests/graphs/good/write_then_fail.pbtxt --out "$out" --overwrite --set at=3 --progress none 2> "$work/err"
+check "a failing run exits 1" test $? -eq 1
+check "the failure names the node" grep -q "node 'gate' (op 'test.Fail'): test.Fail failed at item 3" "$work/err"
+check "the earlier output is intact" cmp -s "$out/out.jsonl" "$work/out.before"
+check "no temporary file is left" test -z "$(ls "$out" | grep tmp)"
+check "summary says failed" grep -q '"status": "failed"' "$out/summary.json"
+
+# --- progress lines when not on a terminal
+timeout 5 "$weir" run tests/graphs/good/forever.pbtxt --out "$work/prog" --progress lines --progress-interval 1 2> "$work/err" &
+sleep 2.5
+kill -INT $! 2> /dev/null
+wait $!
+check "periodic progress lines" grep -qE '^\[[0-9.]+s\] src [0-9]+ sink [0-9]+→[0-9]+ rows$' "$work/err"
+
+# --- Ctrl-C stops cleanly
+sig="$work/sigint"
+"$weir" run tests/graphs/good/forever.pbtxt --out "$sig" --progress none 2> "$work/err" &
+pid=$!
+for _ in $(seq 100); do
+  [ -s "$sig/metrics.jsonl" ] && break
+  sleep 0.1
+done
+kill -INT $pid
+wait $pid
+check "SIGINT exits 130" test $? -eq 130
+check "summary says interrupted" grep -q '"status": "interrupted"' "$sig/summary.json"
+check "the sink was finished" grep -q '"finished":1' "$sig/metrics.jsonl"
+check "the user is told" grep -q "interrupted" "$work/err"
+
+echo "cli: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
