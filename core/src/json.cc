@@ -57,7 +57,9 @@ StatusOr<google::protobuf::Struct> ParseJsonObject(std::string_view text) {
   auto status = google::protobuf::util::JsonStringToMessage(
       google::protobuf::StringPiece(text.data(), text.size()), &out);
   if (!status.ok()) {
-    return InvalidArgument("not a JSON object: " + std::string(status.message()));
+    // protobuf appends the text with a caret on further lines: keep the first line.
+    std::string message(status.message());
+    return InvalidArgument("not a JSON object: " + message.substr(0, message.find('\n')));
   }
   return out;
 }
