@@ -8,6 +8,7 @@
 #include <regex>
 
 #include "weir/dtype.h"
+#include "weir/json.h"
 
 namespace weir {
 namespace {
@@ -147,12 +148,7 @@ Status Mismatch(const Literal& lit, AttrType type) {
 std::string FormatDouble(double v) {
   if (std::isnan(v)) return "nan";
   if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  char buf[64];
-  for (int precision = 1; precision <= 17; ++precision) {
-    std::snprintf(buf, sizeof(buf), "%.*g", precision, v);
-    if (std::strtod(buf, nullptr) == v) break;
-  }
-  std::string out = buf;
+  std::string out = ShortestDouble(v);
   if (out.find_first_of(".e") == std::string::npos) out += ".0";
   return out;
 }

@@ -186,6 +186,19 @@ StatusOr<NodeSpec> ParseNodeSpec(const NodeDef& def, const Locator& at) {
   return n;
 }
 
+// The nodes of a graph or function; each bad one adds an error and is left out.
+void ParseNodeSpecs(const google::protobuf::RepeatedPtrField<NodeDef>& defs, const Locator& at,
+                    std::vector<NodeSpec>* specs, std::vector<Status>* errors) {
+  for (int i = 0; i < defs.size(); ++i) {
+    auto spec = ParseNodeSpec(defs[i], at.Nested("node", i));
+    if (spec.ok()) {
+      specs->push_back(std::move(spec).value());
+    } else {
+      errors->push_back(spec.status());
+    }
+  }
+}
+
 struct ParsedFile {
   fs::path path;
   GraphDef def;
@@ -341,30 +354,20 @@ class GraphFileLoader {
       graph_->resources.push_back(std::move(spec));
     }
     for (int i = 0; i < def.function_size(); ++i) {
-      Status s = AddFunction(def.function(i), at.Nested("function", i));
-      errors.push_back(s);
+      errors.push_back(
+          AddFunction(def.function(i), at.Nested("function", i), at.Of("function", i)));
     }
-    if (root) {
-      for (int i = 0; i < def.node_size(); ++i) {
-        Locator nat = at.Nested("node", i);
-        auto spec = ParseNodeSpec(def.node(i), nat);
-        if (!spec.ok()) {
-          errors.push_back(spec.status());
-          continue;
-        }
-        graph_->node_specs.push_back(std::move(spec).value());
-      }
-    }
+    if (root) ParseNodeSpecs(def.node(), at, &graph_->node_specs, &errors);
     return Status::Join(errors);
   }
 
-  Status AddFunction(const FunctionDef& def, const Locator& at) {
+  Status AddFunction(const FunctionDef& def, const Locator& at, const SourceLoc& written_at) {
     FunctionSpec f;
     f.name = def.name();
     f.doc = def.doc();
     f.def = def;
     f.loc = at.Of("name");
-    if (f.name.empty()) return InvalidArgument("function has no name").At(at.Of("node", 0));
+    if (f.name.empty()) return InvalidArgument("function has no name").At(written_at);
     auto it = graph_->functions.find(f.name);
     if (it != graph_->functions.end()) {
       return AlreadyExists("function '" + f.name + "' is already defined at " +
@@ -395,15 +398,7 @@ class GraphFileLoader {
       }
     }
     std::vector<Status> errors;
-    for (int i = 0; i < def.node_size(); ++i) {
-      Locator nat = at.Nested("node", i);
-      auto spec = ParseNodeSpec(def.node(i), nat);
-      if (!spec.ok()) {
-        errors.push_back(spec.status());
-        continue;
-      }
-      f.nodes.push_back(std::move(spec).value());
-    }
+    ParseNodeSpecs(def.node(), at, &f.nodes, &errors);
     graph_->functions.emplace(f.name, std::move(f));
     return Status::Join(errors);
   }

@@ -306,7 +306,6 @@ class Resolver {
       for (const WrittenAttr& w : s.attrs) CheckReference(n, w);
       out.push_back(std::move(n));
     }
-    (void)depth;
   }
 
   // Function and resource attrs must name something the graph defines.
@@ -455,7 +454,7 @@ class Resolver {
       if (it == calls_.end()) return e;
       const CallOutputs& outs = it->second;
       if (e.control) {
-        // A control edge on a call waits for all its outputs' producers; the first stands in.
+        // A control edge on a call waits for the producer of the call's first output.
         if (outs.sources.empty()) return e;
         Endpoint next = outs.sources[0];
         next.control = true;

@@ -42,8 +42,7 @@ std::string JsonQuote(std::string_view s) {
   return out + "\"";
 }
 
-std::string JsonNumber(double v) {
-  if (!std::isfinite(v)) return "null";
+std::string ShortestDouble(double v) {
   char buf[32];
   for (int precision = 6; precision <= 17; ++precision) {
     std::snprintf(buf, sizeof(buf), "%.*g", precision, v);
@@ -51,6 +50,8 @@ std::string JsonNumber(double v) {
   }
   return buf;
 }
+
+std::string JsonNumber(double v) { return std::isfinite(v) ? ShortestDouble(v) : "null"; }
 
 StatusOr<google::protobuf::Struct> ParseJsonObject(std::string_view text) {
   google::protobuf::Struct out;

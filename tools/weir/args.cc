@@ -1,5 +1,7 @@
 #include "args.h"
 
+#include <iostream>
+
 namespace weir::cli {
 
 std::optional<std::string> Args::Get(const std::string& name) const {
@@ -54,6 +56,27 @@ StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, const std::vector
     args.flags[name].push_back(value.value_or(""));
   }
   return args;
+}
+
+std::optional<int> ParseCommand(const std::string& command, const std::vector<std::string>& argv,
+                                std::vector<FlagSpec> specs, const char* help,
+                                size_t min_positional, size_t max_positional, Args* args) {
+  specs.push_back({"help", false, false});
+  auto parsed = ParseArgs(argv, specs);
+  if (!parsed.ok()) {
+    std::cerr << "weir " << command << ": " << parsed.status().message() << "\n";
+    return 2;
+  }
+  if (parsed->Has("help")) {
+    std::cout << help;
+    return 0;
+  }
+  if (parsed->positional.size() < min_positional || parsed->positional.size() > max_positional) {
+    std::cerr << help;
+    return 2;
+  }
+  *args = std::move(parsed).value();
+  return std::nullopt;
 }
 
 }  // namespace weir::cli

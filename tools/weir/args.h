@@ -29,4 +29,11 @@ struct Args {
 
 StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, const std::vector<FlagSpec>& specs);
 
+// The start every command shares: parses `argv` (adding --help), prints the help or the problem,
+// and checks the number of positional arguments. Returns the exit code to leave with, or nullopt
+// when the command should go on with *args.
+std::optional<int> ParseCommand(const std::string& command, const std::vector<std::string>& argv,
+                                std::vector<FlagSpec> specs, const char* help,
+                                size_t min_positional, size_t max_positional, Args* args);
+
 }  // namespace weir::cli

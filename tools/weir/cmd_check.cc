@@ -20,25 +20,15 @@ Options:
 }  // namespace
 
 int CheckCommand(const std::vector<std::string>& argv) {
-  auto args = ParseArgs(argv, {{"set", true, true}, {"help", false, false}});
-  if (!args.ok()) {
-    std::cerr << "weir check: " << args.status().message() << "\n";
-    return 2;
-  }
-  if (args->Has("help")) {
-    std::cout << kHelp;
-    return 0;
-  }
-  if (args->positional.size() != 1) {
-    std::cerr << kHelp;
-    return 2;
-  }
-  auto graph = PrepareGraph(args->positional[0], args->All("set"));
+  Args args;
+  if (auto exit = ParseCommand("check", argv, {{"set", true, true}}, kHelp, 1, 1, &args))
+    return *exit;
+  auto graph = PrepareGraph(args.positional[0], args.All("set"));
   if (!graph.ok()) {
     std::cerr << graph.status().ToString() << "\n";
     return 1;
   }
-  std::cout << args->positional[0] << ": ok (" << graph->nodes.size() << " nodes, "
+  std::cout << args.positional[0] << ": ok (" << graph->nodes.size() << " nodes, "
             << graph->functions.size() << " functions, " << graph->params.size() << " params)\n";
   return 0;
 }

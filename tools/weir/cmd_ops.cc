@@ -110,18 +110,12 @@ void PrintMarkdown(const OpDef& op, std::ostream& out) {
 }  // namespace
 
 int OpsCommand(const std::vector<std::string>& argv) {
-  auto args =
-      ParseArgs(argv, {{"json", false, false}, {"markdown", false, false}, {"help", false, false}});
-  if (!args.ok()) {
-    std::cerr << "weir ops: " << args.status().message() << "\n";
-    return 2;
-  }
-  if (args->Has("help")) {
-    std::cout << kHelp;
-    return 0;
-  }
-  if (args->positional.size() > 1 || (args->Has("json") && args->Has("markdown"))) {
-    std::cerr << kHelp;
+  Args args;
+  if (auto exit = ParseCommand("ops", argv, {{"json", false, false}, {"markdown", false, false}},
+                               kHelp, 0, 1, &args))
+    return *exit;
+  if (args.Has("json") && args.Has("markdown")) {
+    std::cerr << "weir ops: --json and --markdown exclude each other\n";
     return 2;
   }
   Status loaded = PluginLoader::Global().LoadDefaults();
@@ -131,10 +125,10 @@ int OpsCommand(const std::vector<std::string>& argv) {
   }
   OpList all = OpRegistry::Global().Export();
   OpList shown;
-  if (args->positional.empty()) {
+  if (args.positional.empty()) {
     shown = all;
   } else {
-    const std::string& name = args->positional[0];
+    const std::string& name = args.positional[0];
     const OpEntry* entry = OpRegistry::Global().Find(name);
     if (entry == nullptr) {
       std::cerr << "weir ops: unknown op '" << name << "'"
@@ -143,7 +137,7 @@ int OpsCommand(const std::vector<std::string>& argv) {
     }
     *shown.add_op() = entry->def;
   }
-  if (args->Has("json")) {
+  if (args.Has("json")) {
     google::protobuf::util::JsonPrintOptions options;
     options.add_whitespace = true;
     options.preserve_proto_field_names = true;
@@ -157,7 +151,7 @@ int OpsCommand(const std::vector<std::string>& argv) {
     return 0;
   }
   for (const OpDef& op : shown.op()) {
-    if (args->Has("markdown")) {
+    if (args.Has("markdown")) {
       PrintMarkdown(op, std::cout);
     } else {
       PrintText(op, std::cout);

@@ -101,44 +101,35 @@ std::string SummaryJson(const fs::path& graph_file, const RunResult& r) {
 }  // namespace
 
 int RunCommand(const std::vector<std::string>& argv) {
-  auto args = ParseArgs(argv, {{"set", true, true},
-                               {"out", true, false},
-                               {"overwrite", false, false},
-                               {"threads", true, false},
-                               {"max-in-flight", true, false},
-                               {"progress", true, false},
-                               {"progress-interval", true, false},
-                               {"help", false, false}});
-  if (!args.ok()) {
-    std::cerr << "weir run: " << args.status().message() << "\n";
-    return 2;
-  }
-  if (args->Has("help")) {
-    std::cout << kHelp;
-    return 0;
-  }
-  if (args->positional.size() != 1) {
-    std::cerr << kHelp;
-    return 2;
-  }
-  fs::path graph_file = args->positional[0];
-  auto threads = args->GetInt("threads", 0);
-  auto in_flight = args->GetInt("max-in-flight", 16);
-  auto interval = args->GetInt("progress-interval", 10);
+  Args args;
+  if (auto exit = ParseCommand("run", argv,
+                               {{"set", true, true},
+                                {"out", true, false},
+                                {"overwrite", false, false},
+                                {"threads", true, false},
+                                {"max-in-flight", true, false},
+                                {"progress", true, false},
+                                {"progress-interval", true, false}},
+                               kHelp, 1, 1, &args))
+    return *exit;
+  fs::path graph_file = args.positional[0];
+  auto threads = args.GetInt("threads", 0);
+  auto in_flight = args.GetInt("max-in-flight", 16);
+  auto interval = args.GetInt("progress-interval", 10);
   for (const Status* s : {&threads.status(), &in_flight.status(), &interval.status()}) {
     if (!s->ok()) {
       std::cerr << "weir run: " << s->message() << "\n";
       return 2;
     }
   }
-  std::string progress = args->Get("progress").value_or("auto");
+  std::string progress = args.Get("progress").value_or("auto");
   if (progress != "auto" && progress != "live" && progress != "lines" && progress != "none") {
     std::cerr << "weir run: --progress expects auto, live, lines or none, got '" << progress
               << "'\n";
     return 2;
   }
 
-  auto graph = PrepareGraph(graph_file, args->All("set"));
+  auto graph = PrepareGraph(graph_file, args.All("set"));
   if (!graph.ok()) {
     std::cerr << graph.status().ToString() << "\n";
     return 1;
@@ -146,9 +137,9 @@ int RunCommand(const std::vector<std::string>& argv) {
 
   std::string name = graph->name.empty() ? graph_file.stem().string() : graph->name;
   fs::path out_dir =
-      args->Get("out").value_or((fs::path("runs") / (name + "-" + Timestamp())).string());
+      args.Get("out").value_or((fs::path("runs") / (name + "-" + Timestamp())).string());
   std::error_code ec;
-  if (fs::exists(out_dir / "summary.json", ec) && !args->Has("overwrite")) {
+  if (fs::exists(out_dir / "summary.json", ec) && !args.Has("overwrite")) {
     std::cerr << "weir run: " << out_dir.string()
               << " holds an earlier run (summary.json); choose another --out or pass --overwrite\n";
     return 1;
@@ -164,7 +155,7 @@ int RunCommand(const std::vector<std::string>& argv) {
   FileLogSink log(out_dir / "run.log");
   google::AddLogSink(&log);
   log.Line("weir run " + graph_file.string() + " --out " + out_dir.string());
-  for (const std::string& s : args->All("set")) log.Line("  --set " + s);
+  for (const std::string& s : args.All("set")) log.Line("  --set " + s);
 
   Status wrote = WriteFileAtomically(
       out_dir / "graph.resolved.pbtxt",

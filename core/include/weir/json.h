@@ -13,6 +13,9 @@ namespace weir {
 
 // A JSON string literal with escapes.
 std::string JsonQuote(std::string_view s);
+// The shortest decimal text (printf %g style, at least 6 digits so that integers up to a million
+// stay integers) that reads back as exactly `v`.
+std::string ShortestDouble(double v);
 // The shortest JSON number that reads back as `v`; NaN and infinities (not JSON) become null.
 std::string JsonNumber(double v);
 // Parses one JSON object (one line of a JSONL file).

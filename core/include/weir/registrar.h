@@ -68,6 +68,12 @@ constexpr AttrType AttrTypeOf() {
     static_assert(sizeof(T) == 0, "unsupported attr type: use AttrOfType");
 }
 
+// How a C++ default value is stored: text as std::string, integers as int64_t.
+template <typename T>
+using AttrStorage = std::conditional_t<
+    std::is_convertible_v<T, std::string> && !std::is_same_v<T, bool>, std::string,
+    std::conditional_t<std::is_integral_v<T> && !std::is_same_v<T, bool>, int64_t, T>>;
+
 AttrValue ToAttrValue(bool v);
 AttrValue ToAttrValue(int64_t v);
 AttrValue ToAttrValue(double v);
@@ -114,11 +120,7 @@ class OpBuilder {
   template <typename T, typename... Constraints>
   OpBuilder& Attr(const std::string& name, const T& default_value, const std::string& doc,
                   const Constraints&... constraints) {
-    using V =
-        std::conditional_t < std::is_convertible_v<T, std::string> && !std::is_same_v<T, bool>,
-          std::string, std::conditional_t < std::is_integral_v<T> && !std::is_same_v<T, bool>,
-          int64_t, T >>
-        ;
+    using V = AttrStorage<T>;
     return AttrOfType(name, AttrTypeOf<V>(), ToAttrValue(V(default_value)), doc, constraints...);
   }
   template <typename T, typename... Constraints>
@@ -163,11 +165,7 @@ class ResourceKindBuilder {
   template <typename T, typename... Constraints>
   ResourceKindBuilder& Attr(const std::string& name, const T& default_value, const std::string& doc,
                             const Constraints&... constraints) {
-    using V =
-        std::conditional_t < std::is_convertible_v<T, std::string> && !std::is_same_v<T, bool>,
-          std::string, std::conditional_t < std::is_integral_v<T> && !std::is_same_v<T, bool>,
-          int64_t, T >>
-        ;
+    using V = AttrStorage<T>;
     attrs_.Add(name, AttrTypeOf<V>(), ToAttrValue(V(default_value)), doc);
     (attrs_.Apply(constraints), ...);
     attrs_.Finish();
