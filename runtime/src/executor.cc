@@ -390,9 +390,11 @@ class Run {
 
   const Graph& graph_;
   const RunOptions& options_;
-  std::vector<std::unique_ptr<RtNode>> nodes_;
+  // The flow graph must outlive its nodes (they detach from it when destroyed): declared first,
+  // destroyed last.
   tbb::task_group_context tbb_ctx_;
   std::unique_ptr<flow::graph> graph_flow_;
+  std::vector<std::unique_ptr<RtNode>> nodes_;
   std::atomic<bool> cancelled_{false};
   std::mutex error_mu_;
   Status first_error_;
