@@ -374,10 +374,16 @@ class Run {
   void PrintProgress(double elapsed, bool final) {
     std::ostringstream line;
     line << "[" << std::fixed << std::setprecision(1) << elapsed << "s]";
+    // Rows out of sources, in→out through the middle, into sinks.
     for (const auto& rt : nodes_) {
       line << " " << rt->node->name << " ";
-      if (!rt->source) line << rt->rows_in.load() << "→";
-      line << rt->rows_out.load();
+      if (rt->source) {
+        line << rt->rows_out.load();
+      } else if (rt->num_outputs == 0) {
+        line << rt->rows_in.load();
+      } else {
+        line << rt->rows_in.load() << "→" << rt->rows_out.load();
+      }
     }
     line << " rows";
     std::ostream& out = *options_.progress;
