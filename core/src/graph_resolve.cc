@@ -11,6 +11,8 @@ namespace weir {
 namespace {
 
 constexpr int kMaxCallDepth = 32;
+// Far above any real model (DeepSeek-V3 has 61 layers); a typo like repeat=6100000 fails fast.
+constexpr int64_t kMaxRepeat = 100000;
 
 // Variables visible to $references: a function's attrs (and $repeat_index), then the graph's
 // params.
@@ -350,9 +352,28 @@ class Resolver {
                .At(s.op_loc));
       return;
     }
-    if (s.repeat < 0) {
-      fail(
-          InvalidArgument("repeat must be >= 0, got " + std::to_string(s.repeat)).At(s.repeat_loc));
+    // `repeat: N` in the node, or `attr: "repeat=$n_layers"` to take the count from a param.
+    int64_t repeat = s.repeat;
+    SourceLoc repeat_loc = s.repeat_loc;
+    for (const WrittenAttr& w : s.attrs) {
+      if (w.key != "repeat") continue;
+      if (s.repeat != 0) {
+        fail(InvalidArgument("repeat is given both as a field and as an attr").At(w.loc));
+        return;
+      }
+      auto v = TypeValue(w, ATTR_INT, scope);
+      if (v.ok() && v->i() < 1) {
+        v = InvalidArgument("expects int >= 1, got " + std::to_string(v->i())).At(w.value_loc);
+      }
+      if (!v.ok()) {
+        fail(Status(v.status()).InAttr("repeat"));
+        return;
+      }
+      repeat = v->i();
+      repeat_loc = w.value_loc;
+    }
+    if (repeat < 0) {
+      fail(InvalidArgument("repeat must be >= 0, got " + std::to_string(repeat)).At(repeat_loc));
       return;
     }
     std::vector<Endpoint> data;
@@ -364,12 +385,12 @@ class Resolver {
                .At(s.loc));
       return;
     }
-    if (s.repeat > 0 && f.outputs.size() < f.inputs.size()) {
+    if (repeat > 0 && f.outputs.size() < f.inputs.size()) {
       fail(InvalidArgument("repeat feeds each copy's outputs into the next copy's inputs, but "
                            "function '" +
                            f.name + "' has " + std::to_string(f.inputs.size()) + " inputs and " +
                            std::to_string(f.outputs.size()) + " outputs")
-               .At(s.repeat_loc));
+               .At(repeat_loc));
       return;
     }
     // The function's attrs: defaults, then the call's values typed like the defaults.
@@ -386,6 +407,7 @@ class Resolver {
       attr_names.push_back(a.key);
     }
     for (const WrittenAttr& w : s.attrs) {
+      if (w.key == "repeat") continue;
       auto it = base.vars.find(w.key);
       if (it == base.vars.end() || w.key == "repeat_index") {
         fail(InvalidArgument("unknown attr '" + w.key + "'" + SuggestClosest(w.key, attr_names) +
@@ -407,10 +429,16 @@ class Resolver {
       it->second = *v;
     }
     expanded_.insert(f.name);
-    int copies = s.repeat > 0 ? s.repeat : 1;
+    int64_t copies = repeat > 0 ? repeat : 1;
+    if (copies > kMaxRepeat) {
+      fail(InvalidArgument("repeat " + std::to_string(copies) + " exceeds the limit of " +
+                           std::to_string(kMaxRepeat))
+               .At(repeat_loc));
+      return;
+    }
     std::vector<Endpoint> current = data;
-    for (int k = 0; k < copies; ++k) {
-      std::string copy = s.repeat > 0 ? name + "." + std::to_string(k) : name;
+    for (int64_t k = 0; k < copies; ++k) {
+      std::string copy = repeat > 0 ? name + "." + std::to_string(k) : name;
       Scope local = base;
       local.vars["repeat_index"].set_i(k);
       std::map<std::string, Endpoint> args;

@@ -176,3 +176,22 @@ TEST(Errors, AllProblemsAreReportedInFileOrder) {
 
 }  // namespace
 }  // namespace weir::testing
+
+namespace weir::testing {
+namespace {
+
+TEST(Functions, RepeatCountFromAParam) {
+  for (int layers : {1, 4, 7}) {
+    auto g =
+        LoadTestGraph(TestGraph("good/repeat_param.pbtxt"), {"layers=" + std::to_string(layers)});
+    ASSERT_TRUE(g.ok()) << g.status().ToString();
+    // src, two nodes per copy, sink.
+    EXPECT_EQ(g->nodes.size(), 2u + 2u * layers);
+    std::string last = "stages." + std::to_string(layers - 1) + ".second";
+    ASSERT_GE(g->FindNode(last), 0);
+    EXPECT_EQ(g->nodes[g->nodes[g->FindNode("sink")].inputs[0].node].name, last);
+  }
+}
+
+}  // namespace
+}  // namespace weir::testing
