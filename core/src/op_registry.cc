@@ -49,6 +49,15 @@ std::string SuggestClosest(std::string_view name, const std::vector<std::string>
   return out + "?";
 }
 
+const KernelFn* OpEntry::FindKernel(const std::string& device, DataType dtype) const {
+  auto it = kernels.find(device);
+  if (it == kernels.end()) return nullptr;
+  const auto& dtypes = it->second.second;
+  if (!dtypes.empty() && std::find(dtypes.begin(), dtypes.end(), dtype) == dtypes.end())
+    return nullptr;
+  return &it->second.first;
+}
+
 OpRegistry& OpRegistry::Global() {
   static OpRegistry* registry = new OpRegistry();  // never destroyed: plugins are never unloaded
   return *registry;
@@ -78,8 +87,11 @@ Status OpRegistry::Commit(Registrar& staged, const std::string& plugin) {
     }
     if (seen[name]++ == 1) problems.push_back("op '" + name + "' is registered twice");
     if (op.def->doc().empty()) problems.push_back("op '" + name + "' has no doc");
-    if (op.def->kind() == OpDef::STREAM && !op.builder->factory())
+    const OpBuilder::Parts& parts = op.builder->parts();
+    if (op.def->kind() == OpDef::STREAM && !parts.factory)
       problems.push_back("stream op '" + name + "' has no kernel factory");
+    if (op.def->kind() == OpDef::TENSOR && !parts.kernels.empty() && !parts.shape)
+      problems.push_back("tensor op '" + name + "' has kernels but no shape function");
   }
   for (auto& kind : staged.resource_kinds()) {
     if (const ResourceKindEntry* existing = FindResourceKind(kind.def->name())) {
@@ -97,7 +109,12 @@ Status OpRegistry::Commit(Registrar& staged, const std::string& plugin) {
     entry->def = *op.def;
     entry->def.set_plugin(plugin);
     if (entry->def.kind() == OpDef::STREAM) entry->def.add_kernel()->set_device("cpu");
-    entry->stream_factory = std::move(op.builder->factory());
+    OpBuilder::Parts& parts = op.builder->parts();
+    entry->stream_factory = std::move(parts.factory);
+    entry->shape = std::move(parts.shape);
+    entry->kernels = std::move(parts.kernels);
+    entry->gradient = std::move(parts.gradient);
+    entry->params = std::move(parts.params);
     ops_[entry->def.name()] = std::move(entry);
   }
   for (auto& kind : staged.resource_kinds()) {

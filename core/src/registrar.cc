@@ -169,7 +169,52 @@ OpBuilder& OpBuilder::SinceVersion(int version) {
 OpBuilder& OpBuilder::Factory(StreamKernelFactory factory) {
   if (def_->kind() != OpDef::STREAM)
     errors_->push_back("op '" + def_->name() + "': only stream ops take a kernel factory");
-  factory_ = std::move(factory);
+  parts_.factory = std::move(factory);
+  return *this;
+}
+
+bool OpBuilder::RequireTensorOp(const char* what) {
+  if (def_->kind() == OpDef::TENSOR) return true;
+  errors_->push_back("op '" + def_->name() + "': only tensor ops take " + what);
+  return false;
+}
+
+OpBuilder& OpBuilder::Shape(ShapeFn fn) {
+  if (RequireTensorOp("a shape function")) parts_.shape = std::move(fn);
+  return *this;
+}
+
+OpBuilder& OpBuilder::Kernel(const std::string& device, KernelFn fn, std::vector<DataType> dtypes) {
+  if (!RequireTensorOp("kernels")) return *this;
+  if (parts_.kernels.count(device))
+    errors_->push_back("op '" + def_->name() + "': two kernels for device " + device);
+  KernelDef* k = def_->add_kernel();
+  k->set_device(device);
+  for (DataType t : dtypes) k->add_dtype(t);
+  parts_.kernels[device] = {std::move(fn), std::move(dtypes)};
+  return *this;
+}
+
+OpBuilder& OpBuilder::Gradient(GradientFn fn) {
+  if (!RequireTensorOp("a gradient")) return *this;
+  def_->set_has_gradient(true);
+  parts_.gradient = std::move(fn);
+  return *this;
+}
+
+OpBuilder& OpBuilder::Param(const std::string& name, ParamShapeFn shape, ParamInitFn init) {
+  if (!RequireTensorOp("parameters")) return *this;
+  def_->add_param(name);
+  parts_.params.push_back({name, std::move(shape), std::move(init)});
+  return *this;
+}
+
+OpBuilder& OpBuilder::Param(const std::string& name, ParamShapeFn shape, Init init) {
+  return Param(name, std::move(shape), [init](const Attrs&, const weir::Shape&) { return init; });
+}
+
+OpBuilder& OpBuilder::Cheap() {
+  if (RequireTensorOp("Cheap()")) def_->set_cheap(true);
   return *this;
 }
 

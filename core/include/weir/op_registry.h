@@ -17,8 +17,16 @@
 namespace weir {
 
 struct OpEntry {
-  OpDef def;                           // with def.plugin set to the registering plugin's file
+  OpDef def;  // with def.plugin set to the registering plugin's file
   StreamKernelFactory stream_factory;  // stream ops
+  // Tensor ops.
+  ShapeFn shape;
+  std::map<std::string, std::pair<KernelFn, std::vector<DataType>>> kernels;  // by device
+  GradientFn gradient;
+  std::vector<ParamDef> params;
+
+  // The kernel for `device` that handles `dtype`, or null.
+  const KernelFn* FindKernel(const std::string& device, DataType dtype) const;
 };
 
 struct ResourceKindEntry {

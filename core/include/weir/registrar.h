@@ -25,6 +25,7 @@
 #include "weir/op.pb.h"
 #include "weir/status.h"
 #include "weir/stream_kernel.h"
+#include "weir/tensor_op.h"
 
 namespace weir {
 
@@ -149,13 +150,35 @@ class OpBuilder {
   OpBuilder& SinceVersion(int version);
   OpBuilder& Factory(StreamKernelFactory factory);
 
-  StreamKernelFactory& factory() { return factory_; }
+  // Tensor ops.
+  OpBuilder& Shape(ShapeFn fn);
+  // A kernel for `device` ("cpu", "cuda") and the dtypes it handles (empty: any).
+  OpBuilder& Kernel(const std::string& device, KernelFn fn, std::vector<DataType> dtypes = {});
+  OpBuilder& Gradient(GradientFn fn);
+  // A parameter the op owns; it becomes an extra input after the data inputs.
+  OpBuilder& Param(const std::string& name, ParamShapeFn shape, ParamInitFn init);
+  OpBuilder& Param(const std::string& name, ParamShapeFn shape, Init init);
+  // Cheap to recompute (norms, elementwise ops): the memory planner may recompute it in the
+  // backward pass instead of keeping its output alive.
+  OpBuilder& Cheap();
+
+  // What the registry takes over on commit.
+  struct Parts {
+    StreamKernelFactory factory;
+    ShapeFn shape;
+    std::map<std::string, std::pair<KernelFn, std::vector<DataType>>> kernels;
+    GradientFn gradient;
+    std::vector<ParamDef> params;
+  };
+  Parts& parts() { return parts_; }
 
  private:
+  bool RequireTensorOp(const char* what);
+
   OpDef* def_;
   std::vector<std::string>* errors_;
   AttrListBuilder attrs_;
-  StreamKernelFactory factory_;
+  Parts parts_;
 };
 
 class ResourceKindBuilder {

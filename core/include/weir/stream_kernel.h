@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "weir/attr.h"
+#include "weir/attrs.h"
 #include "weir/batch.h"
 #include "weir/status.h"
 
@@ -49,7 +50,7 @@ class NodeContext {
               const std::atomic<bool>* stop_requested)
       : node_(std::move(node)),
         op_(std::move(op)),
-        attrs_(std::move(attrs)),
+        attrs_(std::move(attrs), "op '" + op_ + "'"),
         graph_dir_(std::move(graph_dir)),
         out_dir_(std::move(out_dir)),
         metrics_(metrics),
@@ -60,13 +61,14 @@ class NodeContext {
 
   // Attrs are validated against the schema before the kernel exists, with defaults filled in,
   // so these only CHECK-fail when a kernel asks for an attr its schema does not declare.
-  const AttrValue& attr(const std::string& name) const;
-  int64_t Int(const std::string& name) const { return AttrInt(attr(name)); }
-  double Float(const std::string& name) const { return AttrFloat(attr(name)); }
-  bool Bool(const std::string& name) const { return AttrBool(attr(name)); }
-  const std::string& String(const std::string& name) const { return AttrString(attr(name)); }
+  const Attrs& attrs() const { return attrs_; }
+  const AttrValue& attr(const std::string& name) const { return attrs_.Get(name); }
+  int64_t Int(const std::string& name) const { return attrs_.Int(name); }
+  double Float(const std::string& name) const { return attrs_.Float(name); }
+  bool Bool(const std::string& name) const { return attrs_.Bool(name); }
+  const std::string& String(const std::string& name) const { return attrs_.String(name); }
   std::vector<std::string> StringList(const std::string& name) const {
-    return AttrStringList(attr(name));
+    return attrs_.StringList(name);
   }
 
   // Input files are named relative to the graph file; outputs relative to the run's folder.
@@ -93,7 +95,7 @@ class NodeContext {
  private:
   std::string node_;
   std::string op_;
-  std::map<std::string, AttrValue> attrs_;
+  Attrs attrs_;
   std::filesystem::path graph_dir_;
   std::filesystem::path out_dir_;
   MetricSink* metrics_;
