@@ -181,39 +181,95 @@ class Resolver {
   void CheckFunctionsStandalone() {
     for (const auto& [name, f] : graph_.functions) {
       if (expanded_.count(name)) continue;  // already checked with its real attrs
-      Scope scope;
-      scope.parent = &params_;
-      for (const WrittenAttr& a : f.attrs) {
-        auto v = InferLiteral(a.value);
-        if (v.ok()) scope.vars[a.key] = *v;
-      }
-      scope.vars["repeat_index"] = AttrValue();
-      scope.vars["repeat_index"].set_i(0);
-      std::map<std::string, Endpoint> args;
-      for (const std::string& in : f.inputs) {
-        Endpoint e;
-        e.node = in;
-        e.external = true;
-        args[in] = e;
-      }
-      std::vector<Node> nodes;
-      size_t errors_before = errors_.size();
-      ExpandSpecs(f.nodes, f.name, scope, args, 1, nodes);
-      for (const FunctionSpec::Output& out : f.outputs) {
-        bool found = std::any_of(f.nodes.begin(), f.nodes.end(),
-                                 [&](const NodeSpec& n) { return n.name == out.source.node; }) ||
-                     args.count(out.source.node);
-        if (!found) {
-          Fail(InvalidArgument("function '" + f.name + "' output '" + out.name +
-                               "' refers to no node or argument named '" + out.source.node + "'")
-                   .At(out.source.loc));
-        }
-      }
-      if (errors_.size() == errors_before) Link(nodes);
-      if (errors_.size() == errors_before) Order(std::move(nodes));
+      Instantiate(f, {}, f.name);
     }
   }
 
+ public:
+  // Expands one function with its arguments left open; errors go to errors_.
+  FunctionInstance Instantiate(const FunctionSpec& f, const std::map<std::string, AttrValue>& attrs,
+                               const std::string& prefix) {
+    FunctionInstance instance;
+    instance.inputs = f.inputs;
+    Scope scope;
+    scope.parent = &params_;
+    for (const WrittenAttr& a : f.attrs) {
+      auto v = InferLiteral(a.value);
+      if (v.ok()) scope.vars[a.key] = *v;
+    }
+    for (const auto& [key, value] : attrs) {
+      auto it = scope.vars.find(key);
+      if (it == scope.vars.end()) {
+        std::vector<std::string> names;
+        for (const WrittenAttr& a : f.attrs) names.push_back(a.key);
+        Fail(InvalidArgument("function '" + f.name + "' has no attr '" + key + "'" +
+                             SuggestClosest(key, names))
+                 .At(f.loc));
+        continue;
+      }
+      auto converted = ConvertValue(value, InferredType(it->second));
+      if (!converted.ok()) {
+        Fail(Status(converted.status()).Prepend("function '" + f.name + "' attr '" + key + "'").At(f.loc));
+        continue;
+      }
+      it->second = *converted;
+    }
+    scope.vars["repeat_index"].set_i(0);
+    std::map<std::string, Endpoint> args;
+    for (size_t i = 0; i < f.inputs.size(); ++i) {
+      Endpoint e;
+      e.node = f.inputs[i];
+      e.external = true;
+      e.arg = static_cast<int>(i);
+      args[f.inputs[i]] = e;
+    }
+    std::vector<Node> nodes;
+    size_t errors_before = errors_.size();
+    ExpandSpecs(f.nodes, prefix, scope, args, 1, nodes);
+    std::set<std::string> siblings;
+    for (const NodeSpec& n : f.nodes) siblings.insert(n.name);
+    std::vector<Endpoint> outputs;
+    for (const FunctionSpec::Output& out : f.outputs) {
+      if (!siblings.count(out.source.node) && !args.count(out.source.node)) {
+        Fail(InvalidArgument("function '" + f.name + "' output '" + out.name +
+                             "' refers to no node or argument named '" + out.source.node + "'")
+                 .At(out.source.loc));
+        continue;
+      }
+      auto followed = Follow(MapEndpoint(out.source, prefix, siblings, args));
+      if (!followed.ok()) {
+        Fail(followed.status());
+        continue;
+      }
+      outputs.push_back(*followed);
+    }
+    if (errors_.size() != errors_before) return instance;
+    Link(nodes);
+    if (errors_.size() != errors_before) return instance;
+    instance.nodes = Order(std::move(nodes));
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      const Endpoint& e = outputs[i];
+      FunctionInstance::Output out;
+      out.name = f.outputs[i].name;
+      if (e.external) {
+        out.node = -1 - e.arg;
+      } else {
+        for (size_t n = 0; n < instance.nodes.size(); ++n)
+          if (instance.nodes[n].name == e.node) out.node = static_cast<int>(n);
+        const auto& ports = instance.nodes.at(static_cast<size_t>(out.node)).entry->def.output();
+        out.port = e.port.empty() ? 0 : -1;
+        for (int p = 0; p < ports.size(); ++p)
+          if (ports[p].name() == e.port) out.port = p;
+        if (out.port < 0) out.port = std::stoi(e.port);
+      }
+      instance.outputs.push_back(out);
+    }
+    return instance;
+  }
+
+  const std::vector<Status>& errors() const { return errors_; }
+
+ private:
   // Maps an endpoint written inside a scope to the expanded graph's names.
   Endpoint MapEndpoint(const Endpoint& e, const std::string& prefix,
                        const std::set<std::string>& siblings,
@@ -556,8 +612,12 @@ class Resolver {
         }
         Endpoint e = *followed;
         if (e.external) {
-          if (!e.control) ++slot;
-          continue;  // a function argument: its producer is outside the function
+          if (e.control) continue;
+          // A function argument: its producer is outside the function.
+          in.node = -1 - e.arg;
+          in.slot = slot++;
+          data.push_back(in);
+          continue;
         }
         auto it = index.find(e.node);
         if (it == index.end() && failed_.count(e.node)) {
@@ -710,6 +770,23 @@ class Resolver {
 Status ResolveGraph(Graph& graph, const OpRegistry& ops) {
   Resolver resolver(graph, ops);
   return resolver.Run();
+}
+
+StatusOr<FunctionInstance> InstantiateFunction(const Graph& graph, const std::string& name,
+                                               const std::map<std::string, AttrValue>& attrs,
+                                               const OpRegistry& ops, const std::string& prefix) {
+  auto it = graph.functions.find(name);
+  if (it == graph.functions.end()) {
+    std::vector<std::string> names;
+    for (const auto& [n, f] : graph.functions) names.push_back(n);
+    return NotFound("graph " + graph.file.string() + " has no function '" + name + "'" +
+                    SuggestClosest(name, names));
+  }
+  // The resolver only reads the graph; it is not const because whole-graph resolution fills it.
+  Resolver resolver(const_cast<Graph&>(graph), ops);
+  FunctionInstance instance = resolver.Instantiate(it->second, attrs, prefix);
+  WEIR_RETURN_IF_ERROR(Status::Join(resolver.errors()));
+  return instance;
 }
 
 GraphDef ToResolvedGraphDef(const Graph& graph) {

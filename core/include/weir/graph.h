@@ -32,6 +32,7 @@ struct Endpoint {
   std::string port;  // index or name; empty = 0
   bool control = false;
   bool external = false;  // a function argument with no producer inside the function
+  int arg = -1;           // which argument, when external
   SourceLoc loc;
   std::string ToString() const;
 };
@@ -146,6 +147,28 @@ Status ResolveGraph(Graph& graph, const OpRegistry& ops);
 // The resolved graph as a self-contained GraphDef: params with final values, every node with all
 // attrs (defaults included), functions copied in, no imports.
 GraphDef ToResolvedGraphDef(const Graph& graph);
+
+// A tensor function instantiated on its own: the nodes of its body with expanded names, typed
+// attrs and resolved edges, in topological order. An input fed by the function's argument k has
+// Node::Input::node == -1 - k.
+struct FunctionInstance {
+  std::vector<Node> nodes;
+  std::vector<std::string> inputs;  // argument names
+  struct Output {
+    std::string name;
+    int node = -1;  // index into nodes, or -1 - k for argument k passed straight through
+    int port = 0;
+  };
+  std::vector<Output> outputs;
+};
+
+// Instantiates function `name` of `graph` with `attrs` (the function's defaults for the rest,
+// values converted to the defaults' types). Node names get `prefix` ("" keeps them as written in
+// the function: "layers.3.attn.wq").
+StatusOr<FunctionInstance> InstantiateFunction(const Graph& graph, const std::string& name,
+                                               const std::map<std::string, AttrValue>& attrs,
+                                               const OpRegistry& ops,
+                                               const std::string& prefix = "");
 
 // Writes text format; returns false on failure.
 std::string GraphDefToText(const GraphDef& def);
