@@ -209,7 +209,9 @@ class Resolver {
       }
       auto converted = ConvertValue(value, InferredType(it->second));
       if (!converted.ok()) {
-        Fail(Status(converted.status()).Prepend("function '" + f.name + "' attr '" + key + "'").At(f.loc));
+        Fail(Status(converted.status())
+                 .Prepend("function '" + f.name + "' attr '" + key + "'")
+                 .At(f.loc));
         continue;
       }
       it->second = *converted;

@@ -20,6 +20,8 @@ OpRegistry& TestRegistry() {
     PluginLoader loader(r);
     Status io = loader.Load(std::string(WEIR_PLUGIN_DIR) + "/weir_io.so");
     CHECK(io.ok()) << io.ToString();
+    Status nn = loader.Load(std::string(WEIR_PLUGIN_DIR) + "/weir_nn.so");
+    CHECK(nn.ok()) << nn.ToString();
     Status test_ops = loader.Load(std::string(WEIR_TEST_PLUGIN_DIR) + "/weir_test_ops.so");
     CHECK(test_ops.ok()) << test_ops.ToString();
     return r;

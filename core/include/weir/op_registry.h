@@ -17,7 +17,7 @@
 namespace weir {
 
 struct OpEntry {
-  OpDef def;  // with def.plugin set to the registering plugin's file
+  OpDef def;                           // with def.plugin set to the registering plugin's file
   StreamKernelFactory stream_factory;  // stream ops
   // Tensor ops.
   ShapeFn shape;

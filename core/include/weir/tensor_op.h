@@ -55,8 +55,7 @@ using ShapeFn = std::function<Status(ShapeContext& ctx)>;
 
 class KernelContext {
  public:
-  KernelContext(std::vector<const Tensor*> inputs, std::vector<Tensor*> outputs,
-                const Attrs* attrs)
+  KernelContext(std::vector<const Tensor*> inputs, std::vector<Tensor*> outputs, const Attrs* attrs)
       : inputs_(std::move(inputs)), outputs_(std::move(outputs)), attrs_(attrs) {}
 
   int num_inputs() const { return static_cast<int>(inputs_.size()); }
@@ -80,9 +79,7 @@ struct ValueRef {
   int port = 0;
   bool valid() const { return node >= 0; }
   bool operator==(const ValueRef&) const = default;
-  bool operator<(const ValueRef& o) const {
-    return node != o.node ? node < o.node : port < o.port;
-  }
+  bool operator<(const ValueRef& o) const { return node != o.node ? node < o.node : port < o.port; }
 };
 
 // Lets a gradient builder add nodes to the program. Implemented by the runtime's autodiff.

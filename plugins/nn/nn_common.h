@@ -1,0 +1,86 @@
+// Helpers shared by the nn plugin's ops.
+#pragma once
+
+#include <tbb/parallel_for.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "weir/dispatch.h"
+#include "weir/registrar.h"
+#include "weir/tensor_op.h"
+
+namespace weir::nn {
+
+void RegisterMatMul(Registrar& r);
+void RegisterLinear(Registrar& r);
+void RegisterEmbedding(Registrar& r);
+void RegisterElementwise(Registrar& r);
+void RegisterRmsNorm(Registrar& r);
+void RegisterRope(Registrar& r);
+void RegisterAttention(Registrar& r);
+void RegisterCrossEntropy(Registrar& r);
+void RegisterShapeOps(Registrar& r);
+void RegisterDropout(Registrar& r);
+void RegisterSum(Registrar& r);
+
+inline AttrValue Bool(bool v) {
+  AttrValue a;
+  a.set_b(v);
+  return a;
+}
+inline AttrValue Int(int64_t v) {
+  AttrValue a;
+  a.set_i(v);
+  return a;
+}
+inline AttrValue Float(double v) {
+  AttrValue a;
+  a.set_f(v);
+  return a;
+}
+inline AttrValue Ints(const std::vector<int64_t>& v) { return ToAttrValue(v); }
+
+// Rows of a [..., d] tensor.
+inline int64_t Rows(const Shape& s) { return s.empty() ? 1 : NumElements(s) / s.back(); }
+
+// Runs f(begin, end) over [0, n) in parallel chunks of at least `grain`.
+template <typename F>
+void ParallelFor(int64_t n, int64_t grain, F&& f) {
+  if (n <= grain) {
+    f(int64_t{0}, n);
+    return;
+  }
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n, static_cast<size_t>(grain)),
+                    [&](const tbb::blocked_range<int64_t>& r) { f(r.begin(), r.end()); });
+}
+
+// Shape function helper: the output has the type of input `i`.
+inline ShapeFn SameAsInput(int i = 0, int outputs = 1) {
+  return [i, outputs](ShapeContext& ctx) {
+    for (int o = 0; o < outputs; ++o) ctx.set_output(o, ctx.input(i));
+    return Status();
+  };
+}
+
+inline Status ExpectSameType(const ShapeContext& ctx, int a, int b) {
+  if (ctx.input(a) == ctx.input(b)) return Status();
+  return InvalidArgument("inputs " + std::to_string(a) + " and " + std::to_string(b) +
+                         " must have the same type, got " + ctx.input(a).ToString() + " and " +
+                         ctx.input(b).ToString());
+}
+
+// The op's T attr must match the input a parameter meets: "input is bf16[..], T is f32".
+inline Status ExpectDtype(const ShapeContext& ctx, int input, DataType t) {
+  if (ctx.input(input).dtype == t) return Status();
+  return InvalidArgument("input " + std::to_string(input) + " is " + ctx.input(input).ToString() +
+                         ", the op computes in " + DataTypeName(t) + " (attr T)");
+}
+
+}  // namespace weir::nn

@@ -1,0 +1,23 @@
+#include "nn_common.h"
+#include "weir/plugin.h"
+
+namespace {
+
+void RegisterNn(weir::Registrar& r) {
+  using namespace weir::nn;
+  RegisterMatMul(r);
+  RegisterLinear(r);
+  RegisterEmbedding(r);
+  RegisterElementwise(r);
+  RegisterRmsNorm(r);
+  RegisterRope(r);
+  RegisterAttention(r);
+  RegisterCrossEntropy(r);
+  RegisterShapeOps(r);
+  RegisterDropout(r);
+  RegisterSum(r);
+}
+
+}  // namespace
+
+WEIR_PLUGIN("nn", "0.1.0", RegisterNn)

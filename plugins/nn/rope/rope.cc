@@ -1,0 +1,116 @@
+// nn.RoPE: rotary position embedding on [B, T, ..., D], with optional YaRN frequency scaling
+// (../shared/spec/deepseek.md §2.1: adjacent pairs by default, ramp between beta_fast and
+// beta_slow, frequencies divided by rope_factor above the ramp).
+#include "nn_common.h"
+
+namespace weir::nn {
+namespace {
+
+// The rotation frequency of each of the D/2 pairs.
+std::vector<double> Frequencies(const Attrs& a, int64_t d) {
+  double theta = a.Float("theta");
+  int64_t half = d / 2;
+  std::vector<double> f(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i)
+    f[static_cast<size_t>(i)] =
+        std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(d));
+  double factor = a.Float("rope_factor");
+  if (factor <= 1.0) return f;
+  double orig = static_cast<double>(a.Int("original_max_position"));
+  auto correction = [&](double rotations) {
+    return static_cast<double>(d) * std::log(orig / (rotations * 2 * M_PI)) / (2 * std::log(theta));
+  };
+  double low = std::max(std::floor(correction(a.Float("beta_fast"))), 0.0);
+  double high = std::min(std::ceil(correction(a.Float("beta_slow"))), static_cast<double>(d - 1));
+  if (low == high) high += 0.001;
+  for (int64_t i = 0; i < half; ++i) {
+    double ramp = std::clamp((static_cast<double>(i) - low) / (high - low), 0.0, 1.0);
+    double& fi = f[static_cast<size_t>(i)];
+    fi = fi / factor * ramp + fi * (1 - ramp);
+  }
+  return f;
+}
+
+Status RopeShape(ShapeContext& ctx) {
+  const TensorType& x = ctx.input(0);
+  if (x.shape.size() < 3 || x.shape.back() % 2 != 0) {
+    return InvalidArgument("x must be [batch, time, ..., d] with an even d, got " + x.ToString());
+  }
+  ctx.set_output(0, x);
+  return Status();
+}
+
+Status RopeCpu(KernelContext& ctx) {
+  Tensor x = ctx.input(0).Contiguous();
+  const Attrs& a = ctx.attrs();
+  int64_t d = x.dim(-1), half = d / 2, batch = x.dim(0), time = x.dim(1);
+  int64_t inner = x.numel() / (batch * time * d);  // heads (or 1)
+  std::vector<double> freq = Frequencies(a, d);
+  bool interleaved = a.Bool("interleaved");
+  double sign = a.Bool("inverse") ? -1.0 : 1.0;
+  int64_t start = a.Int("start");
+  return DispatchFloat(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    using A = AccumulatorOf<T>;
+    const T* in = x.data<T>();
+    T* out = ctx.output(0).data<T>();
+    ParallelFor(batch * time, 8, [&](int64_t b, int64_t e) {
+      std::vector<A> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+      for (int64_t bt = b; bt < e; ++bt) {
+        double pos = static_cast<double>(start + bt % time);
+        for (int64_t i = 0; i < half; ++i) {
+          cs[static_cast<size_t>(i)] = static_cast<A>(std::cos(pos * freq[static_cast<size_t>(i)]));
+          sn[static_cast<size_t>(i)] =
+              static_cast<A>(sign * std::sin(pos * freq[static_cast<size_t>(i)]));
+        }
+        for (int64_t h = 0; h < inner; ++h) {
+          int64_t base = (bt * inner + h) * d;
+          for (int64_t i = 0; i < half; ++i) {
+            int64_t i0 = base + (interleaved ? 2 * i : i);
+            int64_t i1 = base + (interleaved ? 2 * i + 1 : i + half);
+            A x0 = Widen(in[i0]), x1 = Widen(in[i1]);
+            A c = cs[static_cast<size_t>(i)], s = sn[static_cast<size_t>(i)];
+            out[i0] = Narrow<T>(x0 * c - x1 * s);
+            out[i1] = Narrow<T>(x0 * s + x1 * c);
+          }
+        }
+      }
+    });
+    return Status();
+  });
+}
+
+// A rotation's transpose is the rotation by the opposite angle.
+Status RopeGrad(GradContext& g) {
+  std::map<std::string, AttrValue> attrs = g.attrs().values();
+  attrs["inverse"] = Bool(!g.attrs().Bool("inverse"));
+  WEIR_ASSIGN_OR_RETURN(ValueRef dx, g.Op1("nn.RoPE", {g.grad(0)}, attrs));
+  g.set_input_grad(0, dx);
+  return Status();
+}
+
+}  // namespace
+
+void RegisterRope(Registrar& r) {
+  r.TensorOp("nn.RoPE")
+      .Doc(
+          "Rotary position embedding over the last dim of x [batch, time, ..., d]: each pair of "
+          "channels is rotated by position · frequency. Pairs are adjacent (x[2i], x[2i+1]) when "
+          "interleaved, else (x[i], x[i + d/2]). rope_factor > 1 turns on YaRN scaling.")
+      .Input("x", "T", "[batch, time, ..., d], d even")
+      .Output("y", "T", "x rotated")
+      .Attr<double>("theta", 10000.0, "frequency base θ: f_i = θ^(-2i/d)", Min(1.0))
+      .Attr("interleaved", true, "rotate adjacent pairs (DeepSeek) instead of the two halves")
+      .Attr<int64_t>("start", 0, "position of the first time step (decoding with a cache)", Min(0))
+      .Attr<double>("rope_factor", 1.0, "YaRN scale s; 1 leaves frequencies alone", Min(1.0))
+      .Attr<int64_t>("original_max_position", 4096, "YaRN: context length of pretraining", Min(1))
+      .Attr<double>("beta_fast", 32.0, "YaRN: ramp bound in rotations", Min(0.0))
+      .Attr<double>("beta_slow", 1.0, "YaRN: ramp bound in rotations", Min(0.0))
+      .Attr("inverse", false, "rotate by minus the angle (the gradient)")
+      .Cheap()
+      .Shape(RopeShape)
+      .Kernel("cpu", RopeCpu, KernelFloatTypes())
+      .Gradient(RopeGrad);
+}
+
+}  // namespace weir::nn

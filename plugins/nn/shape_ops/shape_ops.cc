@@ -1,0 +1,317 @@
+// Shape ops: nn.Reshape, nn.Transpose, nn.Concat, nn.Slice (and nn.SliceGrad).
+#include <numeric>
+
+#include "nn_common.h"
+
+namespace weir::nn {
+namespace {
+
+// Copies a strided view into dense memory of the same type.
+void CopyDense(const Tensor& src, Tensor& dst) {
+  if (src.is_contiguous()) {
+    std::memcpy(dst.raw_data(), src.raw_data(), dst.nbytes());
+    return;
+  }
+  // Walk the source's index space; the innermost dim is copied element by element.
+  size_t elt = DataTypeSize(src.dtype());
+  const char* base = static_cast<const char*>(src.raw_data());
+  char* out = static_cast<char*>(dst.raw_data());
+  int rank = src.rank();
+  std::vector<int64_t> idx(static_cast<size_t>(rank), 0);
+  for (int64_t i = 0; i < src.numel(); ++i) {
+    int64_t off = 0;
+    for (int d = 0; d < rank; ++d)
+      off += idx[static_cast<size_t>(d)] * src.strides()[static_cast<size_t>(d)];
+    std::memcpy(out + i * static_cast<int64_t>(elt), base + off * static_cast<int64_t>(elt), elt);
+    for (int d = rank - 1; d >= 0; --d) {
+      if (++idx[static_cast<size_t>(d)] < src.shape()[static_cast<size_t>(d)]) break;
+      idx[static_cast<size_t>(d)] = 0;
+    }
+  }
+}
+
+StatusOr<Shape> ReshapeTarget(const Shape& in, const std::vector<int64_t>& spec) {
+  Shape out;
+  int infer = -1;
+  int64_t known = 1;
+  for (size_t i = 0; i < spec.size(); ++i) {
+    int64_t s = spec[i];
+    if (s == 0) {
+      if (i >= in.size())
+        return InvalidArgument("shape " + ShapeString(spec) + ": 0 copies dim " +
+                               std::to_string(i) + ", which " + ShapeString(in) + " lacks");
+      s = in[i];
+    }
+    if (s == -1) {
+      if (infer >= 0) return InvalidArgument("shape " + ShapeString(spec) + " has two -1");
+      infer = static_cast<int>(i);
+      out.push_back(1);
+      continue;
+    }
+    if (s < 0) return InvalidArgument("shape " + ShapeString(spec) + " has a negative dim");
+    known *= s;
+    out.push_back(s);
+  }
+  int64_t total = NumElements(in);
+  if (infer >= 0) {
+    if (known == 0 || total % known != 0)
+      return InvalidArgument("cannot reshape " + ShapeString(in) + " to " + ShapeString(spec));
+    out[static_cast<size_t>(infer)] = total / known;
+  }
+  if (NumElements(out) != total) {
+    return InvalidArgument("cannot reshape " + ShapeString(in) + " (" + std::to_string(total) +
+                           " elements) to " + ShapeString(spec));
+  }
+  return out;
+}
+
+Status ReshapeShape(ShapeContext& ctx) {
+  WEIR_ASSIGN_OR_RETURN(Shape out, ReshapeTarget(ctx.input(0).shape, ctx.attrs().IntList("shape")));
+  ctx.set_output(0, {ctx.input(0).dtype, out});
+  return Status();
+}
+
+Status CopyKernel(KernelContext& ctx) {
+  CopyDense(ctx.input(0), ctx.output(0));
+  return Status();
+}
+
+Status ReshapeGrad(GradContext& g) {
+  WEIR_ASSIGN_OR_RETURN(ValueRef d,
+                        g.Op1("nn.Reshape", {g.grad(0)}, {{"shape", Ints(g.input_type(0).shape)}}));
+  g.set_input_grad(0, d);
+  return Status();
+}
+
+StatusOr<std::vector<int64_t>> Permutation(const Attrs& a, int rank) {
+  std::vector<int64_t> perm = a.IntList("perm");
+  std::vector<int64_t> sorted = perm;
+  std::sort(sorted.begin(), sorted.end());
+  std::vector<int64_t> iota(static_cast<size_t>(rank));
+  std::iota(iota.begin(), iota.end(), 0);
+  if (sorted != iota)
+    return InvalidArgument("perm " + ShapeString(perm) + " is not a permutation of " +
+                           std::to_string(rank) + " dims");
+  return perm;
+}
+
+Status TransposeShape(ShapeContext& ctx) {
+  const TensorType& x = ctx.input(0);
+  WEIR_ASSIGN_OR_RETURN(auto perm, Permutation(ctx.attrs(), static_cast<int>(x.shape.size())));
+  Shape out;
+  for (int64_t p : perm) out.push_back(x.shape[static_cast<size_t>(p)]);
+  ctx.set_output(0, {x.dtype, out});
+  return Status();
+}
+
+Status TransposeCpu(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  WEIR_ASSIGN_OR_RETURN(auto perm, Permutation(ctx.attrs(), x.rank()));
+  // Build the permuted view by successive swaps, then copy it densely.
+  Tensor view = x;
+  std::vector<int64_t> where(perm.size());
+  std::iota(where.begin(), where.end(), 0);  // where[d] = original dim now at position d
+  for (size_t d = 0; d < perm.size(); ++d) {
+    size_t from =
+        static_cast<size_t>(std::find(where.begin(), where.end(), perm[d]) - where.begin());
+    if (from != d) {
+      view = view.Transpose(static_cast<int>(d), static_cast<int>(from));
+      std::swap(where[d], where[from]);
+    }
+  }
+  CopyDense(view, ctx.output(0));
+  return Status();
+}
+
+Status TransposeGrad(GradContext& g) {
+  std::vector<int64_t> perm = g.attrs().IntList("perm"), inverse(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i)
+    inverse[static_cast<size_t>(perm[i])] = static_cast<int64_t>(i);
+  WEIR_ASSIGN_OR_RETURN(ValueRef d, g.Op1("nn.Transpose", {g.grad(0)}, {{"perm", Ints(inverse)}}));
+  g.set_input_grad(0, d);
+  return Status();
+}
+
+int Axis(int64_t axis, size_t rank) {
+  return static_cast<int>(axis < 0 ? axis + static_cast<int64_t>(rank) : axis);
+}
+
+Status ConcatShape(ShapeContext& ctx) {
+  const TensorType& first = ctx.input(0);
+  int axis = Axis(ctx.attrs().Int("axis"), first.shape.size());
+  if (axis < 0 || axis >= static_cast<int>(first.shape.size()))
+    return InvalidArgument("axis " + std::to_string(ctx.attrs().Int("axis")) + " is outside " +
+                           first.ToString());
+  Shape out = first.shape;
+  out[static_cast<size_t>(axis)] = 0;
+  for (int i = 0; i < ctx.num_inputs(); ++i) {
+    const TensorType& t = ctx.input(i);
+    Shape a = t.shape, b = first.shape;
+    if (a.size() == b.size()) a[static_cast<size_t>(axis)] = b[static_cast<size_t>(axis)] = 0;
+    if (t.dtype != first.dtype || a != b)
+      return InvalidArgument("input " + std::to_string(i) + " " + t.ToString() +
+                             " does not concatenate with " + first.ToString() + " on axis " +
+                             std::to_string(axis));
+    out[static_cast<size_t>(axis)] += t.shape[static_cast<size_t>(axis)];
+  }
+  ctx.set_output(0, {first.dtype, out});
+  return Status();
+}
+
+Status ConcatCpu(KernelContext& ctx) {
+  Tensor& out = ctx.output(0);
+  int axis = Axis(ctx.attrs().Int("axis"), static_cast<size_t>(out.rank()));
+  int64_t offset = 0;
+  for (int i = 0; i < ctx.num_inputs(); ++i) {
+    const Tensor& in = ctx.input(i);
+    int64_t n = in.dim(axis);
+    Tensor dst = out.Slice(axis, offset, offset + n);
+    // dst is a strided view of the output: copy through the dense copy of the input.
+    Tensor src = in.Contiguous();
+    int64_t outer = 1, inner = 1;
+    for (int d = 0; d < axis; ++d) outer *= out.dim(d);
+    for (int d = axis; d < out.rank(); ++d) inner *= (d == axis ? n : out.dim(d));
+    size_t elt = DataTypeSize(out.dtype());
+    int64_t out_row = inner / n * out.dim(axis);
+    for (int64_t o = 0; o < outer; ++o) {
+      std::memcpy(static_cast<char*>(dst.raw_data()) + o * out_row * static_cast<int64_t>(elt),
+                  static_cast<const char*>(src.raw_data()) + o * inner * static_cast<int64_t>(elt),
+                  static_cast<size_t>(inner) * elt);
+    }
+    offset += n;
+  }
+  return Status();
+}
+
+Status ConcatGrad(GradContext& g) {
+  int axis = Axis(g.attrs().Int("axis"), g.output_type(0).shape.size());
+  int64_t offset = 0;
+  for (int i = 0; i < g.num_inputs(); ++i) {
+    int64_t n = g.input_type(i).shape[static_cast<size_t>(axis)];
+    if (g.needs_grad(i)) {
+      WEIR_ASSIGN_OR_RETURN(
+          ValueRef d,
+          g.Op1("nn.Slice", {g.grad(0)},
+                {{"axis", Int(axis)}, {"begin", Int(offset)}, {"end", Int(offset + n)}}));
+      g.set_input_grad(i, d);
+    }
+    offset += n;
+  }
+  return Status();
+}
+
+Status SliceShape(ShapeContext& ctx) {
+  const TensorType& x = ctx.input(0);
+  int axis = Axis(ctx.attrs().Int("axis"), x.shape.size());
+  int64_t begin = ctx.attrs().Int("begin"), end = ctx.attrs().Int("end");
+  if (axis < 0 || axis >= static_cast<int>(x.shape.size()) || begin < 0 || end < begin ||
+      end > x.shape[static_cast<size_t>(axis)]) {
+    return InvalidArgument("slice [" + std::to_string(begin) + ", " + std::to_string(end) +
+                           ") of axis " + std::to_string(ctx.attrs().Int("axis")) +
+                           " does not fit " + x.ToString());
+  }
+  Shape out = x.shape;
+  out[static_cast<size_t>(axis)] = end - begin;
+  ctx.set_output(0, {x.dtype, out});
+  return Status();
+}
+
+Status SliceCpu(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  int axis = Axis(ctx.attrs().Int("axis"), static_cast<size_t>(x.rank()));
+  CopyDense(x.Slice(axis, ctx.attrs().Int("begin"), ctx.attrs().Int("end")), ctx.output(0));
+  return Status();
+}
+
+Status SliceGrad(GradContext& g) {
+  const Shape& in = g.input_type(0).shape;
+  int axis = Axis(g.attrs().Int("axis"), in.size());
+  WEIR_ASSIGN_OR_RETURN(ValueRef d, g.Op1("nn.SliceGrad", {g.grad(0)},
+                                          {{"axis", Int(axis)},
+                                           {"begin", Int(g.attrs().Int("begin"))},
+                                           {"size", Int(in[static_cast<size_t>(axis)])}}));
+  g.set_input_grad(0, d);
+  return Status();
+}
+
+Status SliceGradCpu(KernelContext& ctx) {
+  Tensor& out = ctx.output(0);
+  std::memset(out.raw_data(), 0, out.nbytes());
+  const Tensor& dy = ctx.input(0);
+  int axis = Axis(ctx.attrs().Int("axis"), static_cast<size_t>(out.rank()));
+  int64_t begin = ctx.attrs().Int("begin");
+  Tensor src = dy.Contiguous();
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < axis; ++d) outer *= out.dim(d);
+  for (int d = axis + 1; d < out.rank(); ++d) inner *= out.dim(d);
+  size_t elt = DataTypeSize(out.dtype());
+  int64_t n = dy.dim(axis), full = out.dim(axis);
+  for (int64_t o = 0; o < outer; ++o) {
+    std::memcpy(
+        static_cast<char*>(out.raw_data()) +
+            ((o * full + begin) * inner) * static_cast<int64_t>(elt),
+        static_cast<const char*>(src.raw_data()) + (o * n * inner) * static_cast<int64_t>(elt),
+        static_cast<size_t>(n * inner) * elt);
+  }
+  return Status();
+}
+
+}  // namespace
+
+void RegisterShapeOps(Registrar& r) {
+  r.TensorOp("nn.Reshape")
+      .Doc(
+          "Same elements, new shape. In `shape`, 0 copies the input's dim at that position and "
+          "one -1 takes what is left.")
+      .Input("x", "T")
+      .Output("y", "T")
+      .AttrOfType("shape", ATTR_INT_LIST, std::nullopt, "the new shape (0: keep, -1: infer)")
+      .Cheap()
+      .Shape(ReshapeShape)
+      .Kernel("cpu", CopyKernel)
+      .Gradient(ReshapeGrad);
+  r.TensorOp("nn.Transpose")
+      .Doc("Permutes dims: output dim i is input dim perm[i].")
+      .Input("x", "T")
+      .Output("y", "T")
+      .AttrOfType("perm", ATTR_INT_LIST, std::nullopt, "a permutation of the input's dims")
+      .Shape(TransposeShape)
+      .Kernel("cpu", TransposeCpu)
+      .Gradient(TransposeGrad);
+  r.TensorOp("nn.Concat")
+      .Doc("Joins inputs along `axis`; other dims must agree.")
+      .VariadicInput("x", "T", "two or more tensors")
+      .Output("y", "T")
+      .Attr<int64_t>("axis", -1, "the dim to join on (negative counts from the end)")
+      .Shape(ConcatShape)
+      .Kernel("cpu", ConcatCpu)
+      .Gradient(ConcatGrad);
+  r.TensorOp("nn.Slice")
+      .Doc("The range [begin, end) of one dim.")
+      .Input("x", "T")
+      .Output("y", "T")
+      .Attr<int64_t>("axis", -1, "the dim to slice (negative counts from the end)")
+      .RequiredAttr<int64_t>("begin", "first index kept", Min(0))
+      .RequiredAttr<int64_t>("end", "one past the last index kept", Min(0))
+      .Shape(SliceShape)
+      .Kernel("cpu", SliceCpu)
+      .Gradient(SliceGrad);
+  r.TensorOp("nn.SliceGrad")
+      .Doc(
+          "Gradient of nn.Slice: dy placed at [begin, begin + len) of a zero tensor whose sliced "
+          "dim has `size` entries.")
+      .Input("dy", "T")
+      .Output("dx", "T")
+      .Attr<int64_t>("axis", 0, "the sliced dim", Min(0))
+      .Attr<int64_t>("begin", 0, "where dy starts", Min(0))
+      .RequiredAttr<int64_t>("size", "the full length of the sliced dim", Min(1))
+      .Shape([](ShapeContext& c) {
+        Shape s = c.input(0).shape;
+        s.at(static_cast<size_t>(c.attrs().Int("axis"))) = c.attrs().Int("size");
+        c.set_output(0, {c.input(0).dtype, s});
+        return Status();
+      })
+      .Kernel("cpu", SliceGradCpu);
+}
+
+}  // namespace weir::nn

@@ -1,0 +1,112 @@
+// Program: a tensor function compiled for execution.
+//
+//   instantiate (graph function + attrs) -> parameters (declared by op schemas, named by node
+//   path) -> shape/dtype inference -> autodiff (one gradient registry, B/W-split backward nodes)
+//   -> memory plan (one arena, buffers reused by liveness) -> kernel selection -> run.
+//
+// A Program is immutable once built and may run from several threads at once (each Run has its
+// own arena). Parameters live outside it, in a ParamStore, so one model can be shared by several
+// programs (a trainer and a generator).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "weir/graph.h"
+#include "weir/op_registry.h"
+#include "weir/tensor.h"
+#include "weir/tensor_op.h"
+
+namespace weir {
+
+struct ParamInfo {
+  std::string name;  // "layers.3.attn.wq.weight"
+  TensorType type;   // as the op computes with it; masters are kept in f32
+  Init init;
+};
+
+struct ProgramOptions {
+  std::string device = "cpu";
+  // Build the backward pass from this function output (a scalar loss); empty: inference only.
+  std::string loss;
+  // Function inputs that also need gradients (tests, input-gradient checks).
+  std::vector<std::string> input_grads;
+  // Prefix for node (and so parameter) names.
+  std::string prefix;
+};
+
+struct MemoryPlanStats {
+  int64_t arena_bytes = 0;      // peak of the plan: what one run allocates for intermediates
+  int64_t unplanned_bytes = 0;  // what the same values would take without reuse
+  int num_values = 0;
+};
+
+struct ProgramStats {
+  int forward_nodes = 0;
+  int backward_b_nodes = 0;
+  int backward_w_nodes = 0;
+  MemoryPlanStats memory;
+};
+
+// Parameter values by name: f32 masters. Thread-safe for reads while nothing writes.
+class ParamStore {
+ public:
+  // Creates every parameter of `params` missing from the store, initialized from `seed`
+  // (deterministic per name, so adding a layer does not change the others).
+  void Initialize(const std::vector<ParamInfo>& params, uint64_t seed);
+  Tensor* Find(const std::string& name);
+  const Tensor* Find(const std::string& name) const;
+  void Set(const std::string& name, Tensor value) { values_[name] = std::move(value); }
+  const std::map<std::string, Tensor>& values() const { return values_; }
+  std::map<std::string, Tensor>& mutable_values() { return values_; }
+
+ private:
+  std::map<std::string, Tensor> values_;
+};
+
+class Program {
+ public:
+  static StatusOr<std::shared_ptr<const Program>> Build(
+      const Graph& graph, const std::string& function,
+      const std::map<std::string, AttrValue>& attrs, const std::vector<TensorType>& input_types,
+      const OpRegistry& ops, const ProgramOptions& options);
+
+  struct Outputs {
+    std::vector<Tensor> values;                 // the function's outputs, in order
+    std::map<std::string, Tensor> param_grads;  // by parameter name (compute dtype)
+    std::vector<Tensor> input_grads;            // for options.input_grads, in order
+  };
+
+  // Runs forward (and backward when built with a loss). Inputs must match the build's types.
+  StatusOr<Outputs> Run(const std::vector<Tensor>& inputs, const ParamStore& params) const;
+
+  const std::vector<ParamInfo>& params() const { return params_; }
+  const std::vector<std::string>& output_names() const { return output_names_; }
+  const ProgramStats& stats() const { return stats_; }
+  // One line per node: "B  layers.0.mlp.w1/grad_x = nn.MatMul(...)", for debugging and docs.
+  std::string DebugString() const;
+
+  struct Node;
+  ~Program();
+
+ private:
+  Program() = default;
+
+  std::vector<Node> nodes_;
+  std::vector<ParamInfo> params_;
+  std::vector<std::string> output_names_;
+  std::vector<ValueRef> outputs_;
+  std::map<std::string, ValueRef> param_grads_;
+  std::vector<ValueRef> input_grads_;
+  std::vector<TensorType> input_types_;
+  // Memory plan: byte offset in the arena of every planned value (-1: not planned).
+  std::map<ValueRef, int64_t> offsets_;
+  ProgramStats stats_;
+  std::string device_;
+
+  friend class ProgramBuilder;
+};
+
+}  // namespace weir

@@ -1,0 +1,615 @@
+#include "weir/runtime/program.h"
+
+#include <algorithm>
+#include <random>
+#include <set>
+#include <sstream>
+
+namespace weir {
+
+struct Program::Node {
+  enum Kind { kInput, kParam, kConstant, kOp, kAccumulate };
+  enum Phase { kForward, kBackwardB, kBackwardW };
+  Kind kind = kOp;
+  Phase phase = kForward;
+  std::string name;
+  const OpEntry* entry = nullptr;
+  Attrs attrs;
+  std::vector<ValueRef> inputs;
+  std::vector<TensorType> outputs;
+  int index = -1;       // kInput: function input; kParam: parameter
+  double constant = 0;  // kConstant: the fill value
+  const KernelFn* kernel = nullptr;
+  SourceLoc loc;
+};
+
+Program::~Program() = default;
+
+namespace {
+
+constexpr int64_t kAlign = 64;
+
+int64_t AlignedBytes(const TensorType& t) {
+  int64_t bytes = NumElements(t.shape) * static_cast<int64_t>(DataTypeSize(t.dtype));
+  return (bytes + kAlign - 1) / kAlign * kAlign;
+}
+
+// Sums tensors of one type into `out` (contiguous), accumulating in f32 (f64 for f64).
+void SumInto(const std::vector<const Tensor*>& parts, Tensor& out) {
+  std::vector<Tensor> dense;
+  for (const Tensor* t : parts) dense.push_back(t->Contiguous());
+  int64_t n = out.numel();
+  auto sum = [&](auto* o) {
+    using T = std::remove_pointer_t<decltype(o)>;
+    using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    for (int64_t i = 0; i < n; ++i) {
+      Acc acc = 0;
+      for (const Tensor& t : dense) acc += static_cast<Acc>(t.data<T>()[i]);
+      o[i] = T(acc);
+    }
+  };
+  switch (out.dtype()) {
+    case DT_F32:
+      sum(out.data<float>());
+      break;
+    case DT_F64:
+      sum(out.data<double>());
+      break;
+    case DT_BF16:
+      sum(out.data<bf16>());
+      break;
+    default:
+      for (int64_t i = 0; i < n; ++i) {
+        double acc = 0;
+        for (const Tensor& t : dense) acc += t.At(i);
+        StoreFromDouble(out.raw_data(), out.dtype(), i, acc);
+      }
+  }
+}
+
+}  // namespace
+
+class ProgramBuilder {
+ public:
+  ProgramBuilder(Program& p, const OpRegistry& ops, const ProgramOptions& options)
+      : p_(p), ops_(ops), options_(options) {}
+
+  Status Build(const Graph& graph, const std::string& function,
+               const std::map<std::string, AttrValue>& attrs,
+               const std::vector<TensorType>& input_types) {
+    p_.device_ = options_.device;
+    p_.input_types_ = input_types;
+    WEIR_ASSIGN_OR_RETURN(FunctionInstance fn,
+                          InstantiateFunction(graph, function, attrs, ops_, options_.prefix));
+    if (input_types.size() != fn.inputs.size()) {
+      return InvalidArgument("function '" + function + "' takes " +
+                             std::to_string(fn.inputs.size()) + " inputs, given " +
+                             std::to_string(input_types.size()));
+    }
+    std::vector<ValueRef> args;
+    for (size_t i = 0; i < fn.inputs.size(); ++i) {
+      Program::Node n;
+      n.kind = Program::Node::kInput;
+      n.name = fn.inputs[i];
+      n.index = static_cast<int>(i);
+      n.outputs = {input_types[i]};
+      args.push_back(Add(std::move(n)));
+    }
+    std::vector<int> index(fn.nodes.size(), -1);
+    for (size_t k = 0; k < fn.nodes.size(); ++k) {
+      const weir::Node& node = fn.nodes[k];
+      std::vector<ValueRef> inputs;
+      for (const weir::Node::Input& in : node.inputs) {
+        inputs.push_back(in.node < 0 ? args.at(static_cast<size_t>(-1 - in.node))
+                                     : ValueRef{index.at(static_cast<size_t>(in.node)), in.port});
+      }
+      std::map<std::string, AttrValue> typed(node.attrs.begin(), node.attrs.end());
+      auto added = AddOp(node.entry, node.name, std::move(inputs), std::move(typed), node.loc,
+                         /*forward=*/true);
+      if (!added.ok()) return added.status();
+      index[k] = added->node;
+    }
+    for (const FunctionInstance::Output& out : fn.outputs) {
+      p_.output_names_.push_back(out.name);
+      p_.outputs_.push_back(out.node < 0
+                                ? args.at(static_cast<size_t>(-1 - out.node))
+                                : ValueRef{index.at(static_cast<size_t>(out.node)), out.port});
+    }
+    if (!options_.loss.empty()) WEIR_RETURN_IF_ERROR(Backward(function, args, fn.inputs));
+    LabelBackward();
+    PlanMemory();
+    return Status();
+  }
+
+ private:
+  ValueRef Add(Program::Node n) {
+    p_.nodes_.push_back(std::move(n));
+    return {static_cast<int>(p_.nodes_.size()) - 1, 0};
+  }
+  const TensorType& TypeOf(ValueRef v) const {
+    return p_.nodes_.at(static_cast<size_t>(v.node)).outputs.at(static_cast<size_t>(v.port));
+  }
+
+  // Adds an op node: fills attr defaults, creates its parameters, infers its output types and
+  // picks its kernel.
+  StatusOr<ValueRef> AddOp(const OpEntry* entry, const std::string& name,
+                           std::vector<ValueRef> inputs, std::map<std::string, AttrValue> attrs,
+                           const SourceLoc& loc, bool forward) {
+    auto fail = [&](Status s) { return s.At(loc).InNode(name, entry->def.name()); };
+    if (entry->def.kind() != OpDef::TENSOR) {
+      return fail(InvalidArgument("stream op '" + entry->def.name() +
+                                  "' cannot run inside a tensor function"));
+    }
+    for (const AttrDef& d : entry->def.attr()) {
+      if (attrs.count(d.name())) {
+        Status c = CheckAttrConstraints(d, attrs[d.name()]);
+        if (!c.ok()) return fail(c.InAttr(d.name()));
+      } else if (AttrValueIsSet(d.default_value())) {
+        attrs[d.name()] = d.default_value();
+      } else {
+        return fail(InvalidArgument("missing required attr '" + d.name() + "'"));
+      }
+    }
+    Program::Node n;
+    n.kind = Program::Node::kOp;
+    n.phase = forward ? Program::Node::kForward : Program::Node::kBackwardB;
+    n.name = name;
+    n.entry = entry;
+    n.loc = loc;
+    n.attrs = Attrs(std::move(attrs), "op '" + entry->def.name() + "'");
+    std::vector<TensorType> types;
+    for (ValueRef v : inputs) types.push_back(TypeOf(v));
+    if (!entry->params.empty() && !forward) {
+      return fail(Internal("a gradient builder added op '" + entry->def.name() +
+                           "', which owns parameters"));
+    }
+    for (const ParamDef& pd : entry->params) {
+      ShapeContext sc(&types, &n.attrs, 0);
+      auto shape = pd.shape(sc);
+      if (!shape.ok()) return fail(Status(shape.status()).Prepend("parameter '" + pd.name + "'"));
+      DataType dtype = n.attrs.Has("T") ? n.attrs.Type("T") : DT_F32;
+      ParamInfo info{name + "." + pd.name, {dtype, *shape}, pd.init(n.attrs, *shape)};
+      Program::Node leaf;
+      leaf.kind = Program::Node::kParam;
+      leaf.name = info.name;
+      leaf.index = static_cast<int>(p_.params_.size());
+      leaf.outputs = {info.type};
+      p_.params_.push_back(info);
+      ValueRef ref = Add(std::move(leaf));
+      inputs.push_back(ref);
+      types.push_back(info.type);
+    }
+    if (!entry->shape) return fail(Internal("op has no shape function"));
+    ShapeContext sc(&types, &n.attrs, entry->def.output_size());
+    Status shaped = entry->shape(sc);
+    if (!shaped.ok()) return fail(shaped);
+    n.outputs = sc.outputs();
+    DataType key = n.outputs.empty() ? types.at(0).dtype : n.outputs[0].dtype;
+    n.kernel = entry->FindKernel(options_.device, key);
+    if (n.kernel == nullptr) {
+      std::string have;
+      for (const KernelDef& k : entry->def.kernel()) {
+        have += (have.empty() ? "" : ", ") + k.device() + "(";
+        for (int i = 0; i < k.dtype_size(); ++i)
+          have += std::string(i ? " " : "") + DataTypeName(k.dtype(i));
+        have += k.dtype_size() ? ")" : "any)";
+      }
+      return fail(NotFound("no " + options_.device + " kernel for dtype " + DataTypeName(key) +
+                           " (registered: " + (have.empty() ? "none" : have) + ")"));
+    }
+    n.inputs = std::move(inputs);
+    return Add(std::move(n));
+  }
+
+  class GradBuilder : public GradContext {
+   public:
+    GradBuilder(ProgramBuilder& b, int node, std::vector<ValueRef> grads,
+                const std::vector<bool>& needs)
+        : b_(b),
+          node_(node),
+          grads_(std::move(grads)),
+          needs_(needs),
+          input_grads_(b.p_.nodes_[static_cast<size_t>(node)].inputs.size()) {}
+
+    const Program::Node& n() const { return b_.p_.nodes_[static_cast<size_t>(node_)]; }
+    int num_inputs() const override { return static_cast<int>(n().inputs.size()); }
+    int num_outputs() const override { return static_cast<int>(n().outputs.size()); }
+    ValueRef input(int i) const override { return n().inputs.at(static_cast<size_t>(i)); }
+    ValueRef output(int i) const override { return {node_, i}; }
+    const TensorType& input_type(int i) const override { return b_.TypeOf(input(i)); }
+    const TensorType& output_type(int i) const override {
+      return n().outputs.at(static_cast<size_t>(i));
+    }
+    ValueRef grad(int i) const override { return grads_.at(static_cast<size_t>(i)); }
+    const Attrs& attrs() const override { return n().attrs; }
+    bool needs_grad(int i) const override { return needs_.at(static_cast<size_t>(i)); }
+    StatusOr<std::vector<ValueRef>> Op(const std::string& op, std::vector<ValueRef> inputs,
+                                       std::map<std::string, AttrValue> attrs) override {
+      const OpEntry* entry = b_.ops_.Find(op);
+      if (entry == nullptr) {
+        return Internal("the gradient of '" + n().entry->def.name() + "' uses unknown op '" + op +
+                        "'");
+      }
+      std::string name = n().name + "/grad." + std::to_string(++count_) + "." + op;
+      WEIR_ASSIGN_OR_RETURN(ValueRef first, b_.AddOp(entry, name, std::move(inputs),
+                                                     std::move(attrs), n().loc, false));
+      std::vector<ValueRef> outs;
+      for (int p = 0; p < entry->def.output_size(); ++p) outs.push_back({first.node, p});
+      return outs;
+    }
+    void set_input_grad(int i, ValueRef g) override { input_grads_.at(static_cast<size_t>(i)) = g; }
+    const std::vector<ValueRef>& input_grads() const { return input_grads_; }
+
+   private:
+    ProgramBuilder& b_;
+    int node_;
+    std::vector<ValueRef> grads_;
+    const std::vector<bool>& needs_;
+    std::vector<ValueRef> input_grads_;
+    int count_ = 0;
+  };
+
+  // Sums the contributions to one value's gradient.
+  ValueRef Sum(const std::vector<ValueRef>& parts, const std::string& name) {
+    if (parts.size() == 1) return parts[0];
+    Program::Node n;
+    n.kind = Program::Node::kAccumulate;
+    n.phase = Program::Node::kBackwardB;
+    n.name = name + "/grad.sum";
+    n.inputs = parts;
+    n.outputs = {TypeOf(parts[0])};
+    return Add(std::move(n));
+  }
+
+  ValueRef Constant(const TensorType& type, double value, const std::string& name) {
+    Program::Node n;
+    n.kind = Program::Node::kConstant;
+    n.phase = Program::Node::kBackwardB;
+    n.name = name;
+    n.constant = value;
+    n.outputs = {type};
+    return Add(std::move(n));
+  }
+
+  Status Backward(const std::string& function, const std::vector<ValueRef>& args,
+                  const std::vector<std::string>& arg_names) {
+    auto it = std::find(p_.output_names_.begin(), p_.output_names_.end(), options_.loss);
+    if (it == p_.output_names_.end()) {
+      return InvalidArgument("function '" + function + "' has no output '" + options_.loss +
+                             "' to differentiate");
+    }
+    ValueRef loss = p_.outputs_[static_cast<size_t>(it - p_.output_names_.begin())];
+    const TensorType& lt = TypeOf(loss);
+    if (NumElements(lt.shape) != 1 || !IsFloating(lt.dtype)) {
+      return InvalidArgument("loss output '" + options_.loss + "' must be a floating scalar, is " +
+                             lt.ToString());
+    }
+    // Which values depend on something that wants a gradient.
+    std::set<int> wanted_args;
+    for (const std::string& name : options_.input_grads) {
+      auto a = std::find(arg_names.begin(), arg_names.end(), name);
+      if (a == arg_names.end()) return InvalidArgument("no function input '" + name + "'");
+      wanted_args.insert(static_cast<int>(a - arg_names.begin()));
+    }
+    size_t forward_end = p_.nodes_.size();
+    std::vector<bool> requires_grad(forward_end, false);
+    for (size_t i = 0; i < forward_end; ++i) {
+      const Program::Node& n = p_.nodes_[i];
+      if (n.kind == Program::Node::kParam) requires_grad[i] = IsFloating(n.outputs[0].dtype);
+      if (n.kind == Program::Node::kInput) requires_grad[i] = wanted_args.count(n.index) > 0;
+      if (n.kind == Program::Node::kOp)
+        for (ValueRef v : n.inputs)
+          requires_grad[i] = requires_grad[i] || requires_grad[static_cast<size_t>(v.node)];
+    }
+    std::map<ValueRef, std::vector<ValueRef>> pending;
+    pending[loss].push_back(Constant(lt, 1.0, options_.loss + "/grad.seed"));
+    for (size_t i = forward_end; i-- > 0;) {
+      const Program::Node& n = p_.nodes_[i];
+      if (n.kind != Program::Node::kOp || !requires_grad[i]) continue;
+      std::vector<ValueRef> grads;
+      bool any = false;
+      for (size_t o = 0; o < n.outputs.size(); ++o) {
+        auto pit = pending.find({static_cast<int>(i), static_cast<int>(o)});
+        ValueRef g = pit == pending.end() ? ValueRef{} : Sum(pit->second, n.name);
+        if (g.valid()) activation_grads_.insert(g);
+        grads.push_back(g);
+        any = any || pit != pending.end();
+      }
+      if (!any) continue;
+      std::vector<bool> needs;
+      for (ValueRef v : n.inputs)
+        needs.push_back(requires_grad[static_cast<size_t>(v.node)] && IsFloating(TypeOf(v).dtype));
+      const OpEntry* entry = n.entry;
+      std::string node_name = n.name;
+      SourceLoc loc = n.loc;
+      if (!entry->gradient) {
+        return InvalidArgument("op '" + entry->def.name() + "' has no gradient")
+            .At(loc)
+            .InNode(node_name, entry->def.name());
+      }
+      GradBuilder ctx(*this, static_cast<int>(i), grads, needs);
+      Status s = entry->gradient(ctx);
+      if (!s.ok()) return s.At(loc).InNode(node_name, entry->def.name());
+      const Program::Node& again = p_.nodes_[i];  // nodes_ may have grown
+      for (size_t k = 0; k < again.inputs.size(); ++k) {
+        ValueRef g = ctx.input_grads()[k];
+        if (!g.valid()) {
+          if (needs[k]) {
+            return Internal("the gradient of '" + entry->def.name() +
+                            "' gave no gradient for input " + std::to_string(k))
+                .At(loc)
+                .InNode(node_name, entry->def.name());
+          }
+          continue;
+        }
+        if (!(TypeOf(g) == TypeOf(again.inputs[k]))) {
+          return Internal("the gradient of '" + entry->def.name() + "' for input " +
+                          std::to_string(k) + " is " + TypeOf(g).ToString() + ", the input is " +
+                          TypeOf(again.inputs[k]).ToString())
+              .At(loc)
+              .InNode(node_name, entry->def.name());
+        }
+        if (p_.nodes_[static_cast<size_t>(again.inputs[k].node)].kind != Program::Node::kParam)
+          activation_grads_.insert(g);
+        pending[again.inputs[k]].push_back(g);
+      }
+    }
+    for (size_t i = 0; i < forward_end; ++i) {
+      const Program::Node& n = p_.nodes_[i];
+      if (n.kind != Program::Node::kParam) continue;
+      std::string name = n.name;
+      TensorType type = n.outputs[0];
+      auto pit = pending.find({static_cast<int>(i), 0});
+      ValueRef g =
+          pit == pending.end() ? Constant(type, 0.0, name + "/grad.zero") : Sum(pit->second, name);
+      p_.param_grads_[name] = g;
+    }
+    for (const std::string& name : options_.input_grads) {
+      int a =
+          static_cast<int>(std::find(arg_names.begin(), arg_names.end(), name) - arg_names.begin());
+      ValueRef arg = args[static_cast<size_t>(a)];
+      auto pit = pending.find(arg);
+      TensorType type = TypeOf(arg);
+      ValueRef g =
+          pit == pending.end() ? Constant(type, 0.0, name + "/grad.zero") : Sum(pit->second, name);
+      activation_grads_.insert(g);
+      p_.input_grads_.push_back(g);
+    }
+    return Status();
+  }
+
+  // B (input-gradient) work is every backward node that some activation gradient depends on;
+  // the rest only feeds parameter gradients and is W (weight-gradient) work, which a pipeline
+  // schedule may run later.
+  void LabelBackward() {
+    size_t n = p_.nodes_.size();
+    std::vector<std::vector<int>> consumers(n);
+    for (size_t i = 0; i < n; ++i) {
+      for (ValueRef v : p_.nodes_[i].inputs)
+        consumers[static_cast<size_t>(v.node)].push_back(static_cast<int>(i));
+    }
+    std::vector<bool> b(n, false);
+    for (size_t i = n; i-- > 0;) {
+      Program::Node& node = p_.nodes_[i];
+      if (node.phase == Program::Node::kForward) continue;
+      for (size_t o = 0; o < node.outputs.size(); ++o)
+        b[i] = b[i] || activation_grads_.count({static_cast<int>(i), static_cast<int>(o)}) > 0;
+      for (int c : consumers[i]) b[i] = b[i] || b[static_cast<size_t>(c)];
+      node.phase = b[i] ? Program::Node::kBackwardB : Program::Node::kBackwardW;
+    }
+    for (const Program::Node& node : p_.nodes_) {
+      if (node.kind != Program::Node::kOp && node.kind != Program::Node::kAccumulate) continue;
+      if (node.phase == Program::Node::kForward) ++p_.stats_.forward_nodes;
+      if (node.phase == Program::Node::kBackwardB) ++p_.stats_.backward_b_nodes;
+      if (node.phase == Program::Node::kBackwardW) ++p_.stats_.backward_w_nodes;
+    }
+  }
+
+  // Greedy first-fit placement of every intermediate in one arena, by liveness in program order.
+  void PlanMemory() {
+    size_t n = p_.nodes_.size();
+    std::map<ValueRef, size_t> last_use;
+    for (size_t i = 0; i < n; ++i)
+      for (ValueRef v : p_.nodes_[i].inputs) last_use[v] = i;
+    std::vector<ValueRef> kept(p_.outputs_.begin(), p_.outputs_.end());
+    for (const auto& [name, v] : p_.param_grads_) kept.push_back(v);
+    kept.insert(kept.end(), p_.input_grads_.begin(), p_.input_grads_.end());
+    for (ValueRef v : kept) last_use[v] = n;
+    struct Interval {
+      ValueRef v;
+      size_t begin, end;
+      int64_t bytes;
+    };
+    std::vector<Interval> values;
+    for (size_t i = 0; i < n; ++i) {
+      const Program::Node& node = p_.nodes_[i];
+      if (node.kind == Program::Node::kInput || node.kind == Program::Node::kParam) continue;
+      for (size_t o = 0; o < node.outputs.size(); ++o) {
+        ValueRef v{static_cast<int>(i), static_cast<int>(o)};
+        auto lu = last_use.find(v);
+        values.push_back(
+            {v, i, lu == last_use.end() ? i : lu->second, AlignedBytes(node.outputs[o])});
+      }
+    }
+    std::vector<size_t> order(values.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return values[a].bytes > values[b].bytes; });
+    std::vector<std::pair<int64_t, size_t>> placed;  // (offset, value index)
+    int64_t arena = 0, unplanned = 0;
+    for (size_t k : order) {
+      const Interval& v = values[k];
+      unplanned += v.bytes;
+      // Candidate offsets: 0 and the end of every placed value that overlaps in time.
+      std::vector<std::pair<int64_t, int64_t>> busy;
+      for (const auto& [off, j] : placed) {
+        const Interval& u = values[j];
+        if (u.begin <= v.end && v.begin <= u.end) busy.push_back({off, off + u.bytes});
+      }
+      std::sort(busy.begin(), busy.end());
+      int64_t offset = 0;
+      for (const auto& [lo, hi] : busy) {
+        if (offset + v.bytes <= lo) break;
+        offset = std::max(offset, hi);
+      }
+      placed.push_back({offset, k});
+      p_.offsets_[v.v] = offset;
+      arena = std::max(arena, offset + v.bytes);
+    }
+    p_.stats_.memory = {arena, unplanned, static_cast<int>(values.size())};
+  }
+
+  Program& p_;
+  const OpRegistry& ops_;
+  const ProgramOptions& options_;
+  std::set<ValueRef> activation_grads_;
+};
+
+StatusOr<std::shared_ptr<const Program>> Program::Build(
+    const Graph& graph, const std::string& function, const std::map<std::string, AttrValue>& attrs,
+    const std::vector<TensorType>& input_types, const OpRegistry& ops,
+    const ProgramOptions& options) {
+  std::shared_ptr<Program> p(new Program());
+  ProgramBuilder builder(*p, ops, options);
+  WEIR_RETURN_IF_ERROR(builder.Build(graph, function, attrs, input_types));
+  return std::shared_ptr<const Program>(std::move(p));
+}
+
+StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
+                                        const ParamStore& params) const {
+  if (inputs.size() != input_types_.size()) {
+    return InvalidArgument("program takes " + std::to_string(input_types_.size()) +
+                           " inputs, given " + std::to_string(inputs.size()));
+  }
+  auto arena = Storage::Allocate(static_cast<size_t>(stats_.memory.arena_bytes));
+  std::vector<std::vector<Tensor>> values(nodes_.size());
+  auto value = [&](ValueRef v) -> const Tensor& {
+    return values[static_cast<size_t>(v.node)][static_cast<size_t>(v.port)];
+  };
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    const Node& n = nodes_[i];
+    std::vector<Tensor>& out = values[i];
+    auto planned = [&](size_t o) {
+      const TensorType& t = n.outputs[o];
+      int64_t offset = offsets_.at({static_cast<int>(i), static_cast<int>(o)});
+      return Tensor::FromStorage(arena, t.dtype, t.shape,
+                                 offset / static_cast<int64_t>(DataTypeSize(t.dtype)));
+    };
+    switch (n.kind) {
+      case Node::kInput: {
+        const Tensor& in = inputs[static_cast<size_t>(n.index)];
+        if (in.dtype() != n.outputs[0].dtype || in.shape() != n.outputs[0].shape) {
+          return InvalidArgument("input '" + n.name + "' is " + in.DebugString() +
+                                 ", the program was built for " + n.outputs[0].ToString());
+        }
+        out = {in.Contiguous()};
+        break;
+      }
+      case Node::kParam: {
+        const Tensor* master = params.Find(n.name);
+        if (master == nullptr) return NotFound("parameter '" + n.name + "' is not in the model");
+        if (master->shape() != n.outputs[0].shape) {
+          return InvalidArgument("parameter '" + n.name + "' is " + master->DebugString() +
+                                 ", the program needs " + n.outputs[0].ToString());
+        }
+        out = {master->dtype() == n.outputs[0].dtype ? *master : master->To(n.outputs[0].dtype)};
+        break;
+      }
+      case Node::kConstant: {
+        Tensor t = planned(0);
+        for (int64_t k = 0; k < t.numel(); ++k)
+          StoreFromDouble(t.raw_data(), t.dtype(), k, n.constant);
+        out = {t};
+        break;
+      }
+      case Node::kAccumulate: {
+        Tensor t = planned(0);
+        std::vector<const Tensor*> parts;
+        for (ValueRef v : n.inputs) parts.push_back(&value(v));
+        SumInto(parts, t);
+        out = {t};
+        break;
+      }
+      case Node::kOp: {
+        for (size_t o = 0; o < n.outputs.size(); ++o) out.push_back(planned(o));
+        std::vector<const Tensor*> ins;
+        for (ValueRef v : n.inputs) ins.push_back(&value(v));
+        std::vector<Tensor*> outs;
+        for (Tensor& t : out) outs.push_back(&t);
+        KernelContext ctx(std::move(ins), std::move(outs), &n.attrs);
+        Status s;
+        try {
+          s = (*n.kernel)(ctx);
+        } catch (const std::exception& e) {
+          s = Internal(std::string("kernel threw: ") + e.what());
+        }
+        if (!s.ok()) return s.At(n.loc).InNode(n.name, n.entry->def.name());
+        break;
+      }
+    }
+  }
+  Outputs result;
+  for (ValueRef v : outputs_) result.values.push_back(value(v));
+  for (const auto& [name, v] : param_grads_) result.param_grads[name] = value(v);
+  for (ValueRef v : input_grads_) result.input_grads.push_back(value(v));
+  return result;
+}
+
+std::string Program::DebugString() const {
+  std::ostringstream out;
+  const char* phases[] = {"F", "B", "W"};
+  const char* kinds[] = {"input", "param", "constant", "", "sum"};
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    const Node& n = nodes_[i];
+    out << phases[n.phase] << "  %" << i << " " << n.name << " = "
+        << (n.kind == Node::kOp ? n.entry->def.name() : kinds[n.kind]) << "(";
+    for (size_t k = 0; k < n.inputs.size(); ++k)
+      out << (k ? ", " : "") << "%" << n.inputs[k].node << ":" << n.inputs[k].port;
+    out << ") ->";
+    for (const TensorType& t : n.outputs) out << " " << t.ToString();
+    out << "\n";
+  }
+  return out.str();
+}
+
+void ParamStore::Initialize(const std::vector<ParamInfo>& params, uint64_t seed) {
+  for (const ParamInfo& p : params) {
+    if (values_.count(p.name)) continue;
+    // Masters are f32, except for f64 programs (gradient checks), which keep full precision.
+    DataType master = p.type.dtype == DT_F64 ? DT_F64 : DT_F32;
+    std::vector<double> d(static_cast<size_t>(NumElements(p.type.shape)));
+    // Per-parameter stream: the seed mixed with a hash of the name.
+    std::mt19937_64 rng(seed ^ std::hash<std::string>()(p.name));
+    switch (p.init.kind) {
+      case Init::kZeros:
+        std::fill(d.begin(), d.end(), 0.0);
+        break;
+      case Init::kOnes:
+        std::fill(d.begin(), d.end(), 1.0);
+        break;
+      case Init::kNormal: {
+        std::normal_distribution<double> dist(0.0, p.init.scale);
+        for (double& x : d) x = dist(rng);
+        break;
+      }
+      case Init::kUniform: {
+        std::uniform_real_distribution<double> dist(-p.init.scale, p.init.scale);
+        for (double& x : d) x = dist(rng);
+        break;
+      }
+    }
+    values_[p.name] = Tensor::FromValues(master, p.type.shape, d);
+  }
+}
+
+Tensor* ParamStore::Find(const std::string& name) {
+  auto it = values_.find(name);
+  return it == values_.end() ? nullptr : &it->second;
+}
+
+const Tensor* ParamStore::Find(const std::string& name) const {
+  auto it = values_.find(name);
+  return it == values_.end() ? nullptr : &it->second;
+}
+
+}  // namespace weir

@@ -1,0 +1,154 @@
+#include "op_check.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <random>
+
+namespace weir::testing {
+
+StatusOr<Graph> OpGraph(const OpCase& c, bool with_loss) {
+  std::string text = "function {\n  name: \"F\"\n";
+  for (size_t i = 0; i < c.inputs.size(); ++i) text += "  input: \"x" + std::to_string(i) + "\"\n";
+  if (with_loss) text += "  input: \"w\"\n  output: \"loss=sum:y\"\n";
+  if (with_loss) {
+    text += "  output: \"y=op:" + std::to_string(c.output) + "\"\n";
+  } else {
+    const OpEntry* entry = TestRegistry().Find(c.op);
+    int outputs = entry ? entry->def.output_size() : 1;
+    for (int o = 0; o < outputs; ++o)
+      text += "  output: \"y" + std::to_string(o) + "=op:" + std::to_string(o) + "\"\n";
+  }
+  text += "  node { name: \"op\" op: \"" + c.op + "\"";
+  for (size_t i = 0; i < c.inputs.size(); ++i) text += " input: \"x" + std::to_string(i) + "\"";
+  if (!c.attrs.empty()) text += " attr: \"" + c.attrs + "\"";
+  text += " }\n";
+  if (with_loss) {
+    text += "  node { name: \"mul\" op: \"nn.Mul\" input: \"op:" + std::to_string(c.output) +
+            "\" input: \"w\" }\n  node { name: \"sum\" op: \"nn.Sum\" input: \"mul\" }\n";
+  }
+  text += "}\n";
+  static int counter = 0;
+  std::string path = ::testing::TempDir() + "/op_case_" + std::to_string(counter++) + ".pbtxt";
+  std::ofstream(path) << text;
+  return LoadTestGraph(path);
+}
+
+std::vector<Tensor> CaseInputs(const OpCase& c) {
+  std::mt19937_64 rng(c.seed);
+  std::uniform_real_distribution<double> u(-1, 1);
+  std::vector<Tensor> out;
+  for (size_t i = 0; i < c.inputs.size(); ++i) {
+    const TensorType& t = c.inputs[i];
+    auto fixed = c.values.find(static_cast<int>(i));
+    std::vector<double> v(static_cast<size_t>(NumElements(t.shape)));
+    if (fixed != c.values.end()) {
+      v = fixed->second;
+    } else {
+      for (double& x : v) x = u(rng);
+    }
+    out.push_back(Tensor::FromValues(t.dtype, t.shape, v));
+  }
+  return out;
+}
+
+namespace {
+
+StatusOr<std::shared_ptr<const Program>> Build(const Graph& g, const std::vector<TensorType>& types,
+                                               const ProgramOptions& options) {
+  return Program::Build(g, "F", {}, types, TestRegistry(), options);
+}
+
+void Perturb(ParamStore& params, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> n(0, 0.5);
+  for (auto& [name, t] : params.mutable_values())
+    for (int64_t i = 0; i < t.numel(); ++i)
+      StoreFromDouble(t.raw_data(), t.dtype(), i, t.At(i) + n(rng));
+}
+
+}  // namespace
+
+StatusOr<std::vector<Tensor>> RunOp(const OpCase& c, const std::map<int, Tensor>& given,
+                                    ParamStore* params) {
+  WEIR_ASSIGN_OR_RETURN(Graph g, OpGraph(c, false));
+  std::vector<Tensor> inputs = CaseInputs(c);
+  for (const auto& [i, t] : given) inputs[static_cast<size_t>(i)] = t;
+  WEIR_ASSIGN_OR_RETURN(auto p, Build(g, c.inputs, ProgramOptions{}));
+  ParamStore local;
+  if (params == nullptr) {
+    params = &local;
+    params->Initialize(p->params(), c.seed);
+    Perturb(*params, c.seed + 1);
+  }
+  WEIR_ASSIGN_OR_RETURN(auto out, p->Run(inputs, *params));
+  return out.values;
+}
+
+int CheckGradients(const OpCase& c, double tolerance) {
+  auto forward = RunOp(c);
+  EXPECT_TRUE(forward.ok()) << forward.status().ToString();
+  if (!forward.ok()) return 0;
+  TensorType out_type{(*forward)[0].dtype(), (*forward)[0].shape()};
+  auto graph = OpGraph(c, true);
+  EXPECT_TRUE(graph.ok()) << graph.status().ToString();
+  if (!graph.ok()) return 0;
+  std::vector<TensorType> types = c.inputs;
+  types.push_back(out_type);
+  std::vector<Tensor> inputs = CaseInputs(c);
+  OpCase wcase;
+  wcase.inputs = {out_type};
+  wcase.seed = c.seed + 7;
+  inputs.push_back(CaseInputs(wcase)[0]);
+  ProgramOptions options;
+  options.loss = "loss";
+  std::vector<size_t> checked_inputs;
+  for (size_t i = 0; i < c.inputs.size(); ++i) {
+    bool skip =
+        std::find(c.no_grad.begin(), c.no_grad.end(), static_cast<int>(i)) != c.no_grad.end();
+    if (!skip && IsFloating(c.inputs[i].dtype)) {
+      options.input_grads.push_back("x" + std::to_string(i));
+      checked_inputs.push_back(i);
+    }
+  }
+  auto program = Build(*graph, types, options);
+  EXPECT_TRUE(program.ok()) << program.status().ToString();
+  if (!program.ok()) return 0;
+  ParamStore params;
+  params.Initialize((*program)->params(), c.seed);
+  Perturb(params, c.seed + 1);
+  auto analytic = (*program)->Run(inputs, params);
+  EXPECT_TRUE(analytic.ok()) << analytic.status().ToString();
+  if (!analytic.ok()) return 0;
+
+  auto loss_at = [&]() {
+    auto r = (*program)->Run(inputs, params);
+    CHECK(r.ok()) << r.status().ToString();
+    return r->values[0].At(0);
+  };
+  const double eps = 1e-6;
+  int checked = 0;
+  auto check = [&](Tensor& t, const Tensor& grad, const std::string& what) {
+    for (int64_t k = 0; k < t.numel(); ++k) {
+      double x = t.At(k);
+      StoreFromDouble(t.raw_data(), t.dtype(), k, x + eps);
+      double up = loss_at();
+      StoreFromDouble(t.raw_data(), t.dtype(), k, x - eps);
+      double down = loss_at();
+      StoreFromDouble(t.raw_data(), t.dtype(), k, x);
+      double numeric = (up - down) / (2 * eps);
+      double got = grad.At(k);
+      EXPECT_NEAR(got, numeric, tolerance * std::max(1.0, std::abs(numeric)))
+          << c.op << ": d loss / d " << what << "[" << k << "]";
+      ++checked;
+    }
+  };
+  for (size_t j = 0; j < checked_inputs.size(); ++j) {
+    size_t i = checked_inputs[j];
+    check(inputs[i], analytic->input_grads[j], "input " + std::to_string(i));
+  }
+  for (auto& [name, t] : params.mutable_values()) check(t, analytic->param_grads.at(name), name);
+  return checked;
+}
+
+}  // namespace weir::testing

@@ -1,0 +1,48 @@
+// Checks for tensor ops: run one op in a small program, and compare its gradients with central
+// finite differences in f64.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "test_util.h"
+#include "weir/runtime/program.h"
+
+namespace weir::testing {
+
+struct OpCase {
+  OpCase() = default;
+  OpCase(std::string op, std::string attrs, std::vector<TensorType> inputs,
+         std::map<int, std::vector<double>> values = {}, std::vector<int> no_grad = {})
+      : op(std::move(op)),
+        attrs(std::move(attrs)),
+        inputs(std::move(inputs)),
+        values(std::move(values)),
+        no_grad(std::move(no_grad)) {}
+
+  std::string op;     // "nn.RMSNorm"
+  std::string attrs;  // compact attrs: "eps=1e-5 T=f64"
+  std::vector<TensorType> inputs;
+  std::map<int, std::vector<double>> values;  // fixed values (ids, targets); others random
+  std::vector<int> no_grad;                   // inputs not to check (ids, masks)
+  int output = 0;                             // the output the loss reduces
+  uint64_t seed = 1;
+};
+
+// A graph holding function "F": the op over inputs x0..xn; with_loss adds input w and output
+// "loss" = Σ op.output ⊙ w, else F returns every output of the op.
+StatusOr<Graph> OpGraph(const OpCase& c, bool with_loss);
+
+// Runs the op forward; returns all its outputs.
+StatusOr<std::vector<Tensor>> RunOp(const OpCase& c, const std::map<int, Tensor>& inputs = {},
+                                    ParamStore* params = nullptr);
+
+// The inputs the case uses (random floats in [-1, 1] unless fixed), deterministic in the seed.
+std::vector<Tensor> CaseInputs(const OpCase& c);
+
+// Compares analytic gradients of every float input (not in no_grad) and every parameter with
+// central differences; reports failures through gtest. Returns how many elements it checked.
+int CheckGradients(const OpCase& c, double tolerance = 1e-6);
+
+}  // namespace weir::testing
