@@ -297,7 +297,9 @@ const char* AttrTypeName(AttrType t) {
 }
 
 StatusOr<AttrValue> CoerceLiteral(const Literal& lit, AttrType type) {
-  CHECK(lit.kind != Literal::kParam) << "param references are resolved before coercion";
+  if (lit.kind == Literal::kParam) {
+    return InvalidArgument("$" + lit.text + " cannot be used here (params are resolved in graphs only)");
+  }
   AttrValue v;
   bool textual = lit.kind == Literal::kWord || lit.kind == Literal::kQuoted;
   switch (type) {

@@ -100,9 +100,33 @@ class Resolver {
       }
       return converted;
     }
-    auto typed = CoerceLiteral(w.value, type);
+    WEIR_ASSIGN_OR_RETURN(Literal lit,
+                          Substitute(w.value, scope, w.value_loc.Shifted(-w.value.offset)));
+    auto typed = CoerceLiteral(lit, type);
     if (!typed.ok()) return Status(typed.status()).At(w.value_loc);
     return typed;
+  }
+
+  // Replaces $references nested in lists ("shape=[0, 0, $n_heads, -1]") by their values.
+  // `at` is where the attr string starts (literal offsets count from there).
+  StatusOr<Literal> Substitute(const Literal& lit, const Scope& scope, const SourceLoc& at) {
+    if (lit.kind == Literal::kParam) {
+      const AttrValue* v = scope.Find(lit.text);
+      SourceLoc where = at.Shifted(lit.offset);
+      if (v == nullptr) {
+        return InvalidArgument("refers to unknown param '$" + lit.text + "'" +
+                               SuggestClosest(lit.text, scope.Names()))
+            .At(where);
+      }
+      auto parsed = ParseLiteral(FormatAttrValue(*v));
+      if (!parsed.ok()) return Status(parsed.status()).At(where);
+      return *parsed;
+    }
+    Literal out = lit;
+    for (Literal& item : out.items) {
+      WEIR_ASSIGN_OR_RETURN(item, Substitute(item, scope, at));
+    }
+    return out;
   }
 
   // Types written attrs against a schema's attr list, fills defaults, checks constraints.

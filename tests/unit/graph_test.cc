@@ -35,8 +35,9 @@ TEST(Params, ReferencesResolveWithTheirTypes) {
   EXPECT_EQ(Attr(k, "ratio"), "0.25");
   EXPECT_EQ(Attr(k, "mode"), "slow");
   EXPECT_EQ(Attr(k, "tags"), "[a, b]");
+  // References inside lists.
+  EXPECT_EQ(Attr(k, "sizes"), "[2, 7, 3]");
   // Defaults are filled in.
-  EXPECT_EQ(Attr(k, "sizes"), "[1, 2]");
   EXPECT_EQ(Attr(k, "dtype"), "f32");
   EXPECT_EQ(Attr(k, "shape"), "[2, -1]");
   EXPECT_EQ(Attr(src, "sleep_ms"), "0");
@@ -48,6 +49,7 @@ TEST(Params, OverridesAreTypedLikeTheParam) {
   auto g = LoadTestGraph(TestGraph("good/params.pbtxt"), {"batches=7", "ratio=1", "mode=fast"});
   ASSERT_TRUE(g.ok()) << g.status().ToString();
   EXPECT_EQ(Attr(FindNode(*g, "src"), "n"), "7");
+  EXPECT_EQ(Attr(FindNode(*g, "k"), "sizes"), "[2, 7, 7]");
   // An int written for a float param widens.
   EXPECT_EQ(Attr(FindNode(*g, "k"), "ratio"), "1.0");
   EXPECT_EQ(Attr(FindNode(*g, "k"), "mode"), "fast");
