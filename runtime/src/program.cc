@@ -117,6 +117,7 @@ class ProgramBuilder {
     }
     if (!options_.loss.empty()) WEIR_RETURN_IF_ERROR(Backward(function, args, fn.inputs));
     LabelBackward();
+    Schedule();
     PlanMemory();
     return Status();
   }
@@ -405,12 +406,29 @@ class ProgramBuilder {
     }
   }
 
-  // Greedy first-fit placement of every intermediate in one arena, by liveness in program order.
+  void Schedule() {
+    std::vector<int>& order = p_.order_;
+    for (size_t i = 0; i < p_.nodes_.size(); ++i)
+      if (!options_.defer_weight_grads || p_.nodes_[i].phase != Program::Node::kBackwardW)
+        order.push_back(static_cast<int>(i));
+    if (!options_.defer_weight_grads) return;
+    for (size_t i = 0; i < p_.nodes_.size(); ++i)
+      if (p_.nodes_[i].phase == Program::Node::kBackwardW) order.push_back(static_cast<int>(i));
+  }
+
+  // Greedy first-fit placement of every intermediate in one arena, by liveness in execution
+  // order.
   void PlanMemory() {
     size_t n = p_.nodes_.size();
+    std::vector<size_t> step(n);  // when each node runs
+    for (size_t k = 0; k < p_.order_.size(); ++k) step[static_cast<size_t>(p_.order_[k])] = k;
     std::map<ValueRef, size_t> last_use;
-    for (size_t i = 0; i < n; ++i)
-      for (ValueRef v : p_.nodes_[i].inputs) last_use[v] = i;
+    for (size_t i = 0; i < n; ++i) {
+      for (ValueRef v : p_.nodes_[i].inputs) {
+        size_t& lu = last_use[v];
+        lu = std::max(lu, step[i]);
+      }
+    }
     std::vector<ValueRef> kept(p_.outputs_.begin(), p_.outputs_.end());
     for (const auto& [name, v] : p_.param_grads_) kept.push_back(v);
     kept.insert(kept.end(), p_.input_grads_.begin(), p_.input_grads_.end());
@@ -427,8 +445,8 @@ class ProgramBuilder {
       for (size_t o = 0; o < node.outputs.size(); ++o) {
         ValueRef v{static_cast<int>(i), static_cast<int>(o)};
         auto lu = last_use.find(v);
-        values.push_back(
-            {v, i, lu == last_use.end() ? i : lu->second, AlignedBytes(node.outputs[o])});
+        values.push_back({v, step[i], lu == last_use.end() ? step[i] : lu->second,
+                          AlignedBytes(node.outputs[o])});
       }
     }
     std::vector<size_t> order(values.size());
@@ -486,7 +504,8 @@ StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
   auto value = [&](ValueRef v) -> const Tensor& {
     return values[static_cast<size_t>(v.node)][static_cast<size_t>(v.port)];
   };
-  for (size_t i = 0; i < nodes_.size(); ++i) {
+  for (int index : order_) {
+    size_t i = static_cast<size_t>(index);
     const Node& n = nodes_[i];
     std::vector<Tensor>& out = values[i];
     auto planned = [&](size_t o) {

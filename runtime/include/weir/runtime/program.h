@@ -35,6 +35,9 @@ struct ProgramOptions {
   std::vector<std::string> input_grads;
   // Prefix for node (and so parameter) names.
   std::string prefix;
+  // Run every input-gradient (B) node before any weight-gradient (W) node, as zero-bubble
+  // pipeline schedules do; otherwise nodes run in the order autodiff made them.
+  bool defer_weight_grads = false;
 };
 
 struct MemoryPlanStats {
@@ -95,6 +98,7 @@ class Program {
   Program() = default;
 
   std::vector<Node> nodes_;
+  std::vector<int> order_;  // execution order (node indices)
   std::vector<ParamInfo> params_;
   std::vector<std::string> output_names_;
   std::vector<ValueRef> outputs_;
