@@ -9,14 +9,16 @@
 #include <vector>
 
 #include "weir/status.h"
+#include "weir/tensor.h"
 
 namespace weir {
 
 using StringColumn = std::vector<std::string>;
 using IntColumn = std::vector<int64_t>;
 using FloatColumn = std::vector<double>;
-// Tensor columns arrive with the tensor runtime.
-using Column = std::variant<StringColumn, IntColumn, FloatColumn>;
+// A tensor column holds one row per index of its first dim.
+using TensorColumn = Tensor;
+using Column = std::variant<StringColumn, IntColumn, FloatColumn, TensorColumn>;
 
 size_t ColumnSize(const Column& c);
 const char* ColumnTypeName(const Column& c);
