@@ -298,7 +298,8 @@ const char* AttrTypeName(AttrType t) {
 
 StatusOr<AttrValue> CoerceLiteral(const Literal& lit, AttrType type) {
   if (lit.kind == Literal::kParam) {
-    return InvalidArgument("$" + lit.text + " cannot be used here (params are resolved in graphs only)");
+    return InvalidArgument("$" + lit.text +
+                           " cannot be used here (params are resolved in graphs only)");
   }
   AttrValue v;
   bool textual = lit.kind == Literal::kWord || lit.kind == Literal::kQuoted;

@@ -49,10 +49,14 @@ size_t ColumnSize(const Column& c) {
 
 const char* ColumnTypeName(const Column& c) {
   switch (c.index()) {
-    case 0: return "strings";
-    case 1: return "ints";
-    case 2: return "floats";
-    default: return "a tensor";
+    case 0:
+      return "strings";
+    case 1:
+      return "ints";
+    case 2:
+      return "floats";
+    default:
+      return "a tensor";
   }
 }
 

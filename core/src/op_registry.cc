@@ -121,6 +121,7 @@ Status OpRegistry::Commit(Registrar& staged, const std::string& plugin) {
     auto entry = std::make_unique<ResourceKindEntry>();
     entry->def = *kind.def;
     entry->def.set_plugin(plugin);
+    entry->factory = std::move(kind.builder->factory());
     resource_kinds_[entry->def.name()] = std::move(entry);
   }
   return Status();

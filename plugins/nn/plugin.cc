@@ -1,5 +1,6 @@
-#include "nn_common.h"
 #include "weir/plugin.h"
+
+#include "nn_common.h"
 
 namespace {
 

@@ -143,7 +143,35 @@ class Run {
  private:
   bool Stopped() const { return options_.stop != nullptr && options_.stop->load(); }
 
+  // Resources first: kernels look them up when they are created.
+  Status CreateResources() {
+    env_.graph = &graph_;
+    env_.ops = options_.ops != nullptr ? options_.ops : &OpRegistry::Global();
+    env_.input_dir = graph_.input_dir;
+    env_.out_dir = options_.out_dir;
+    env_.resume_dir = options_.resume_dir;
+    env_.metrics = options_.metrics;
+    env_.stop_requested = options_.stop;
+    env_.sources_done = &sources_done_;
+    for (const ResourceSpec& r : graph_.resources) {
+      const ResourceKindEntry* kind = env_.ops->FindResourceKind(r.kind);
+      if (kind == nullptr || !kind->factory) continue;  // a kind without state
+      std::map<std::string, AttrValue> attrs(r.resolved_attrs.begin(), r.resolved_attrs.end());
+      ResourceContext ctx(r.name, Attrs(std::move(attrs), "resource '" + r.name + "'"), &env_);
+      StatusOr<std::shared_ptr<Resource>> made = Internal("resource factory threw");
+      try {
+        made = kind->factory(ctx);
+      } catch (const std::exception& e) {
+        made = Internal(std::string("resource factory threw: ") + e.what());
+      }
+      if (!made.ok()) return Status(made.status()).Prepend("resource '" + r.name + "'").At(r.loc);
+      env_.resources[r.name] = *made;
+    }
+    return Status();
+  }
+
   Status CreateKernels() {
+    WEIR_RETURN_IF_ERROR(CreateResources());
     nodes_.resize(graph_.nodes.size());
     for (size_t i = 0; i < graph_.nodes.size(); ++i) {
       const Node& n = graph_.nodes[i];
@@ -155,8 +183,7 @@ class Run {
       rt->source = n.inputs.empty();
       rt->concurrent = !n.entry->def.stateful() && n.entry->def.max_concurrency() != 1;
       std::map<std::string, AttrValue> attrs(n.attrs.begin(), n.attrs.end());
-      rt->ctx = std::make_unique<NodeContext>(n.name, n.op, std::move(attrs), graph_.input_dir,
-                                              options_.out_dir, options_.metrics, options_.stop);
+      rt->ctx = std::make_unique<NodeContext>(n.name, n.op, std::move(attrs), &env_);
       if (!n.entry->stream_factory) {
         return Internal("op has no kernel").InNode(n.name, n.op).At(n.loc);
       }
@@ -258,7 +285,7 @@ class Run {
       if (rt.source) {
         rt.input = std::make_unique<flow::input_node<Outputs>>(
             *graph_flow_, [this, &rt](tbb::flow_control& fc) -> Outputs {
-              if (rt.exhausted || cancelled_ || Stopped()) {
+              if (rt.exhausted || cancelled_ || Stopped() || sources_done_) {
                 fc.stop();
                 return {};
               }
@@ -396,6 +423,8 @@ class Run {
 
   const Graph& graph_;
   const RunOptions& options_;
+  RunEnv env_;
+  std::atomic<bool> sources_done_{false};
   // The flow graph must outlive its nodes (they detach from it when destroyed): declared first,
   // destroyed last.
   tbb::task_group_context tbb_ctx_;

@@ -40,6 +40,8 @@ Options:
   --max-in-flight N      items in flight per source (default 16)
   --progress MODE        auto (default: live line on a terminal, else lines), live, lines, none
   --progress-interval S  seconds between progress lines when not live (default 10)
+  --resume CKPT          continue a training run from checkpoint folder CKPT (nodes that
+                         keep state, such as trainers and their data readers, restore it)
 )";
 
 std::atomic<bool> g_stop{false};
@@ -109,7 +111,8 @@ int RunCommand(const std::vector<std::string>& argv) {
                                 {"threads", true, false},
                                 {"max-in-flight", true, false},
                                 {"progress", true, false},
-                                {"progress-interval", true, false}},
+                                {"progress-interval", true, false},
+                                {"resume", true, false}},
                                kHelp, 1, 1, &args))
     return *exit;
   fs::path graph_file = args.positional[0];
@@ -171,6 +174,14 @@ int RunCommand(const std::vector<std::string>& argv) {
   options.out_dir = out_dir;
   options.threads = *threads;
   options.max_in_flight = *in_flight;
+  if (auto resume = args.Get("resume")) {
+    if (!fs::is_directory(*resume)) {
+      std::cerr << "weir run: --resume " << *resume << " is not a checkpoint folder\n";
+      return 1;
+    }
+    options.resume_dir = fs::absolute(*resume);
+    log.Line("resuming from " + options.resume_dir.string());
+  }
   options.metrics = metrics->get();
   options.stop = &g_stop;
   options.progress_interval_s = *interval;

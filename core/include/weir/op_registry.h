@@ -31,6 +31,7 @@ struct OpEntry {
 
 struct ResourceKindEntry {
   ResourceKindDef def;
+  ResourceFactory factory;  // may be empty: a kind that only validates attrs
 };
 
 class OpRegistry {

@@ -181,10 +181,45 @@ class OpBuilder {
   Parts parts_;
 };
 
+class ResourceContext;
+using ResourceFactory =
+    std::function<StatusOr<std::shared_ptr<Resource>>(const ResourceContext& ctx)>;
+
+// What a resource factory may ask: its name, typed attrs and the run.
+class ResourceContext {
+ public:
+  ResourceContext(std::string name, Attrs attrs, const RunEnv* env)
+      : name_(std::move(name)), attrs_(std::move(attrs)), env_(env) {}
+  const std::string& name() const { return name_; }
+  const Attrs& attrs() const { return attrs_; }
+  const RunEnv& env() const { return *env_; }
+  std::filesystem::path InputPath(const std::string& path) const {
+    std::filesystem::path p(path);
+    return (p.is_absolute() ? p : env_->input_dir / p).lexically_normal();
+  }
+
+ private:
+  std::string name_;
+  Attrs attrs_;
+  const RunEnv* env_;
+};
+
 class ResourceKindBuilder {
  public:
   ResourceKindBuilder(ResourceKindDef* def, std::vector<std::string>* errors);
   ResourceKindBuilder& Doc(const std::string& doc);
+  ResourceKindBuilder& Factory(ResourceFactory factory) {
+    factory_ = std::move(factory);
+    return *this;
+  }
+  ResourceFactory& factory() { return factory_; }
+  template <typename... Constraints>
+  ResourceKindBuilder& AttrOfType(const std::string& name, AttrType type,
+                                  std::optional<AttrValue> default_value, const std::string& doc) {
+    attrs_.Add(name, type, std::move(default_value), doc);
+    attrs_.Finish();
+    return *this;
+  }
   template <typename T, typename... Constraints>
   ResourceKindBuilder& Attr(const std::string& name, const T& default_value, const std::string& doc,
                             const Constraints&... constraints) {
@@ -204,6 +239,7 @@ class ResourceKindBuilder {
  private:
   ResourceKindDef* def_;
   AttrListBuilder attrs_;
+  ResourceFactory factory_;
 };
 
 // Collects one plugin's registrations; the host commits them all or none.

@@ -42,19 +42,39 @@ class Emitter {
   void Emit(Batch batch) { Emit(0, std::move(batch)); }
 };
 
+struct Graph;
+class OpRegistry;
+
+// Long-lived state that nodes share by name: a model's parameters, a tokenizer, a dedup index.
+// Created by the factory of its kind (registered by a plugin) before any kernel; thread-safety
+// is the resource's own contract.
+class Resource {
+ public:
+  virtual ~Resource() = default;
+};
+
+// What one run shares with all its nodes and resources. Owned by the runtime.
+struct RunEnv {
+  const Graph* graph = nullptr;
+  const OpRegistry* ops = nullptr;
+  std::filesystem::path input_dir;   // relative input paths start here
+  std::filesystem::path out_dir;     // relative output paths start here
+  std::filesystem::path resume_dir;  // a checkpoint to continue from; empty for a fresh run
+  MetricSink* metrics = nullptr;
+  const std::atomic<bool>* stop_requested = nullptr;  // the user asked to stop (SIGINT)
+  std::atomic<bool>* sources_done = nullptr;          // a node has all the input it wants
+  std::map<std::string, std::shared_ptr<Resource>> resources;
+};
+
 // Everything a kernel may ask about its node. Owned by the runtime; outlives the kernel.
 class NodeContext {
  public:
   NodeContext(std::string node, std::string op, std::map<std::string, AttrValue> attrs,
-              std::filesystem::path graph_dir, std::filesystem::path out_dir, MetricSink* metrics,
-              const std::atomic<bool>* stop_requested)
+              const RunEnv* env)
       : node_(std::move(node)),
         op_(std::move(op)),
         attrs_(std::move(attrs), "op '" + op_ + "'"),
-        graph_dir_(std::move(graph_dir)),
-        out_dir_(std::move(out_dir)),
-        metrics_(metrics),
-        stop_requested_(stop_requested) {}
+        env_(env) {}
 
   const std::string& node() const { return node_; }
   const std::string& op() const { return op_; }
@@ -74,15 +94,38 @@ class NodeContext {
   // Input files are named relative to the graph file; outputs relative to the run's folder.
   std::filesystem::path InputPath(const std::string& path) const;
   std::filesystem::path OutputPath(const std::string& path) const;
-  const std::filesystem::path& out_dir() const { return out_dir_; }
+  const std::filesystem::path& out_dir() const { return env_->out_dir; }
+  // The checkpoint this run resumes from (weir run --resume), or empty.
+  const std::filesystem::path& resume_dir() const { return env_->resume_dir; }
+  const Graph& graph() const { return *env_->graph; }
+  const OpRegistry& ops() const { return *env_->ops; }
+
+  // The resource named by a resource-typed attr, as the type its kind creates.
+  template <typename T>
+  StatusOr<T*> Resource(const std::string& attr_name) const {
+    const std::string& name = attrs_.String(attr_name);
+    auto it = env_->resources.find(name);
+    if (it == env_->resources.end()) return NotFound("no resource '" + name + "' in this run");
+    T* typed = dynamic_cast<T*>(it->second.get());
+    if (typed == nullptr)
+      return InvalidArgument("resource '" + name + "' is not of the kind this op needs");
+    return typed;
+  }
 
   // Writes one line to metrics.jsonl (no-op when the run has no metrics file).
   void Metric(int64_t step, const std::vector<std::pair<std::string, double>>& values) const {
-    if (metrics_ != nullptr) metrics_->Write(node_, step, values);
+    if (env_->metrics != nullptr) env_->metrics->Write(node_, step, values);
   }
 
   // True once the user asked the run to stop (SIGINT): sources should stop producing.
-  bool stop_requested() const { return stop_requested_ != nullptr && stop_requested_->load(); }
+  bool stop_requested() const {
+    return env_->stop_requested != nullptr && env_->stop_requested->load();
+  }
+  // Tells every source to stop producing: this node has what it needs (a trainer that reached
+  // its last step). The run then drains and finishes normally.
+  void FinishSources() const {
+    if (env_->sources_done != nullptr) env_->sources_done->store(true);
+  }
 
   // An error about this node: "node 'n' (op 'x'): message" with the node's graph location added
   // by the runtime.
@@ -96,10 +139,7 @@ class NodeContext {
   std::string node_;
   std::string op_;
   Attrs attrs_;
-  std::filesystem::path graph_dir_;
-  std::filesystem::path out_dir_;
-  MetricSink* metrics_;
-  const std::atomic<bool>* stop_requested_;
+  const RunEnv* env_;
 };
 
 class StreamKernel {

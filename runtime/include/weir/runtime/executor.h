@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "weir/graph.h"
+#include "weir/op_registry.h"
 #include "weir/status.h"
 #include "weir/stream_kernel.h"
 
@@ -30,6 +31,8 @@ struct RunOptions {
   int threads = 0;                          // 0: every core
   const std::atomic<bool>* stop = nullptr;  // set to stop the run cleanly
   MetricSink* metrics = nullptr;
+  std::filesystem::path resume_dir;  // continue from this checkpoint
+  const OpRegistry* ops = nullptr;   // null: the global registry
   std::ostream* progress = nullptr;  // null: no progress output
   bool progress_live = false;        // redraw one line (a terminal) or print lines
   double progress_interval_s = 10;   // between plain progress lines
