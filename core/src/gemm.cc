@@ -41,14 +41,19 @@ StatusOr<Problem> Describe(const Shape& a, bool ta, const Shape& b, bool tb) {
   return p;
 }
 
-memory::dims Dims3(int64_t batch, int64_t rows, int64_t cols) { return {batch, rows, cols}; }
-
-// Strides of a [batch, rows, cols] view of a row-major [batch, r, c] buffer, optionally
-// transposed (rows/cols swapped).
-memory::dims Strides3(int64_t rows, int64_t cols, bool transposed, bool batched) {
-  int64_t r = transposed ? cols : rows, c = transposed ? rows : cols;
-  int64_t batch_stride = batched ? r * c : 0;
-  return transposed ? memory::dims{batch_stride, 1, c} : memory::dims{batch_stride, c, 1};
+// A [batch, rows, cols] operand stored row-major, transposed when asked (stored as [cols, rows]).
+// Single matrices get 2-D descriptors: oneDNN's GEMM-based matmul takes those (transposed or
+// not), while 3-D ones with unusual strides fall back to its slow reference kernel.
+memory::desc Operand(int64_t batch, int64_t rows, int64_t cols, bool transposed,
+                     memory::data_type dt) {
+  int64_t ld = transposed ? rows : cols;  // leading dimension of the stored matrix
+  if (batch == 1) {
+    return memory::desc({rows, cols}, dt, transposed ? memory::dims{1, ld} : memory::dims{ld, 1});
+  }
+  int64_t batch_stride = rows * cols;
+  return memory::desc(
+      {batch, rows, cols}, dt,
+      transposed ? memory::dims{batch_stride, 1, ld} : memory::dims{batch_stride, ld, 1});
 }
 
 memory::data_type DnnlType(DataType t) {
@@ -114,10 +119,13 @@ Status Gemm(const Tensor& a_in, bool ta, const Tensor& b_in, bool tb, Tensor& c,
 
   Cache& cache = GetCache();
   memory::data_type dt = DnnlType(a.dtype());
-  memory::desc a_md(Dims3(p.batch, p.m, p.k), dt, Strides3(p.m, p.k, ta, true));
-  memory::desc b_md(Dims3(p.batched_b ? p.batch : 1, p.k, p.n), dt,
-                    Strides3(p.k, p.n, tb, p.batched_b));
-  memory::desc c_md(Dims3(p.batch, p.m, p.n), dt, Strides3(p.m, p.n, false, true));
+  // A 2-D b shared across a batched, transposed a runs as a loop of 2-D products (with an
+  // untransposed a the batch was folded into M already).
+  bool loop_batch = p.batch > 1 && !p.batched_b;
+  int64_t desc_batch = loop_batch ? 1 : p.batch;
+  memory::desc a_md = Operand(desc_batch, p.m, p.k, ta, dt);
+  memory::desc b_md = Operand(desc_batch, p.k, p.n, tb, dt);
+  memory::desc c_md = Operand(desc_batch, p.m, p.n, false, dt);
   std::string key = std::to_string(static_cast<int>(dt)) + ":" + std::to_string(p.batch) + ":" +
                     std::to_string(p.m) + ":" + std::to_string(p.n) + ":" + std::to_string(p.k) +
                     ":" + std::to_string(ta) + std::to_string(tb) + std::to_string(p.batched_b) +
@@ -145,10 +153,14 @@ Status Gemm(const Tensor& a_in, bool ta, const Tensor& b_in, bool tb, Tensor& c,
     }
   }
   thread_local dnnl::stream stream(cache.engine);
-  memory a_mem(a_md, cache.engine, a.raw_data());
-  memory b_mem(b_md, cache.engine, b.raw_data());
-  memory c_mem(c_md, cache.engine, c.raw_data());
-  prim->execute(stream, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem}});
+  int64_t elt = static_cast<int64_t>(DataTypeSize(a.dtype()));
+  for (int64_t r = 0; r < (loop_batch ? p.batch : 1); ++r) {
+    memory a_mem(a_md, cache.engine, static_cast<char*>(a.raw_data()) + r * p.m * p.k * elt);
+    memory b_mem(b_md, cache.engine, b.raw_data());
+    memory c_mem(c_md, cache.engine, static_cast<char*>(c.raw_data()) + r * p.m * p.n * elt);
+    prim->execute(stream,
+                  {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem}});
+  }
   stream.wait();
   return Status();
 }

@@ -22,6 +22,10 @@ OpRegistry& TestRegistry() {
     CHECK(io.ok()) << io.ToString();
     Status nn = loader.Load(std::string(WEIR_PLUGIN_DIR) + "/weir_nn.so");
     CHECK(nn.ok()) << nn.ToString();
+    for (const char* name : {"optim", "train"}) {
+      Status s = loader.Load(std::string(WEIR_PLUGIN_DIR) + "/weir_" + name + ".so");
+      CHECK(s.ok()) << s.ToString();
+    }
     Status test_ops = loader.Load(std::string(WEIR_TEST_PLUGIN_DIR) + "/weir_test_ops.so");
     CHECK(test_ops.ok()) << test_ops.ToString();
     return r;

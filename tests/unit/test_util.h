@@ -17,7 +17,7 @@ std::string TestGraph(const std::string& name);
 // A path with the tests/graphs/ prefix removed, for stable messages.
 std::string StripGraphDir(const std::string& text);
 
-// A registry holding the io, nn and test_ops plugins.
+// A registry holding the io, nn, optim, train and test_ops plugins.
 OpRegistry& TestRegistry();
 
 // Loads, overrides and resolves a graph against TestRegistry().

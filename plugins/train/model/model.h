@@ -1,0 +1,50 @@
+// The "model" resource: a tensor function of the graph (the architecture), its attrs (the size),
+// and the parameters, shared by every node that names the model (a trainer, an evaluator, a
+// generator) without copies.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "weir/registrar.h"
+#include "weir/runtime/program.h"
+
+namespace weir::train {
+
+class Model : public Resource {
+ public:
+  Model(const Graph* graph, const OpRegistry* ops, std::string function,
+        std::map<std::string, AttrValue> attrs, uint64_t seed)
+      : graph_(graph),
+        ops_(ops),
+        function_(std::move(function)),
+        attrs_(std::move(attrs)),
+        seed_(seed) {}
+
+  // The compiled function for these input types (cached), with its parameters created on first
+  // use. `loss` empty: forward only.
+  StatusOr<std::shared_ptr<const Program>> GetProgram(const std::vector<TensorType>& inputs,
+                                                      const std::string& loss);
+
+  // Parameters (f32 masters). Callers that write them (optimizer steps) hold mutex().
+  ParamStore& params() { return params_; }
+  std::mutex& mutex() { return mu_; }
+  const std::string& function() const { return function_; }
+
+ private:
+  const Graph* graph_;
+  const OpRegistry* ops_;
+  std::string function_;
+  std::map<std::string, AttrValue> attrs_;
+  uint64_t seed_;
+  std::mutex mu_;
+  ParamStore params_;
+  std::map<std::string, std::shared_ptr<const Program>> programs_;
+};
+
+void RegisterModel(Registrar& r);
+
+}  // namespace weir::train

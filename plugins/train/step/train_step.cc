@@ -1,0 +1,363 @@
+// train.Step: trains a model resource on the batches it receives — forward, backward, gradient
+// accumulation, clipping by global norm, an optimizer step (any op shaped like optim.AdamW), a
+// learning-rate schedule, evaluation on a held-out stream, metrics and atomic checkpoints that
+// `weir run --resume` continues from exactly.
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+
+#include "model/model.h"
+#include "step/schedule.h"
+#include "weir/atomic_file.h"
+#include "weir/json.h"
+#include "weir/safetensors.h"
+
+namespace weir::train {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+class TrainStep : public StreamKernel {
+ public:
+  TrainStep(const NodeContext& ctx, Model* model, const OpEntry* optimizer, Attrs optimizer_attrs)
+      : ctx_(ctx), model_(model), optimizer_(optimizer), opt_attrs_(std::move(optimizer_attrs)) {
+    inputs_ = ctx.StringList("inputs");
+    loss_ = ctx.String("loss");
+    steps_ = ctx.Int("steps");
+    accumulate_ = ctx.Int("accumulate");
+    clip_ = ctx.Float("grad_clip");
+    eval_every_ = ctx.Int("eval_every");
+    eval_batches_ = ctx.Int("eval_batches");
+    checkpoint_every_ = ctx.Int("checkpoint_every");
+    keep_ = ctx.Int("keep_checkpoints");
+    schedule_.kind = ctx.String("schedule");
+    schedule_.lr = ctx.Float("lr");
+    schedule_.warmup = ctx.Int("warmup_steps");
+    schedule_.total = steps_;
+    schedule_.min_ratio = ctx.Float("min_lr_ratio");
+    schedule_.decay_fraction = ctx.Float("decay_fraction");
+    for (int o = 1; o < optimizer_->def.output_size(); ++o)
+      state_names_.push_back(optimizer_->def.output(o).name());
+  }
+
+  Status Restore() {
+    const fs::path& dir = ctx_.resume_dir();
+    if (dir.empty()) return Status();
+    std::ifstream in(dir / "trainer_state.json");
+    if (!in) return ctx_.Error("resume: no trainer_state.json in " + dir.string());
+    std::stringstream text;
+    text << in.rdbuf();
+    WEIR_ASSIGN_OR_RETURN(auto state, ParseJsonObject(text.str()));
+    step_ = static_cast<int64_t>(state.fields().at("step").number_value());
+    data_position_ = static_cast<int64_t>(state.fields().at("data_position").number_value());
+    last_checkpoint_ = step_;
+    WEIR_ASSIGN_OR_RETURN(auto params, ReadSafetensorsSharded(dir, "model"));
+    {
+      std::lock_guard<std::mutex> lock(model_->mutex());
+      for (auto& [name, t] : params) model_->params().Set(name, t.Clone());  // off the mapping
+    }
+    WEIR_ASSIGN_OR_RETURN(auto states, ReadSafetensorsSharded(dir, "optimizer"));
+    for (auto& [name, t] : states) restored_states_[name] = t.Clone();
+    return Status();
+  }
+
+  Status Process(int input, const Batch& batch, Emitter& out) override {
+    if (input == 1) {
+      if (static_cast<int64_t>(eval_.size()) < eval_batches_) eval_.push_back(batch);
+      return Status();
+    }
+    // Batches still in flight when training ended or the user stopped the run are not used, so
+    // the checkpoint written at the end matches what a resumed run will continue from.
+    if (step_ >= steps_ || ctx_.stop_requested()) return Status();
+    auto t0 = Clock::now();
+    ++data_position_;
+    WEIR_ASSIGN_OR_RETURN(auto inputs, Inputs(batch));
+    WEIR_ASSIGN_OR_RETURN(auto program, model_->GetProgram(Types(inputs), loss_));
+    Program::Outputs result;
+    {
+      // Parameters may not change under a running step.
+      std::lock_guard<std::mutex> lock(model_->mutex());
+      WEIR_ASSIGN_OR_RETURN(result, program->Run(inputs, model_->params()));
+    }
+    Accumulate(result.param_grads);
+    loss_sum_ += result.values[0].At(0);
+    tokens_ += inputs.empty() ? 0 : inputs[0].numel();
+    busy_ += std::chrono::duration<double>(Clock::now() - t0).count();
+    if (++micro_ < accumulate_) return Status();
+    WEIR_RETURN_IF_ERROR(OptimizerStep(out));
+    return Status();
+  }
+
+  Status Finish(Emitter&) override {
+    if (eval_every_ > 0 && !eval_.empty() && last_eval_ != step_) WEIR_RETURN_IF_ERROR(Evaluate());
+    if (checkpoint_every_ > 0 && step_ > last_checkpoint_) WEIR_RETURN_IF_ERROR(Save());
+    return Status();
+  }
+
+ private:
+  StatusOr<std::vector<Tensor>> Inputs(const Batch& batch) {
+    std::vector<Tensor> out;
+    for (const std::string& name : inputs_) {
+      WEIR_ASSIGN_OR_RETURN(const Tensor* t, batch.Get<TensorColumn>(name));
+      out.push_back(*t);
+    }
+    return out;
+  }
+
+  static std::vector<TensorType> Types(const std::vector<Tensor>& inputs) {
+    std::vector<TensorType> types;
+    for (const Tensor& t : inputs) types.push_back({t.dtype(), t.shape()});
+    return types;
+  }
+
+  // Sums micro-batch gradients in f32.
+  void Accumulate(const std::map<std::string, Tensor>& grads) {
+    for (const auto& [name, g] : grads) {
+      auto it = grads_.find(name);
+      if (it == grads_.end() || micro_ == 0) {
+        grads_[name] = g.dtype() == DT_F32 && accumulate_ == 1 ? g : g.To(DT_F32);
+        continue;
+      }
+      Tensor add = g.dtype() == DT_F32 ? g.Contiguous() : g.To(DT_F32);
+      float* acc = it->second.data<float>();
+      const float* p = add.data<float>();
+      for (int64_t i = 0; i < add.numel(); ++i) acc[i] += p[i];
+    }
+  }
+
+  Status OptimizerStep(Emitter& out) {
+    auto t0 = Clock::now();
+    ++step_;
+    double lr = schedule_.At(step_);
+    double scale = 1.0 / static_cast<double>(accumulate_);
+    double sumsq = 0;
+    for (const auto& [name, g] : grads_) {
+      Tensor d = g.Contiguous();
+      for (int64_t i = 0; i < d.numel(); ++i) {
+        double x = d.At(i) * scale;
+        sumsq += x * x;
+      }
+    }
+    double grad_norm = std::sqrt(sumsq);
+    if (!std::isfinite(grad_norm)) {
+      return ctx_.Error("the gradient norm is " + std::to_string(grad_norm) + " at step " +
+                        std::to_string(step_) + " (loss " +
+                        std::to_string(loss_sum_ / static_cast<double>(micro_)) + ")");
+    }
+    if (clip_ > 0 && grad_norm > clip_) scale *= clip_ / grad_norm;
+    Attrs attrs = opt_attrs_;
+    attrs.Set("lr", ToAttrValue(lr));
+    attrs.Set("grad_scale", ToAttrValue(scale));
+    attrs.Set("step", ToAttrValue(int64_t{step_}));
+    {
+      std::lock_guard<std::mutex> lock(model_->mutex());
+      for (auto& [name, param] : model_->params().mutable_values()) {
+        auto g = grads_.find(name);
+        if (g == grads_.end()) continue;  // a parameter this program does not use
+        std::vector<Tensor>& state = states_[name];
+        if (state.empty()) {
+          for (const std::string& s : state_names_) {
+            auto restored = restored_states_.find(name + "." + s);
+            state.push_back(restored != restored_states_.end()
+                                ? restored->second
+                                : Tensor::Zeros(param.dtype(), param.shape()));
+          }
+        }
+        const KernelFn* kernel = optimizer_->FindKernel("cpu", param.dtype());
+        if (kernel == nullptr)
+          return ctx_.Error("optimizer has no cpu kernel for " + param.DebugString());
+        Tensor grad = g->second.Contiguous();
+        std::vector<const Tensor*> ins = {&param, &grad};
+        std::vector<Tensor*> outs = {&param};
+        for (Tensor& s : state) {
+          ins.push_back(&s);
+          outs.push_back(&s);
+        }
+        KernelContext kc(ins, outs, &attrs);
+        WEIR_RETURN_IF_ERROR((*kernel)(kc));
+      }
+    }
+    busy_ += std::chrono::duration<double>(Clock::now() - t0).count();
+    double loss = loss_sum_ / static_cast<double>(micro_);
+    std::vector<std::pair<std::string, double>> values = {
+        {"loss", loss},
+        {"grad_norm", grad_norm},
+        {"lr", lr},
+        {"tokens_per_s", busy_ > 0 ? static_cast<double>(tokens_) / busy_ : 0},
+        {"step_time_s", busy_}};
+    ctx_.Metric(step_, values);
+    Batch metrics;
+    WEIR_RETURN_IF_ERROR(metrics.Set("step", IntColumn{step_}));
+    for (const auto& [k, v] : values) WEIR_RETURN_IF_ERROR(metrics.Set(k, FloatColumn{v}));
+    out.Emit(std::move(metrics));
+    micro_ = 0;
+    loss_sum_ = 0;
+    tokens_ = 0;
+    busy_ = 0;
+    if (eval_every_ > 0 && step_ % eval_every_ == 0 && !eval_.empty())
+      WEIR_RETURN_IF_ERROR(Evaluate());
+    if (checkpoint_every_ > 0 && step_ % checkpoint_every_ == 0) WEIR_RETURN_IF_ERROR(Save());
+    if (step_ >= steps_) ctx_.FinishSources();
+    return Status();
+  }
+
+  Status Evaluate() {
+    double total = 0;
+    for (const Batch& b : eval_) {
+      WEIR_ASSIGN_OR_RETURN(auto inputs, Inputs(b));
+      WEIR_ASSIGN_OR_RETURN(auto program, model_->GetProgram(Types(inputs), ""));
+      std::lock_guard<std::mutex> lock(model_->mutex());
+      WEIR_ASSIGN_OR_RETURN(auto result, program->Run(inputs, model_->params()));
+      auto it = std::find(program->output_names().begin(), program->output_names().end(), loss_);
+      total += result.values[static_cast<size_t>(it - program->output_names().begin())].At(0);
+    }
+    ctx_.Metric(step_, {{"eval_loss", total / static_cast<double>(eval_.size())}});
+    last_eval_ = step_;
+    return Status();
+  }
+
+  // checkpoints/step-000100/: model.safetensors, optimizer.safetensors, trainer_state.json,
+  // written into a temporary folder that is renamed when complete.
+  Status Save() {
+    fs::path root = ctx_.OutputPath(ctx_.String("checkpoint_dir"));
+    char name[32];
+    std::snprintf(name, sizeof(name), "step-%06lld", static_cast<long long>(step_));
+    fs::path final_dir = root / name;
+    fs::path temp = root / (std::string(name) + ".tmp-" + std::to_string(::getpid()));
+    std::error_code ec;
+    fs::remove_all(temp, ec);
+    fs::create_directories(temp, ec);
+    if (ec) return ctx_.Error("cannot create " + temp.string() + ": " + ec.message());
+    std::vector<std::pair<std::string, Tensor>> params, states;
+    {
+      std::lock_guard<std::mutex> lock(model_->mutex());
+      for (const auto& [n, t] : model_->params().values()) params.emplace_back(n, t);
+    }
+    for (const auto& [n, st] : states_)
+      for (size_t i = 0; i < st.size(); ++i) states.emplace_back(n + "." + state_names_[i], st[i]);
+    int64_t shard = ctx_.Int("max_shard_bytes");
+    std::map<std::string, std::string> meta = {{"format", "pt"},
+                                               {"weir_model", model_->function()}};
+    WEIR_RETURN_IF_ERROR(WriteSafetensorsSharded(temp, "model", params, shard, meta));
+    WEIR_RETURN_IF_ERROR(WriteSafetensorsSharded(temp, "optimizer", states, shard, meta));
+    std::string json = "{\"step\": " + std::to_string(step_) +
+                       ", \"data_position\": " + std::to_string(data_position_) +
+                       ", \"optimizer\": " + JsonQuote(optimizer_->def.name()) +
+                       ", \"lr\": " + JsonNumber(schedule_.At(std::max<int64_t>(step_, 1))) + "}\n";
+    WEIR_RETURN_IF_ERROR(WriteFileAtomically(temp / "trainer_state.json", json));
+    fs::remove_all(final_dir, ec);
+    fs::rename(temp, final_dir, ec);
+    if (ec)
+      return ctx_.Error("cannot rename " + temp.string() + " to " + final_dir.string() + ": " +
+                        ec.message());
+    last_checkpoint_ = step_;
+    // Keep the newest `keep_checkpoints`; older ones go only after the new one is complete.
+    std::vector<fs::path> all;
+    for (const auto& e : fs::directory_iterator(root, ec)) {
+      std::string n = e.path().filename().string();
+      if (n.rfind("step-", 0) == 0 && n.find(".tmp-") == std::string::npos) all.push_back(e.path());
+    }
+    std::sort(all.begin(), all.end());
+    for (size_t i = 0; keep_ > 0 && i + static_cast<size_t>(keep_) < all.size(); ++i)
+      fs::remove_all(all[i], ec);
+    return Status();
+  }
+
+  const NodeContext& ctx_;
+  Model* model_;
+  const OpEntry* optimizer_;
+  Attrs opt_attrs_;
+  std::vector<std::string> state_names_;
+  std::vector<std::string> inputs_;
+  std::string loss_;
+  int64_t steps_, accumulate_, eval_every_, eval_batches_, checkpoint_every_, keep_;
+  double clip_;
+  Schedule schedule_;
+  int64_t step_ = 0, micro_ = 0, data_position_ = 0, last_checkpoint_ = 0, last_eval_ = -1;
+  double loss_sum_ = 0, busy_ = 0;
+  int64_t tokens_ = 0;
+  std::map<std::string, Tensor> grads_;
+  std::map<std::string, std::vector<Tensor>> states_;
+  std::map<std::string, Tensor> restored_states_;
+  std::vector<Batch> eval_;
+};
+
+StatusOr<std::unique_ptr<StreamKernel>> MakeTrainStep(const NodeContext& ctx) {
+  WEIR_ASSIGN_OR_RETURN(Model * model, ctx.Resource<Model>("model"));
+  const std::string& op = ctx.String("optimizer");
+  const OpEntry* entry = ctx.ops().Find(op);
+  if (entry == nullptr || entry->def.kind() != OpDef::TENSOR || entry->def.input_size() < 2 ||
+      entry->def.input_size() != entry->def.output_size() + 1) {
+    return ctx.Error("optimizer '" + op +
+                     "' is not an update op (inputs param, grad, state...; "
+                     "outputs param, state...)" +
+                     SuggestClosest(op, ctx.ops().OpNames()));
+  }
+  // The optimizer's own attrs: its defaults, then optimizer_attrs typed against its schema.
+  std::map<std::string, AttrValue> values;
+  for (const AttrDef& d : entry->def.attr()) values[d.name()] = d.default_value();
+  WEIR_ASSIGN_OR_RETURN(auto written, ParseAttrString(ctx.String("optimizer_attrs"), SourceLoc{}));
+  for (const AttrAssignment& a : written) {
+    const AttrDef* def = nullptr;
+    for (const AttrDef& d : entry->def.attr())
+      if (d.name() == a.key) def = &d;
+    if (def == nullptr) return ctx.Error("optimizer_attrs: " + op + " has no attr '" + a.key + "'");
+    auto typed = CoerceLiteral(a.value, def->type());
+    if (typed.ok()) {
+      Status c = CheckAttrConstraints(*def, *typed);
+      if (!c.ok()) typed = c;
+    }
+    if (!typed.ok())
+      return ctx.Error("optimizer_attrs: attr '" + a.key + "' " + typed.status().message());
+    values[a.key] = *typed;
+  }
+  auto kernel = std::make_unique<TrainStep>(ctx, model, entry, Attrs(values, "op '" + op + "'"));
+  WEIR_RETURN_IF_ERROR(kernel->Restore());
+  return std::unique_ptr<StreamKernel>(std::move(kernel));
+}
+
+}  // namespace
+
+void RegisterTrainStep(Registrar& r) {
+  r.StreamOp("train.Step")
+      .Doc(
+          "Trains `model` on the batches of its first input: forward and backward through the "
+          "model's function, gradients averaged over `accumulate` micro-batches and clipped to "
+          "`grad_clip` global norm, then one `optimizer` step with the scheduled learning rate. "
+          "Stops the sources after `steps` optimizer steps. Evaluates every `eval_every` steps "
+          "on the batches of its second input. Writes loss, grad_norm, lr, tokens_per_s, "
+          "step_time_s (and eval_loss) to metrics.jsonl and out of its output; saves "
+          "checkpoints every `checkpoint_every` steps and when it finishes.")
+      .Input("batches", "batch", "training batches holding the `inputs` columns")
+      .OptionalInput("eval", "batch", "held-out batches (the first eval_batches are kept)")
+      .Output("metrics", "batch", "one row per optimizer step")
+      .AttrOfType("model", ATTR_RESOURCE, std::nullopt, "the model resource to train")
+      .Attr("inputs", std::vector<std::string>{"tokens", "targets"},
+            "batch columns passed to the model function, in its input order")
+      .Attr<std::string>("loss", "loss", "the model function's output to minimize")
+      .Attr<int64_t>("steps", 100, "optimizer steps to take", Min(1))
+      .Attr<int64_t>("accumulate", 1, "micro-batches per optimizer step", Min(1))
+      .Attr<std::string>("optimizer", "optim.AdamW", "the update op")
+      .Attr<std::string>("optimizer_attrs", "", "the update op's attrs, key=value (not lr)")
+      .Attr<double>("lr", 1e-3, "peak learning rate", Min(0.0))
+      .Attr<std::string>("schedule", "cosine", "learning-rate schedule",
+                         OneOf{"constant", "cosine", "wsd"})
+      .Attr<int64_t>("warmup_steps", 0, "linear warmup from 0", Min(0))
+      .Attr<double>("min_lr_ratio", 0.1, "cosine/wsd floor as a fraction of lr", Min(0.0), Max(1.0))
+      .Attr<double>("decay_fraction", 0.2, "wsd: share of steps spent decaying", Min(0.0), Max(1.0))
+      .Attr<double>("grad_clip", 1.0, "clip the global gradient norm to this (0: off)", Min(0.0))
+      .Attr<int64_t>("eval_every", 0, "evaluate every N steps and at the end (0: never)", Min(0))
+      .Attr<int64_t>("eval_batches", 4, "held-out batches kept for evaluation", Min(1))
+      .Attr<int64_t>("checkpoint_every", 0, "save every N steps and at the end (0: never)", Min(0))
+      .Attr<std::string>("checkpoint_dir", "checkpoints", "under the run's output folder")
+      .Attr<int64_t>("keep_checkpoints", 2, "newest checkpoints kept (0: all)", Min(0))
+      .Attr<int64_t>("max_shard_bytes", int64_t{4} << 30, "split safetensors files past this size",
+                     Min(1))
+      .Stateful()
+      .Factory(MakeTrainStep);
+}
+
+}  // namespace weir::train

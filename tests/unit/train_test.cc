@@ -1,0 +1,125 @@
+// Training from a graph file: the loss falls, checkpoints are complete, and a run stopped and
+// resumed from its checkpoint gives exactly the losses and parameters of an uninterrupted run.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "test_util.h"
+#include "weir/runtime/executor.h"
+#include "weir/safetensors.h"
+
+namespace weir::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Sets the stop flag once the trainer reports `stop_at`, like a Ctrl-C after that step.
+class StopAt : public CapturedMetrics {
+ public:
+  StopAt(std::atomic<bool>* stop, int64_t stop_at) : stop_(stop), stop_at_(stop_at) {}
+  void Write(const std::string& node, int64_t step,
+             const std::vector<std::pair<std::string, double>>& values) override {
+    CapturedMetrics::Write(node, step, values);
+    if (node == "train" && step == stop_at_) *stop_ = true;
+  }
+
+ private:
+  std::atomic<bool>* stop_;
+  int64_t stop_at_;
+};
+
+struct TrainRun {
+  RunResult result;
+  std::map<int64_t, double> losses;  // by step
+  fs::path out;
+};
+
+TrainRun Train(const std::string& name, std::vector<std::string> sets, const fs::path& resume = {},
+               int64_t stop_at = 0) {
+  fs::path out = fs::path(::testing::TempDir()) / ("train_" + name);
+  fs::remove_all(out);
+  auto g = LoadTestGraph(TestGraph("good/train_tiny.pbtxt"), sets);
+  CHECK(g.ok()) << g.status().ToString();
+  std::atomic<bool> stop{false};
+  StopAt metrics(&stop, stop_at);
+  RunOptions options;
+  options.out_dir = out;
+  options.metrics = &metrics;
+  options.ops = &TestRegistry();
+  options.stop = &stop;
+  options.resume_dir = resume;
+  TrainRun run;
+  run.result = RunGraph(*g, options);
+  run.out = out;
+  for (const MetricRow& r : metrics.rows())
+    if (r.node == "train" && r.Get("loss") >= 0) run.losses[r.step] = r.Get("loss");
+  return run;
+}
+
+std::map<std::string, std::vector<double>> Params(const fs::path& checkpoint) {
+  auto tensors = ReadSafetensorsSharded(checkpoint, "model");
+  CHECK(tensors.ok()) << tensors.status().ToString();
+  std::map<std::string, std::vector<double>> out;
+  for (const auto& [name, t] : *tensors) out[name] = t.ToVector();
+  return out;
+}
+
+TEST(Training, LossFallsAndCheckpointsAreComplete) {
+  TrainRun run = Train("plain", {});
+  ASSERT_TRUE(run.result.status.ok()) << run.result.status.ToString();
+  ASSERT_EQ(run.losses.size(), 20u);
+  EXPECT_LT(run.losses[20], run.losses[1] - 1.0);
+  for (const char* step : {"step-000010", "step-000020"}) {
+    fs::path dir = run.out / "checkpoints" / step;
+    for (const char* f : {"model.safetensors", "optimizer.safetensors", "trainer_state.json"})
+      EXPECT_TRUE(fs::exists(dir / f)) << dir / f;
+  }
+  auto states = ReadSafetensorsSharded(run.out / "checkpoints" / "step-000020", "optimizer");
+  ASSERT_TRUE(states.ok());
+  EXPECT_TRUE(states->count("embed.weight.m"));
+  EXPECT_TRUE(states->count("head.weight.v"));
+  // No temporary folders are left behind.
+  for (const auto& e : fs::directory_iterator(run.out / "checkpoints"))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos);
+}
+
+TEST(Training, ResumeContinuesExactly) {
+  for (const char* optimizer : {"optim.AdamW", "optim.SGD"}) {
+    std::string opt = std::string("optimizer=") + optimizer;
+    TrainRun whole = Train("whole", {opt});
+    ASSERT_TRUE(whole.result.status.ok()) << whole.result.status.ToString();
+    TrainRun first = Train("first", {opt}, {}, /*stop_at=*/10);
+    ASSERT_TRUE(first.result.status.ok()) << first.result.status.ToString();
+    EXPECT_TRUE(first.result.interrupted);
+    ASSERT_EQ(first.losses.size(), 10u) << "the stopped run trained past its stop";
+    fs::path checkpoint = first.out / "checkpoints" / "step-000010";
+    ASSERT_TRUE(fs::exists(checkpoint / "trainer_state.json"));
+    TrainRun second = Train("second", {opt}, checkpoint);
+    ASSERT_TRUE(second.result.status.ok()) << second.result.status.ToString();
+    ASSERT_EQ(second.losses.size(), 10u);
+    for (int64_t step = 1; step <= 10; ++step)
+      EXPECT_EQ(first.losses[step], whole.losses[step]) << step;
+    for (int64_t step = 11; step <= 20; ++step)
+      EXPECT_EQ(second.losses[step], whole.losses[step]) << optimizer << " step " << step;
+    EXPECT_EQ(Params(second.out / "checkpoints" / "step-000020"),
+              Params(whole.out / "checkpoints" / "step-000020"))
+        << optimizer;
+  }
+}
+
+TEST(Training, BadOptimizerIsNamed) {
+  auto g = LoadTestGraph(TestGraph("good/train_tiny.pbtxt"), {"optimizer=optim.Adam"});
+  ASSERT_TRUE(g.ok());
+  RunOptions options;
+  options.ops = &TestRegistry();
+  options.out_dir = ::testing::TempDir();
+  RunResult r = RunGraph(*g, options);
+  ASSERT_FALSE(r.status.ok());
+  EXPECT_NE(r.status.ToString().find(
+                "node 'train' (op 'train.Step'): optimizer 'optim.Adam' is not an update op"),
+            std::string::npos)
+      << r.status.ToString();
+}
+
+}  // namespace
+}  // namespace weir::testing
