@@ -100,6 +100,18 @@ kill -INT $! 2> /dev/null
 wait $!
 check "periodic progress lines" grep -qE '^\[[0-9.]+s\] src [0-9]+ sink [0-9]+ rows$' "$work/err"
 
+# --- training from a graph, then resuming from its checkpoint
+tr="$work/train"
+check "a short pretraining run" "$weir" run graphs/tiny/pretrain_dense.pbtxt --out "$tr" --set steps=4 --set batch_size=4 --set seq_len=32 --progress none
+check "it logs a loss per step" test "$(grep -c '"loss"' "$tr/metrics.jsonl")" -eq 4
+check "it checkpoints when it finishes" test -s "$tr/checkpoints/step-000004/model.safetensors"
+check "the checkpoint records the step" grep -q '"step": 4' "$tr/checkpoints/step-000004/trainer_state.json"
+check "resuming continues at step 5" "$weir" run graphs/tiny/pretrain_dense.pbtxt --out "$work/train2" --set steps=6 --set batch_size=4 --set seq_len=32 --resume "$tr/checkpoints/step-000004" --progress none
+check "the resumed run trains steps 5 and 6 only" test "$(grep -c '"loss"' "$work/train2/metrics.jsonl")" -eq 2
+check "the resumed run starts at step 5" grep -q '"node":"train","step":5,"loss"' "$work/train2/metrics.jsonl"
+"$weir" run graphs/tiny/pretrain_dense.pbtxt --out "$work/train3" --resume "$work/nothing" 2> "$work/err"
+check "resuming from a missing folder is refused" grep -q "is not a checkpoint folder" "$work/err"
+
 # --- Ctrl-C stops cleanly
 sig="$work/sigint"
 "$weir" run tests/graphs/good/forever.pbtxt --out "$sig" --progress none 2> "$work/err" &
