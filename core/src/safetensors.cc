@@ -22,8 +22,8 @@ struct DtypeName {
   const char* name;
 };
 constexpr DtypeName kDtypes[] = {
-    {DT_F64, "F64"},  {DT_F32, "F32"},  {DT_F16, "F16"}, {DT_BF16, "BF16"},
-    {DT_I64, "I64"},  {DT_I32, "I32"},  {DT_I8, "I8"},   {DT_U8, "U8"},
+    {DT_F64, "F64"},   {DT_F32, "F32"},        {DT_F16, "F16"},        {DT_BF16, "BF16"},
+    {DT_I64, "I64"},   {DT_I32, "I32"},        {DT_I8, "I8"},          {DT_U8, "U8"},
     {DT_BOOL, "BOOL"}, {DT_F8E4M3, "F8_E4M3"}, {DT_F8E5M2, "F8_E5M2"},
 };
 
@@ -83,7 +83,8 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const fs::path&
     return bad("header length " + std::to_string(header_len) + " does not fit the " +
                std::to_string(file_size) + "-byte file");
   std::string header(header_len, '\0');
-  if (!in.read(header.data(), static_cast<std::streamsize>(header_len))) return bad("truncated header");
+  if (!in.read(header.data(), static_cast<std::streamsize>(header_len)))
+    return bad("truncated header");
   auto parsed = ParseJsonObject(header);
   if (!parsed.ok()) return bad("header " + parsed.status().message());
   auto file = std::unique_ptr<SafetensorsFile>(new SafetensorsFile());
@@ -93,7 +94,8 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const fs::path&
   std::vector<std::pair<size_t, std::string>> by_offset;
   for (const auto& [name, value] : parsed->fields()) {
     if (name == "__metadata__") {
-      for (const auto& [k, v] : value.struct_value().fields()) file->metadata_[k] = v.string_value();
+      for (const auto& [k, v] : value.struct_value().fields())
+        file->metadata_[k] = v.string_value();
       continue;
     }
     const auto& f = value.struct_value().fields();
@@ -120,7 +122,8 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const fs::path&
     double b = offsets->list_value().values(0).number_value();
     double en = offsets->list_value().values(1).number_value();
     if (b < 0 || en < b || en > static_cast<double>(data_size))
-      return bad("tensor '" + name + "' lies outside the data (" + std::to_string(data_size) + " bytes)");
+      return bad("tensor '" + name + "' lies outside the data (" + std::to_string(data_size) +
+                 " bytes)");
     e.begin = static_cast<size_t>(b);
     e.end = static_cast<size_t>(en);
     if (e.end - e.begin != elements * DataTypeSize(e.dtype)) {
@@ -139,11 +142,13 @@ StatusOr<Tensor> SafetensorsFile::Get(const std::string& name) const {
   auto it = entries_.find(name);
   if (it == entries_.end()) return NotFound(path_.string() + " has no tensor '" + name + "'");
   const Entry& e = it->second;
-  WEIR_ASSIGN_OR_RETURN(auto storage, Storage::MapFile(path_, data_start_ + e.begin, e.end - e.begin));
+  WEIR_ASSIGN_OR_RETURN(auto storage,
+                        Storage::MapFile(path_, data_start_ + e.begin, e.end - e.begin));
   return Tensor::FromStorage(storage, e.dtype, e.shape);
 }
 
-Status WriteSafetensors(const fs::path& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+Status WriteSafetensors(const fs::path& path,
+                        const std::vector<std::pair<std::string, Tensor>>& tensors,
                         const std::map<std::string, std::string>& metadata) {
   std::string header = HeaderJson(tensors, metadata);
   WEIR_ASSIGN_OR_RETURN(auto writer, AtomicFileWriter::Open(path));
@@ -153,7 +158,8 @@ Status WriteSafetensors(const fs::path& path, const std::vector<std::pair<std::s
   out << header;
   for (const auto& [name, t] : tensors) {
     Tensor dense = t.Contiguous();
-    out.write(static_cast<const char*>(dense.raw_data()), static_cast<std::streamsize>(dense.nbytes()));
+    out.write(static_cast<const char*>(dense.raw_data()),
+              static_cast<std::streamsize>(dense.nbytes()));
   }
   return writer->Commit();
 }
@@ -164,7 +170,8 @@ Status WriteSafetensorsSharded(const fs::path& dir, const std::string& prefix,
                                const std::map<std::string, std::string>& metadata) {
   int64_t total = 0;
   for (const auto& [name, t] : tensors) total += static_cast<int64_t>(t.nbytes());
-  if (total <= max_shard_bytes) return WriteSafetensors(dir / (prefix + ".safetensors"), tensors, metadata);
+  if (total <= max_shard_bytes)
+    return WriteSafetensors(dir / (prefix + ".safetensors"), tensors, metadata);
   std::vector<std::vector<std::pair<std::string, Tensor>>> shards(1);
   int64_t in_shard = 0;
   for (const auto& entry : tensors) {
@@ -178,7 +185,8 @@ Status WriteSafetensorsSharded(const fs::path& dir, const std::string& prefix,
   }
   char count[24];
   std::snprintf(count, sizeof(count), "%05zu", shards.size());
-  std::string index = "{\"metadata\":{\"total_size\":" + std::to_string(total) + "},\"weight_map\":{";
+  std::string index =
+      "{\"metadata\":{\"total_size\":" + std::to_string(total) + "},\"weight_map\":{";
   bool first = true;
   for (size_t s = 0; s < shards.size(); ++s) {
     char number[24];
@@ -211,14 +219,18 @@ StatusOr<std::map<std::string, Tensor>> ReadSafetensorsSharded(const fs::path& d
     if (!parsed.ok()) return InvalidArgument(index.string() + ": " + parsed.status().message());
     std::set<std::string> names;
     auto map = parsed->fields().find("weight_map");
-    if (map == parsed->fields().end()) return InvalidArgument(index.string() + " has no weight_map");
-    for (const auto& [tensor, file] : map->second.struct_value().fields()) names.insert(file.string_value());
+    if (map == parsed->fields().end())
+      return InvalidArgument(index.string() + " has no weight_map");
+    for (const auto& [tensor, file] : map->second.struct_value().fields())
+      names.insert(file.string_value());
     for (const std::string& f : names) {
-      if (f.find('/') != std::string::npos) return InvalidArgument(index.string() + " names a file outside its folder: " + f);
+      if (f.find('/') != std::string::npos)
+        return InvalidArgument(index.string() + " names a file outside its folder: " + f);
       files.push_back(dir / f);
     }
   } else {
-    return NotFound("no " + single.filename().string() + " or " + index.filename().string() + " in " + dir.string());
+    return NotFound("no " + single.filename().string() + " or " + index.filename().string() +
+                    " in " + dir.string());
   }
   for (const fs::path& f : files) {
     WEIR_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(f));

@@ -293,6 +293,20 @@ void Tensor::CopyFrom(const Tensor& src) {
     return;
   }
   CHECK(is_contiguous()) << "CopyFrom into a strided view";
+  if (src.is_contiguous()) {
+    // The conversions on hot paths (bf16 compute over f32 masters) get typed loops.
+    int64_t n = numel();
+    auto convert = [&](auto* out, const auto* in) {
+      using O = std::remove_pointer_t<decltype(out)>;
+      for (int64_t i = 0; i < n; ++i) out[i] = O(static_cast<float>(in[i]));
+    };
+    if (src.dtype_ == DT_F32 && dtype_ == DT_BF16) return convert(data<bf16>(), src.data<float>());
+    if (src.dtype_ == DT_BF16 && dtype_ == DT_F32) return convert(data<float>(), src.data<bf16>());
+    if (src.dtype_ == DT_F32 && dtype_ == DT_F64) {
+      for (int64_t i = 0; i < n; ++i) data<double>()[i] = src.data<float>()[i];
+      return;
+    }
+  }
   for (int64_t i = 0; i < numel(); ++i) StoreFromDouble(raw_data(), dtype_, i, src.At(i));
 }
 

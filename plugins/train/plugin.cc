@@ -4,6 +4,7 @@ namespace weir::train {
 void RegisterModel(Registrar& r);
 void RegisterByteWindows(Registrar& r);
 void RegisterTrainStep(Registrar& r);
+void RegisterRandomTokens(Registrar& r);
 }  // namespace weir::train
 
 namespace {
@@ -12,6 +13,7 @@ void RegisterTrain(weir::Registrar& r) {
   weir::train::RegisterModel(r);
   weir::train::RegisterByteWindows(r);
   weir::train::RegisterTrainStep(r);
+  weir::train::RegisterRandomTokens(r);
 }
 
 }  // namespace

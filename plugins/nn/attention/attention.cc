@@ -43,6 +43,16 @@ int64_t LastKey(const Dims& d, int64_t t, bool causal) {
   return causal ? t + (d.s - d.t) : d.s - 1;
 }
 
+// Copies rows [0, n) of head `head` of a [batch, n, heads, width] tensor into dense [n, width].
+template <typename T, typename A>
+void Gather(const T* src, int64_t b, int64_t head, int64_t n, int64_t heads, int64_t width,
+            A* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T* row = src + ((b * n + j) * heads + head) * width;
+    for (int64_t x = 0; x < width; ++x) out[j * width + x] = Widen(row[x]);
+  }
+}
+
 Status AttentionShape(ShapeContext& ctx) {
   WEIR_ASSIGN_OR_RETURN(Dims d, GetDims(ctx.input(0), ctx.input(1), ctx.input(2)));
   ctx.set_output(0, {ctx.input(0).dtype, {d.batch, d.t, d.heads, d.dv}});
@@ -66,8 +76,13 @@ Status AttentionCpu(KernelContext& ctx) {
     int64_t group = d.heads / d.kv_heads;
     ParallelFor(d.batch * d.heads, 1, [&](int64_t begin, int64_t end) {
       std::vector<A> acc(static_cast<size_t>(d.dv)), qrow(static_cast<size_t>(d.d)), s(kBlock);
+      // The head's keys and values, dense and widened once: the inner loops then stream
+      // contiguous memory instead of converting strided bf16 per query.
+      std::vector<A> kh(static_cast<size_t>(d.s * d.d)), vh(static_cast<size_t>(d.s * d.dv));
       for (int64_t bh = begin; bh < end; ++bh) {
         int64_t b = bh / d.heads, h = bh % d.heads, hk = h / group;
+        Gather(kp, b, hk, d.s, d.kv_heads, d.d, kh.data());
+        Gather(vp, b, hk, d.s, d.kv_heads, d.dv, vh.data());
         for (int64_t t = 0; t < d.t; ++t) {
           const T* qi = qp + ((b * d.t + t) * d.heads + h) * d.d;
           for (int64_t x = 0; x < d.d; ++x)
@@ -79,9 +94,9 @@ Status AttentionCpu(KernelContext& ctx) {
             int64_t j1 = std::min(j0 + kBlock, last + 1);
             A bm = -std::numeric_limits<A>::infinity();
             for (int64_t j = j0; j < j1; ++j) {
-              const T* kj = kp + ((b * d.s + j) * d.kv_heads + hk) * d.d;
+              const A* kj = kh.data() + j * d.d;
               A dot = 0;
-              for (int64_t x = 0; x < d.d; ++x) dot += qrow[static_cast<size_t>(x)] * Widen(kj[x]);
+              for (int64_t x = 0; x < d.d; ++x) dot += qrow[static_cast<size_t>(x)] * kj[x];
               s[static_cast<size_t>(j - j0)] = dot;
               bm = std::max(bm, dot);
             }
@@ -92,8 +107,8 @@ Status AttentionCpu(KernelContext& ctx) {
             for (int64_t j = j0; j < j1; ++j) {
               A p = std::exp(s[static_cast<size_t>(j - j0)] - mn);
               l += p;
-              const T* vj = vp + ((b * d.s + j) * d.kv_heads + hk) * d.dv;
-              for (int64_t x = 0; x < d.dv; ++x) acc[static_cast<size_t>(x)] += p * Widen(vj[x]);
+              const A* vj = vh.data() + j * d.dv;
+              for (int64_t x = 0; x < d.dv; ++x) acc[static_cast<size_t>(x)] += p * vj[x];
             }
             m = mn;
           }
@@ -132,35 +147,45 @@ Status AttentionGradCpu(KernelContext& ctx) {
     A sc = static_cast<A>(scale);
     ParallelFor(d.batch * d.kv_heads, 1, [&](int64_t begin, int64_t end) {
       std::vector<A> dk(static_cast<size_t>(d.s * d.d)), dv(static_cast<size_t>(d.s * d.dv));
+      std::vector<A> kh(static_cast<size_t>(d.s * d.d)), vh(static_cast<size_t>(d.s * d.dv));
+      std::vector<A> qh(static_cast<size_t>(d.t * d.d)), oh(static_cast<size_t>(d.t * d.dv)),
+          doh(static_cast<size_t>(d.t * d.dv));
       std::vector<A> dq(static_cast<size_t>(d.d));
       for (int64_t bk = begin; bk < end; ++bk) {
         int64_t b = bk / d.kv_heads, hk = bk % d.kv_heads;
         std::fill(dk.begin(), dk.end(), A(0));
         std::fill(dv.begin(), dv.end(), A(0));
+        Gather(kp, b, hk, d.s, d.kv_heads, d.d, kh.data());
+        Gather(vp, b, hk, d.s, d.kv_heads, d.dv, vh.data());
         for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+          Gather(qp, b, h, d.t, d.heads, d.d, qh.data());
+          Gather(opp, b, h, d.t, d.heads, d.dv, oh.data());
+          Gather(dop, b, h, d.t, d.heads, d.dv, doh.data());
           for (int64_t t = 0; t < d.t; ++t) {
-            const T* qi = qp + ((b * d.t + t) * d.heads + h) * d.d;
-            const T* oi = opp + ((b * d.t + t) * d.heads + h) * d.dv;
-            const T* doi = dop + ((b * d.t + t) * d.heads + h) * d.dv;
+            const A* qi = qh.data() + t * d.d;
+            const A* oi = oh.data() + t * d.dv;
+            const A* doi = doh.data() + t * d.dv;
             A li = lse[(b * d.heads + h) * d.t + t];
             A di = 0;
-            for (int64_t x = 0; x < d.dv; ++x) di += Widen(doi[x]) * Widen(oi[x]);
+            for (int64_t x = 0; x < d.dv; ++x) di += doi[x] * oi[x];
             std::fill(dq.begin(), dq.end(), A(0));
             for (int64_t j = 0; j <= LastKey(d, t, causal); ++j) {
-              const T* kj = kp + ((b * d.s + j) * d.kv_heads + hk) * d.d;
-              const T* vj = vp + ((b * d.s + j) * d.kv_heads + hk) * d.dv;
+              const A* kj = kh.data() + j * d.d;
+              const A* vj = vh.data() + j * d.dv;
               A s = 0;
-              for (int64_t x = 0; x < d.d; ++x) s += Widen(qi[x]) * Widen(kj[x]);
+              for (int64_t x = 0; x < d.d; ++x) s += qi[x] * kj[x];
               A p = std::exp(s * sc - li);
               A dp = 0;
+              A* dvj = dv.data() + j * d.dv;
               for (int64_t x = 0; x < d.dv; ++x) {
-                dv[static_cast<size_t>(j * d.dv + x)] += p * Widen(doi[x]);
-                dp += Widen(doi[x]) * Widen(vj[x]);
+                dvj[x] += p * doi[x];
+                dp += doi[x] * vj[x];
               }
               A ds = p * (dp - di) * sc;
+              A* dkj = dk.data() + j * d.d;
               for (int64_t x = 0; x < d.d; ++x) {
-                dq[static_cast<size_t>(x)] += ds * Widen(kj[x]);
-                dk[static_cast<size_t>(j * d.d + x)] += ds * Widen(qi[x]);
+                dq[static_cast<size_t>(x)] += ds * kj[x];
+                dkj[x] += ds * qi[x];
               }
             }
             T* dqi = dqp + ((b * d.t + t) * d.heads + h) * d.d;

@@ -11,6 +11,7 @@
 #include "model/model.h"
 #include "step/schedule.h"
 #include "weir/atomic_file.h"
+#include "weir/dispatch.h"
 #include "weir/json.h"
 #include "weir/safetensors.h"
 
@@ -136,12 +137,19 @@ class TrainStep : public StreamKernel {
     double sumsq = 0;
     for (const auto& [name, g] : grads_) {
       Tensor d = g.Contiguous();
-      for (int64_t i = 0; i < d.numel(); ++i) {
-        double x = d.At(i) * scale;
-        sumsq += x * x;
-      }
+      WEIR_RETURN_IF_ERROR(DispatchFloat(d.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* p = d.data<T>();
+        double part = 0;
+        for (int64_t i = 0; i < d.numel(); ++i) {
+          double x = static_cast<double>(Widen(p[i]));
+          part += x * x;
+        }
+        sumsq += part;
+        return Status();
+      }));
     }
-    double grad_norm = std::sqrt(sumsq);
+    double grad_norm = std::sqrt(sumsq) * scale;
     if (!std::isfinite(grad_norm)) {
       return ctx_.Error("the gradient norm is " + std::to_string(grad_norm) + " at step " +
                         std::to_string(step_) + " (loss " +
