@@ -117,6 +117,8 @@ class ProgramBuilder {
     }
     if (!options_.loss.empty()) WEIR_RETURN_IF_ERROR(Backward(function, args, fn.inputs));
     LabelBackward();
+    if (options_.recompute) Recompute();
+    CountNodes();
     Schedule();
     PlanMemory();
     return Status();
@@ -293,6 +295,7 @@ class ProgramBuilder {
       wanted_args.insert(static_cast<int>(a - arg_names.begin()));
     }
     size_t forward_end = p_.nodes_.size();
+    backward_start_ = forward_end;
     std::vector<bool> requires_grad(forward_end, false);
     for (size_t i = 0; i < forward_end; ++i) {
       const Program::Node& n = p_.nodes_[i];
@@ -398,22 +401,89 @@ class ProgramBuilder {
       for (int c : consumers[i]) b[i] = b[i] || b[static_cast<size_t>(c)];
       node.phase = b[i] ? Program::Node::kBackwardB : Program::Node::kBackwardW;
     }
+  }
+
+  void CountNodes() {
     for (const Program::Node& node : p_.nodes_) {
       if (node.kind != Program::Node::kOp && node.kind != Program::Node::kAccumulate) continue;
       if (node.phase == Program::Node::kForward) ++p_.stats_.forward_nodes;
       if (node.phase == Program::Node::kBackwardB) ++p_.stats_.backward_b_nodes;
       if (node.phase == Program::Node::kBackwardW) ++p_.stats_.backward_w_nodes;
+      if (node.name.ends_with("/recompute")) ++p_.stats_.recomputed_nodes;
     }
   }
 
+  // Outputs of cheap forward ops (norms, elementwise ops) that the backward pass reads are
+  // computed again right before their first backward use instead of being kept from the forward
+  // pass: their forward buffers die early. A clone runs in the phase (B or W) of the work that
+  // needs it.
+  void Recompute() {
+    size_t forward_end = backward_start_, end = p_.nodes_.size();
+    std::set<ValueRef> kept(p_.outputs_.begin(), p_.outputs_.end());
+    std::vector<int> clones;
+    for (size_t i = forward_end; i-- > 0;) {
+      const Program::Node& f = p_.nodes_[i];
+      if (f.kind != Program::Node::kOp || !f.entry->def.cheap()) continue;
+      bool is_output = false;
+      for (size_t o = 0; o < f.outputs.size(); ++o)
+        is_output = is_output || kept.count({static_cast<int>(i), static_cast<int>(o)});
+      if (is_output) continue;
+      std::vector<std::pair<size_t, size_t>> uses;
+      for (size_t j = forward_end; j < p_.nodes_.size(); ++j) {
+        const auto& inputs = p_.nodes_[j].inputs;
+        for (size_t k = 0; k < inputs.size(); ++k)
+          if (inputs[k].node == static_cast<int>(i)) uses.push_back({j, k});
+      }
+      if (uses.empty()) continue;
+      Program::Node clone = f;
+      clone.name += "/recompute";
+      int c = Add(std::move(clone)).node;
+      for (auto [j, k] : uses) p_.nodes_[j].inputs[k].node = c;
+      clones.push_back(c);
+    }
+    (void)end;
+    // Clones made later are read by clones made earlier: label in creation order.
+    std::vector<std::vector<int>> consumers(p_.nodes_.size());
+    for (size_t j = 0; j < p_.nodes_.size(); ++j)
+      for (ValueRef v : p_.nodes_[j].inputs)
+        consumers[static_cast<size_t>(v.node)].push_back(static_cast<int>(j));
+    for (int c : clones) {
+      bool b = false;
+      for (int u : consumers[static_cast<size_t>(c)])
+        b = b || p_.nodes_[static_cast<size_t>(u)].phase == Program::Node::kBackwardB;
+      p_.nodes_[static_cast<size_t>(c)].phase =
+          b ? Program::Node::kBackwardB : Program::Node::kBackwardW;
+    }
+  }
+
+  // Execution order: creation order, W work after all B work when deferred, and each recompute
+  // clone just before the first node that reads it.
   void Schedule() {
-    std::vector<int>& order = p_.order_;
-    for (size_t i = 0; i < p_.nodes_.size(); ++i)
-      if (!options_.defer_weight_grads || p_.nodes_[i].phase != Program::Node::kBackwardW)
-        order.push_back(static_cast<int>(i));
-    if (!options_.defer_weight_grads) return;
-    for (size_t i = 0; i < p_.nodes_.size(); ++i)
-      if (p_.nodes_[i].phase == Program::Node::kBackwardW) order.push_back(static_cast<int>(i));
+    size_t n = p_.nodes_.size();
+    std::vector<double> key(n);
+    double offset = static_cast<double>(n);
+    for (size_t i = 0; i < n; ++i) {
+      bool deferred =
+          options_.defer_weight_grads && p_.nodes_[i].phase == Program::Node::kBackwardW;
+      key[i] = static_cast<double>(i) + (deferred ? offset : 0.0);
+    }
+    std::vector<std::vector<int>> consumers(n);
+    for (size_t j = 0; j < n; ++j)
+      for (ValueRef v : p_.nodes_[j].inputs)
+        consumers[static_cast<size_t>(v.node)].push_back(static_cast<int>(j));
+    // Clones come last in creation order, and a later clone feeds earlier ones (it recomputes
+    // an earlier forward op): walk them forwards so each consumer's key is known first.
+    for (size_t i = backward_start_; i < n; ++i) {
+      if (!p_.nodes_[i].name.ends_with("/recompute")) continue;
+      double first = 1e300;
+      for (int u : consumers[i]) first = std::min(first, key[static_cast<size_t>(u)]);
+      key[i] = first - 1e-6;
+    }
+    p_.order_.resize(n);
+    for (size_t i = 0; i < n; ++i) p_.order_[i] = static_cast<int>(i);
+    std::stable_sort(p_.order_.begin(), p_.order_.end(), [&](int a, int b) {
+      return key[static_cast<size_t>(a)] < key[static_cast<size_t>(b)];
+    });
   }
 
   // Greedy first-fit placement of every intermediate in one arena, by liveness in execution
@@ -481,6 +551,7 @@ class ProgramBuilder {
   const OpRegistry& ops_;
   const ProgramOptions& options_;
   std::set<ValueRef> activation_grads_;
+  size_t backward_start_ = 0;
 };
 
 StatusOr<std::shared_ptr<const Program>> Program::Build(
@@ -552,7 +623,12 @@ StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
       case Node::kOp: {
         for (size_t o = 0; o < n.outputs.size(); ++o) out.push_back(planned(o));
         std::vector<const Tensor*> ins;
-        for (ValueRef v : n.inputs) ins.push_back(&value(v));
+        for (ValueRef v : n.inputs) {
+          if (values[static_cast<size_t>(v.node)].size() <= static_cast<size_t>(v.port))
+            return Internal("node '" + n.name + "' is scheduled before its input '" +
+                            nodes_[static_cast<size_t>(v.node)].name + "'");
+          ins.push_back(&value(v));
+        }
         std::vector<Tensor*> outs;
         for (Tensor& t : out) outs.push_back(&t);
         KernelContext ctx(std::move(ins), std::move(outs), &n.attrs);

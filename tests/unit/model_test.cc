@@ -120,6 +120,33 @@ TEST(TinyGpt, WeightGradientsCanRunAfterAllInputGradients) {
     EXPECT_EQ(g.ToVector(), b->param_grads.at(name).ToVector()) << name;
 }
 
+TEST(TinyGpt, RecomputingCheapOpsSavesMemoryAndChangesNothing) {
+  auto kept = BuildGpt("f32", 4, 32, {});
+  ProgramOptions options;
+  options.recompute = true;
+  auto recomputed = BuildGpt("f32", 4, 32, options);
+  ProgramOptions both = options;
+  both.defer_weight_grads = true;
+  auto deferred = BuildGpt("f32", 4, 32, both);
+  ASSERT_TRUE(kept.ok() && recomputed.ok() && deferred.ok());
+  EXPECT_GT((*recomputed)->stats().recomputed_nodes, 0);
+  int64_t before = (*kept)->stats().memory.arena_bytes,
+          after = (*recomputed)->stats().memory.arena_bytes;
+  LOG(INFO) << "arena " << before << " bytes keeping cheap outputs, " << after
+            << " recomputing them";
+  EXPECT_LT(after, before);
+  ParamStore params;
+  params.Initialize((*kept)->params(), 9);
+  std::vector<Tensor> inputs = Tokens(4, 32, 11, 10);
+  auto a = (*kept)->Run(inputs, params), b = (*recomputed)->Run(inputs, params),
+       c = (*deferred)->Run(inputs, params);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  for (const auto& [name, g] : a->param_grads) {
+    EXPECT_EQ(g.ToVector(), b->param_grads.at(name).ToVector()) << name;
+    EXPECT_EQ(g.ToVector(), c->param_grads.at(name).ToVector()) << name;
+  }
+}
+
 TEST(TinyGpt, MemoryPlanReusesActivationBuffers) {
   auto p = BuildGpt("f32", 4, 32, {});
   ASSERT_TRUE(p.ok()) << p.status().ToString();

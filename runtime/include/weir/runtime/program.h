@@ -38,6 +38,9 @@ struct ProgramOptions {
   // Run every input-gradient (B) node before any weight-gradient (W) node, as zero-bubble
   // pipeline schedules do; otherwise nodes run in the order autodiff made them.
   bool defer_weight_grads = false;
+  // Compute the outputs of ops marked Cheap (norms, elementwise ops) again in the backward pass
+  // instead of keeping them alive from the forward pass.
+  bool recompute = false;
 };
 
 struct MemoryPlanStats {
@@ -50,6 +53,7 @@ struct ProgramStats {
   int forward_nodes = 0;
   int backward_b_nodes = 0;
   int backward_w_nodes = 0;
+  int recomputed_nodes = 0;
   MemoryPlanStats memory;
 };
 
