@@ -82,13 +82,21 @@ void PrintText(const OpDef& op, std::ostream& out) {
     out << "  attr    " << a.name() << ": " << AttrTypeName(a.type()) << " = " << Default(a)
         << (c.empty() ? "" : "  [" + c + "]") << " - " << a.doc() << "\n";
   }
+  for (const std::string& p : op.param())
+    out << "  param   " << p << " (learned; after the inputs)\n";
+  if (op.kind() == OpDef::TENSOR)
+    out << "  grad    " << (op.has_gradient() ? "yes" : "no")
+        << (op.cheap() ? ", cheap to recompute" : "") << "\n";
   out << "  kernels " << Kernels(op) << "\n";
 }
 
 void PrintMarkdown(const OpDef& op, std::ostream& out) {
   out << "### `" << op.name() << "`\n\n" << op.doc() << "\n\n";
   out << "*" << (op.kind() == OpDef::STREAM ? "stream" : "tensor") << " op"
-      << (op.stateful() ? ", stateful" : "") << "; kernels: " << Kernels(op) << "*\n\n";
+      << (op.stateful() ? ", stateful" : "") << "; kernels: " << Kernels(op);
+  for (const std::string& p : op.param()) out << "; parameter `" << p << "`";
+  if (op.has_gradient()) out << "; differentiable";
+  out << "*\n\n";
   if (op.input_size() + op.output_size() > 0) {
     out << "| port | type | doc |\n|---|---|---|\n";
     for (const PortDef& p : op.input())
