@@ -9,8 +9,11 @@ namespace {
 class RandomTokens : public StreamKernel {
  public:
   explicit RandomTokens(const NodeContext& ctx)
-      : vocab_(ctx.Int("vocab")), seq_len_(ctx.Int("seq_len")), batch_(ctx.Int("batch_size")),
-        limit_(ctx.Int("batches")), seed_(static_cast<uint64_t>(ctx.Int("seed"))) {}
+      : vocab_(ctx.Int("vocab")),
+        seq_len_(ctx.Int("seq_len")),
+        batch_(ctx.Int("batch_size")),
+        limit_(ctx.Int("batches")),
+        seed_(static_cast<uint64_t>(ctx.Int("seed"))) {}
 
   StatusOr<bool> Produce(Emitter& out) override {
     if (limit_ > 0 && next_ >= limit_) return false;
@@ -38,8 +41,9 @@ class RandomTokens : public StreamKernel {
 
 void RegisterRandomTokens(Registrar& r) {
   r.StreamOp("train.RandomTokens")
-      .Doc("Batches of uniformly random 'tokens' and 'targets', i64 [batch_size, seq_len]; each "
-           "batch depends only on (seed, batch number). For benchmarks and smoke tests.")
+      .Doc(
+          "Batches of uniformly random 'tokens' and 'targets', i64 [batch_size, seq_len]; each "
+          "batch depends only on (seed, batch number). For benchmarks and smoke tests.")
       .Output("out", "batch", "tokens and targets")
       .Attr<int64_t>("vocab", 256, "ids are drawn from [0, vocab)", Min(1))
       .Attr<int64_t>("seq_len", 128, "tokens per row", Min(1))
