@@ -94,8 +94,7 @@ void LoopGemm(const T* a, bool ta, const T* b, bool tb, T* c, const Problem& p, 
 }  // namespace
 
 StatusOr<Shape> GemmShape(const Shape& a, bool ta, const Shape& b, bool tb) {
-  WEIR_ASSIGN_OR_RETURN(Problem p, Describe(a, ta, b, tb));
-  (void)p;
+  WEIR_RETURN_IF_ERROR(Describe(a, ta, b, tb).status());  // checks the shapes fit
   Shape out(a.begin(), a.end() - 2);
   out.push_back(ta ? a[a.size() - 1] : a[a.size() - 2]);
   out.push_back(tb ? b[b.size() - 2] : b[b.size() - 1]);

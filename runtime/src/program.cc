@@ -418,7 +418,7 @@ class ProgramBuilder {
   // pass: their forward buffers die early. A clone runs in the phase (B or W) of the work that
   // needs it.
   void Recompute() {
-    size_t forward_end = backward_start_, end = p_.nodes_.size();
+    size_t forward_end = backward_start_;
     std::set<ValueRef> kept(p_.outputs_.begin(), p_.outputs_.end());
     std::vector<int> clones;
     for (size_t i = forward_end; i-- > 0;) {
@@ -441,7 +441,6 @@ class ProgramBuilder {
       for (auto [j, k] : uses) p_.nodes_[j].inputs[k].node = c;
       clones.push_back(c);
     }
-    (void)end;
     // Clones made later are read by clones made earlier: label in creation order.
     std::vector<std::vector<int>> consumers(p_.nodes_.size());
     for (size_t j = 0; j < p_.nodes_.size(); ++j)

@@ -2,18 +2,10 @@
 #include <cstdint>
 
 #include "io_ops.h"
+#include "weir/random.h"
 
 namespace weir::io {
 namespace {
-
-// SplitMix64: a well-mixed 64-bit hash of (seed, row), so the sample depends only on the row's
-// position in the stream and the seed, not on batch boundaries or threads.
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 class Sample : public StreamKernel {
  public:
@@ -23,7 +15,7 @@ class Sample : public StreamKernel {
   Status Process(int, const Batch& batch, Emitter& out) override {
     std::vector<size_t> keep;
     for (size_t i = 0; i < batch.num_rows(); ++i, ++row_) {
-      double u = static_cast<double>(Mix(Mix(seed_) ^ row_) >> 11) * 0x1.0p-53;
+      double u = UnitInterval(SplitMix64(SplitMix64(seed_) ^ row_));
       if (u < rate_) keep.push_back(i);
     }
     if (!keep.empty()) out.Emit(batch.Select(keep));

@@ -4,26 +4,21 @@
 #include <atomic>
 
 #include "nn_common.h"
+#include "weir/random.h"
 
 namespace weir::nn {
 namespace {
-
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 std::atomic<uint64_t> g_calls{0};
 
 Status DropoutCpu(KernelContext& ctx) {
   Tensor x = ctx.input(0).Contiguous();
   double rate = ctx.attrs().Float("rate");
-  uint64_t stream = Mix(static_cast<uint64_t>(ctx.attrs().Int("seed")) ^ Mix(g_calls++));
+  uint64_t stream =
+      SplitMix64(static_cast<uint64_t>(ctx.attrs().Int("seed")) ^ SplitMix64(g_calls++));
   uint8_t* mask = ctx.output(1).data<uint8_t>();
   for (int64_t i = 0; i < x.numel(); ++i) {
-    double u = static_cast<double>(Mix(stream ^ static_cast<uint64_t>(i)) >> 11) * 0x1.0p-53;
+    double u = UnitInterval(SplitMix64(stream ^ static_cast<uint64_t>(i)));
     mask[i] = u >= rate ? 1 : 0;
   }
   double keep = rate < 1 ? 1.0 / (1.0 - rate) : 0.0;
