@@ -1,6 +1,7 @@
 #include "op_check.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <random>
@@ -28,8 +29,10 @@ StatusOr<Graph> OpGraph(const OpCase& c, bool with_loss) {
             "\" input: \"w\" }\n  node { name: \"sum\" op: \"nn.Sum\" input: \"mul\" }\n";
   }
   text += "}\n";
+  // ctest runs test processes in parallel: the process id keeps their files apart.
   static int counter = 0;
-  std::string path = ::testing::TempDir() + "/op_case_" + std::to_string(counter++) + ".pbtxt";
+  std::string path = ::testing::TempDir() + "/op_case_" + std::to_string(::getpid()) + "_" +
+                     std::to_string(counter++) + ".pbtxt";
   std::ofstream(path) << text;
   return LoadTestGraph(path);
 }
