@@ -46,9 +46,20 @@ class Count : public StreamKernel {
 
 class SlowSink : public StreamKernel {
  public:
-  explicit SlowSink(const NodeContext& ctx) : ctx_(ctx), sleep_ms_(ctx.Int("sleep_ms")) {}
+  explicit SlowSink(const NodeContext& ctx)
+      : ctx_(ctx),
+        sleep_ms_(ctx.Int("sleep_ms")),
+        fill_(ctx.Int("fill")),
+        total_(ctx.Int("total")) {}
   Status Process(int, const Batch&, Emitter&) override {
     Sleep(sleep_ms_);
+    // Waits (up to 5 s) until the source has `fill` items out, or has made all `total`: on a busy
+    // machine the source may be slow to run, and the test needs the queue full, not a race.
+    for (int waited = 0; waited < 5000 && fill_ > 0; ++waited) {
+      int64_t out = g_emitted.load() - g_consumed.load();
+      if (out >= fill_ || g_emitted.load() >= total_) break;
+      Sleep(1);
+    }
     // What the source emitted that this sink has not finished yet, this item included.
     int64_t in_flight = g_emitted.load() - g_consumed.load();
     ctx_.Metric(step_++, {{"in_flight", static_cast<double>(in_flight)}});
@@ -58,7 +69,7 @@ class SlowSink : public StreamKernel {
 
  private:
   const NodeContext& ctx_;
-  int64_t sleep_ms_;
+  int64_t sleep_ms_, fill_, total_;
   int64_t step_ = 0;
 };
 
@@ -144,6 +155,8 @@ void RegisterTestOps(Registrar& r) {
       .Doc("Sleeps per item and records how many test.Count items are in flight.")
       .Input("in", "batch", "items")
       .Attr<int64_t>("sleep_ms", 5, "pause per item", Min(0))
+      .Attr<int64_t>("fill", 0, "wait until this many items are out before taking one", Min(0))
+      .Attr<int64_t>("total", 0, "how many the source makes (stops the wait at the end)", Min(0))
       .Stateful()
       .Factory(Make<SlowSink>());
   r.StreamOp("test.Record")

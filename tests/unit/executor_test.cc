@@ -53,7 +53,10 @@ TEST(Executor, InFlightBoundHoldsAFastSourceBack) {
   for (int bound : {1, 4}) {
     RunOptions options;
     options.max_in_flight = bound;
-    Ran ran = RunTestGraph("good/slow_sink.pbtxt", {"n=60", "sleep_ms=3"}, options);
+    // The sink waits until `bound` items are out before it takes each one, so the queue is full
+    // whatever the machine's load; a broken limiter lets more than bound + 1 out.
+    Ran ran = RunTestGraph("good/slow_sink.pbtxt",
+                           {"n=60", "sleep_ms=1", "fill=" + std::to_string(bound)}, options);
     ASSERT_TRUE(ran.result.status.ok()) << ran.result.status.ToString();
     std::vector<double> in_flight = ran.metrics->Values("sink", "in_flight");
     ASSERT_EQ(in_flight.size(), 60u);
