@@ -60,13 +60,32 @@ Status AttentionShape(ShapeContext& ctx) {
   return Status();
 }
 
+// What both kernels start from: their inputs made dense, the dims and the attrs.
+struct Problem {
+  std::vector<Tensor> in;
+  Dims d;
+  bool causal;
+  double scale;
+};
+
+StatusOr<Problem> Prepare(const KernelContext& ctx) {
+  Problem p;
+  for (int i = 0; i < ctx.num_inputs(); ++i) p.in.push_back(ctx.input(i).Contiguous());
+  auto type = [&](int i) {
+    return TensorType{p.in[static_cast<size_t>(i)].dtype(), p.in[static_cast<size_t>(i)].shape()};
+  };
+  WEIR_ASSIGN_OR_RETURN(p.d, GetDims(type(0), type(1), type(2)));
+  p.causal = ctx.attrs().Bool("causal");
+  p.scale = Scale(ctx.attrs(), p.d.d);
+  return p;
+}
+
 Status AttentionCpu(KernelContext& ctx) {
-  Tensor q = ctx.input(0).Contiguous(), k = ctx.input(1).Contiguous(),
-         v = ctx.input(2).Contiguous();
-  WEIR_ASSIGN_OR_RETURN(
-      Dims d, GetDims({q.dtype(), q.shape()}, {k.dtype(), k.shape()}, {v.dtype(), v.shape()}));
-  bool causal = ctx.attrs().Bool("causal");
-  double scale = Scale(ctx.attrs(), d.d);
+  WEIR_ASSIGN_OR_RETURN(Problem pr, Prepare(ctx));
+  const Tensor &q = pr.in[0], &k = pr.in[1], &v = pr.in[2];
+  const Dims& d = pr.d;
+  bool causal = pr.causal;
+  double scale = pr.scale;
   return DispatchFloat(q.dtype(), [&](auto tag) {
     using T = decltype(tag);
     using A = AccumulatorOf<T>;
@@ -127,14 +146,12 @@ Status AttentionCpu(KernelContext& ctx) {
 // Inputs: q, k, v, o, lse, do. Outputs: dq, dk, dv. Work is split by (batch, kv head) so the
 // query heads that share a kv head accumulate into dk and dv without races.
 Status AttentionGradCpu(KernelContext& ctx) {
-  Tensor q = ctx.input(0).Contiguous(), k = ctx.input(1).Contiguous(),
-         v = ctx.input(2).Contiguous();
-  Tensor o = ctx.input(3).Contiguous(), lse_t = ctx.input(4).Contiguous(),
-         dout = ctx.input(5).Contiguous();
-  WEIR_ASSIGN_OR_RETURN(
-      Dims d, GetDims({q.dtype(), q.shape()}, {k.dtype(), k.shape()}, {v.dtype(), v.shape()}));
-  bool causal = ctx.attrs().Bool("causal");
-  double scale = Scale(ctx.attrs(), d.d);
+  WEIR_ASSIGN_OR_RETURN(Problem pr, Prepare(ctx));
+  const Tensor &q = pr.in[0], &k = pr.in[1], &v = pr.in[2], &o = pr.in[3], &lse_t = pr.in[4],
+               &dout = pr.in[5];
+  const Dims& d = pr.d;
+  bool causal = pr.causal;
+  double scale = pr.scale;
   return DispatchFloat(q.dtype(), [&](auto tag) {
     using T = decltype(tag);
     using A = AccumulatorOf<T>;
