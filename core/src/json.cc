@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <vector>
 
 namespace weir {
@@ -63,6 +65,16 @@ StatusOr<google::protobuf::Struct> ParseJsonObject(std::string_view text) {
     return InvalidArgument("not a JSON object: " + message.substr(0, message.find('\n')));
   }
   return out;
+}
+
+StatusOr<google::protobuf::Struct> ReadJsonFile(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) return NotFound("cannot read " + path.string());
+  std::stringstream text;
+  text << in.rdbuf();
+  auto parsed = ParseJsonObject(text.str());
+  if (!parsed.ok()) return InvalidArgument(path.string() + ": " + parsed.status().message());
+  return parsed;
 }
 
 std::string JsonValueText(const google::protobuf::Value& v) {

@@ -212,15 +212,10 @@ StatusOr<std::map<std::string, Tensor>> ReadSafetensorsSharded(const fs::path& d
   if (fs::exists(single, ec)) {
     files.push_back(single);
   } else if (fs::exists(index, ec)) {
-    std::ifstream in(index);
-    std::stringstream text;
-    text << in.rdbuf();
-    auto parsed = ParseJsonObject(text.str());
-    if (!parsed.ok()) return InvalidArgument(index.string() + ": " + parsed.status().message());
+    WEIR_ASSIGN_OR_RETURN(auto parsed, ReadJsonFile(index));
     std::set<std::string> names;
-    auto map = parsed->fields().find("weight_map");
-    if (map == parsed->fields().end())
-      return InvalidArgument(index.string() + " has no weight_map");
+    auto map = parsed.fields().find("weight_map");
+    if (map == parsed.fields().end()) return InvalidArgument(index.string() + " has no weight_map");
     for (const auto& [tensor, file] : map->second.struct_value().fields())
       names.insert(file.string_value());
     for (const std::string& f : names) {

@@ -382,16 +382,21 @@ class ProgramBuilder {
     return Status();
   }
 
+  // For every node, the nodes that read one of its outputs.
+  std::vector<std::vector<int>> Consumers() const {
+    std::vector<std::vector<int>> consumers(p_.nodes_.size());
+    for (size_t j = 0; j < p_.nodes_.size(); ++j)
+      for (ValueRef v : p_.nodes_[j].inputs)
+        consumers[static_cast<size_t>(v.node)].push_back(static_cast<int>(j));
+    return consumers;
+  }
+
   // B (input-gradient) work is every backward node that some activation gradient depends on;
   // the rest only feeds parameter gradients and is W (weight-gradient) work, which a pipeline
   // schedule may run later.
   void LabelBackward() {
     size_t n = p_.nodes_.size();
-    std::vector<std::vector<int>> consumers(n);
-    for (size_t i = 0; i < n; ++i) {
-      for (ValueRef v : p_.nodes_[i].inputs)
-        consumers[static_cast<size_t>(v.node)].push_back(static_cast<int>(i));
-    }
+    std::vector<std::vector<int>> consumers = Consumers();
     std::vector<bool> b(n, false);
     for (size_t i = n; i-- > 0;) {
       Program::Node& node = p_.nodes_[i];
@@ -442,10 +447,7 @@ class ProgramBuilder {
       clones.push_back(c);
     }
     // Clones made later are read by clones made earlier: label in creation order.
-    std::vector<std::vector<int>> consumers(p_.nodes_.size());
-    for (size_t j = 0; j < p_.nodes_.size(); ++j)
-      for (ValueRef v : p_.nodes_[j].inputs)
-        consumers[static_cast<size_t>(v.node)].push_back(static_cast<int>(j));
+    std::vector<std::vector<int>> consumers = Consumers();
     for (int c : clones) {
       bool b = false;
       for (int u : consumers[static_cast<size_t>(c)])
@@ -466,10 +468,7 @@ class ProgramBuilder {
           options_.defer_weight_grads && p_.nodes_[i].phase == Program::Node::kBackwardW;
       key[i] = static_cast<double>(i) + (deferred ? offset : 0.0);
     }
-    std::vector<std::vector<int>> consumers(n);
-    for (size_t j = 0; j < n; ++j)
-      for (ValueRef v : p_.nodes_[j].inputs)
-        consumers[static_cast<size_t>(v.node)].push_back(static_cast<int>(j));
+    std::vector<std::vector<int>> consumers = Consumers();
     // Clones come last in creation order, and a later clone feeds earlier ones (it recomputes
     // an earlier forward op): walk them forwards so each consumer's key is known first.
     for (size_t i = backward_start_; i < n; ++i) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "test_util.h"
 #include "weir/runtime/executor.h"
@@ -105,6 +106,20 @@ TEST(Training, ResumeContinuesExactly) {
               Params(whole.out / "checkpoints" / "step-000020"))
         << optimizer;
   }
+}
+
+TEST(Training, ADamagedCheckpointIsAnErrorNotACrash) {
+  TrainRun run = Train("damaged", {"steps=2"});
+  ASSERT_TRUE(run.result.status.ok()) << run.result.status.ToString();
+  fs::path checkpoint = run.out / "checkpoints" / "step-000002";
+  std::ofstream(checkpoint / "trainer_state.json", std::ios::trunc) << "{\"step\": 2}";
+  TrainRun resumed = Train("damaged_resume", {"steps=4"}, checkpoint);
+  ASSERT_FALSE(resumed.result.status.ok());
+  EXPECT_NE(resumed.result.status.ToString().find("node 'train' (op 'train.Step'): resume: " +
+                                                  (checkpoint / "trainer_state.json").string() +
+                                                  " has no number 'data_position'"),
+            std::string::npos)
+      << resumed.result.status.ToString();
 }
 
 TEST(Training, BadOptimizerIsNamed) {

@@ -4,6 +4,7 @@
 
 #include <google/protobuf/struct.pb.h>
 
+#include <filesystem>
 #include <string>
 #include <string_view>
 
@@ -20,6 +21,8 @@ std::string ShortestDouble(double v);
 std::string JsonNumber(double v);
 // Parses one JSON object (one line of a JSONL file).
 StatusOr<google::protobuf::Struct> ParseJsonObject(std::string_view text);
+// Reads a file holding one JSON object; errors name the file.
+StatusOr<google::protobuf::Struct> ReadJsonFile(const std::filesystem::path& path);
 // Writes a JSON value compactly.
 std::string JsonValueText(const google::protobuf::Value& v);
 

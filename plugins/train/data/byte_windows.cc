@@ -35,13 +35,8 @@ class ByteWindows : public StreamKernel {
     }
     // Resuming: skip the batches the trainer already consumed.
     if (!ctx.resume_dir().empty() && !eval_) {
-      std::ifstream in(ctx.resume_dir() / "trainer_state.json");
-      std::stringstream text;
-      text << in.rdbuf();
-      auto state = ParseJsonObject(text.str());
-      if (!state.ok())
-        return ctx.Error("cannot read trainer_state.json of the resumed checkpoint: " +
-                         state.status().message());
+      auto state = ReadJsonFile(ctx.resume_dir() / "trainer_state.json");
+      if (!state.ok()) return ctx.Error("resume: " + state.status().message());
       auto it = state->fields().find("data_position");
       if (it != state->fields().end()) next_ = static_cast<int64_t>(it->second.number_value());
     }

@@ -47,13 +47,17 @@ class TrainStep : public StreamKernel {
   Status Restore() {
     const fs::path& dir = ctx_.resume_dir();
     if (dir.empty()) return Status();
-    std::ifstream in(dir / "trainer_state.json");
-    if (!in) return ctx_.Error("resume: no trainer_state.json in " + dir.string());
-    std::stringstream text;
-    text << in.rdbuf();
-    WEIR_ASSIGN_OR_RETURN(auto state, ParseJsonObject(text.str()));
-    step_ = static_cast<int64_t>(state.fields().at("step").number_value());
-    data_position_ = static_cast<int64_t>(state.fields().at("data_position").number_value());
+    auto state = ReadJsonFile(dir / "trainer_state.json");
+    if (!state.ok()) return ctx_.Error("resume: " + state.status().message());
+    // A damaged file is an error naming what is missing, never an abort in protobuf's Map::at.
+    for (const char* key : {"step", "data_position"}) {
+      auto it = state->fields().find(key);
+      if (it == state->fields().end() || !it->second.has_number_value())
+        return ctx_.Error("resume: " + (dir / "trainer_state.json").string() + " has no number '" +
+                          key + "'");
+    }
+    step_ = static_cast<int64_t>(state->fields().at("step").number_value());
+    data_position_ = static_cast<int64_t>(state->fields().at("data_position").number_value());
     last_checkpoint_ = step_;
     WEIR_ASSIGN_OR_RETURN(auto params, ReadSafetensorsSharded(dir, "model"));
     {
