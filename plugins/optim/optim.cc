@@ -25,8 +25,9 @@ Status CheckShapes(ShapeContext& ctx) {
   return Status();
 }
 
-// Runs f(i, grad_i) over the elements, reading the gradient in any float dtype as double.
-template <typename F>
+// Runs f(i, grad_i) over the elements in parallel, reading the gradient in any float dtype as P
+// (the parameter's type: updates compute in f32 for f32 masters, as PyTorch's do).
+template <typename P, typename F>
 Status ForEach(const Tensor& grad, F f) {
   Tensor g = grad.Contiguous();
   return DispatchFloat(g.dtype(), [&](auto tag) {
@@ -35,7 +36,7 @@ Status ForEach(const Tensor& grad, F f) {
     tbb::parallel_for(tbb::blocked_range<int64_t>(0, g.numel(), 1 << 14),
                       [&](const tbb::blocked_range<int64_t>& r) {
                         for (int64_t i = r.begin(); i < r.end(); ++i)
-                          f(i, static_cast<double>(Widen(gp[i])));
+                          f(i, static_cast<P>(Widen(gp[i])));
                       });
     return Status();
   });
@@ -44,44 +45,46 @@ Status ForEach(const Tensor& grad, F f) {
 template <typename P>
 Status AdamWUpdate(KernelContext& ctx) {
   const Attrs& a = ctx.attrs();
-  double lr = a.Float("lr"), b1 = a.Float("beta1"), b2 = a.Float("beta2"), eps = a.Float("eps");
-  double wd = a.Float("weight_decay"), scale = a.Float("grad_scale");
   double step = static_cast<double>(a.Int("step"));
-  double c1 = 1 - std::pow(b1, step), c2 = 1 - std::pow(b2, step);
+  auto get = [&](const char* name) { return static_cast<P>(a.Float(name)); };
+  P lr = get("lr"), b1 = get("beta1"), b2 = get("beta2"), eps = get("eps");
+  P wd = get("weight_decay"), scale = get("grad_scale");
+  P c1 = static_cast<P>(1 - std::pow(a.Float("beta1"), step));
+  P c2 = static_cast<P>(1 - std::pow(a.Float("beta2"), step));
   P* p = ctx.output(0).data<P>();
   P* m = ctx.output(1).data<P>();
   P* v = ctx.output(2).data<P>();
   const P* p_in = ctx.input(0).data<P>();
   const P* m_in = ctx.input(2).data<P>();
   const P* v_in = ctx.input(3).data<P>();
-  return ForEach(ctx.input(1), [&](int64_t i, double g) {
+  return ForEach<P>(ctx.input(1), [&](int64_t i, P g) {
     g *= scale;
-    double mi = b1 * static_cast<double>(m_in[i]) + (1 - b1) * g;
-    double vi = b2 * static_cast<double>(v_in[i]) + (1 - b2) * g * g;
-    double pi = static_cast<double>(p_in[i]) * (1 - lr * wd);  // decoupled weight decay
+    P mi = b1 * m_in[i] + (1 - b1) * g;
+    P vi = b2 * v_in[i] + (1 - b2) * g * g;
+    P pi = p_in[i] * (1 - lr * wd);  // decoupled weight decay
     pi -= lr * (mi / c1) / (std::sqrt(vi / c2) + eps);
-    m[i] = static_cast<P>(mi);
-    v[i] = static_cast<P>(vi);
-    p[i] = static_cast<P>(pi);
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = pi;
   });
 }
 
 template <typename P>
 Status SgdUpdate(KernelContext& ctx) {
   const Attrs& a = ctx.attrs();
-  double lr = a.Float("lr"), mu = a.Float("momentum"), wd = a.Float("weight_decay");
-  double scale = a.Float("grad_scale");
+  auto get = [&](const char* name) { return static_cast<P>(a.Float(name)); };
+  P lr = get("lr"), mu = get("momentum"), wd = get("weight_decay"), scale = get("grad_scale");
   bool nesterov = a.Bool("nesterov");
   P* p = ctx.output(0).data<P>();
   P* buf = ctx.output(1).data<P>();
   const P* p_in = ctx.input(0).data<P>();
   const P* b_in = ctx.input(2).data<P>();
-  return ForEach(ctx.input(1), [&](int64_t i, double g) {
-    g = g * scale + wd * static_cast<double>(p_in[i]);
-    double b = mu * static_cast<double>(b_in[i]) + g;
-    double step = nesterov ? g + mu * b : b;
-    buf[i] = static_cast<P>(b);
-    p[i] = static_cast<P>(static_cast<double>(p_in[i]) - lr * step);
+  return ForEach<P>(ctx.input(1), [&](int64_t i, P g) {
+    g = g * scale + wd * p_in[i];
+    P b = mu * b_in[i] + g;
+    P step = nesterov ? g + mu * b : b;
+    buf[i] = b;
+    p[i] = p_in[i] - lr * step;
   });
 }
 

@@ -1,5 +1,7 @@
 #include "weir/runtime/program.h"
 
+#include <tbb/parallel_for.h>
+
 #include <algorithm>
 #include <random>
 #include <set>
@@ -34,19 +36,27 @@ int64_t AlignedBytes(const TensorType& t) {
   return (bytes + kAlign - 1) / kAlign * kAlign;
 }
 
-// Sums tensors of one type into `out` (contiguous), accumulating in f32 (f64 for f64).
+// Sums tensors of one type into `out` (contiguous), accumulating in f32 (f64 for f64), in
+// parallel chunks (each element's sum is the same whatever the chunking).
 void SumInto(const std::vector<const Tensor*>& parts, Tensor& out) {
   std::vector<Tensor> dense;
   for (const Tensor* t : parts) dense.push_back(t->Contiguous());
-  int64_t n = out.numel();
+  auto chunks = [&](auto&& f) {
+    tbb::parallel_for(tbb::blocked_range<int64_t>(0, out.numel(), 1 << 14),
+                      [&](const tbb::blocked_range<int64_t>& r) { f(r.begin(), r.end()); });
+  };
   auto sum = [&](auto* o) {
     using T = std::remove_pointer_t<decltype(o)>;
     using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
-    for (int64_t i = 0; i < n; ++i) {
-      Acc acc = 0;
-      for (const Tensor& t : dense) acc += static_cast<Acc>(t.data<T>()[i]);
-      o[i] = T(acc);
-    }
+    std::vector<const T*> in;
+    for (const Tensor& t : dense) in.push_back(t.data<T>());
+    chunks([&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        Acc acc = 0;
+        for (const T* p : in) acc += static_cast<Acc>(p[i]);
+        o[i] = T(acc);
+      }
+    });
   };
   switch (out.dtype()) {
     case DT_F32:
@@ -59,11 +69,13 @@ void SumInto(const std::vector<const Tensor*>& parts, Tensor& out) {
       sum(out.data<bf16>());
       break;
     default:
-      for (int64_t i = 0; i < n; ++i) {
-        double acc = 0;
-        for (const Tensor& t : dense) acc += t.At(i);
-        StoreFromDouble(out.raw_data(), out.dtype(), i, acc);
-      }
+      chunks([&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          double acc = 0;
+          for (const Tensor& t : dense) acc += t.At(i);
+          StoreFromDouble(out.raw_data(), out.dtype(), i, acc);
+        }
+      });
   }
 }
 

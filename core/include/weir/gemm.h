@@ -20,4 +20,35 @@ Status Gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b
 // The output shape of Gemm, or an error naming both shapes.
 StatusOr<Shape> GemmShape(const Shape& a, bool transpose_a, const Shape& b, bool transpose_b);
 
+// One matrix inside a larger buffer, for kernels that multiply blocks of their tensors in place
+// (a head of a [batch, time, heads, d] tensor is rows of `d` with leading dimension heads·d).
+// Row-major: element (i, j) of the stored matrix is at data[i·ld + j]; `transposed` means the
+// product uses the stored matrix's transpose.
+struct MatrixRef {
+  const void* data;
+  int64_t ld;
+  bool transposed = false;
+};
+
+// C[m, n] (leading dimension ldc, of type c_type) = op(A)[m, k] · op(B)[k, n], or C += ... with
+// accumulate. A and B have type ab_type; c_type is the same or f32 (bf16 inputs, f32 result).
+// f64 runs a plain loop.
+Status GemmBlock(DataType ab_type, DataType c_type, int64_t m, int64_t n, int64_t k, MatrixRef a,
+                 MatrixRef b, void* c, int64_t ldc, bool accumulate = false);
+
+// Makes the GEMMs of the calling thread single-threaded while it lives. Kernels that already
+// split their work over TBB threads use it so oneDNN's OpenMP team does not fight TBB for the
+// cores. Primitives are cached per thread count, so a given thread count always computes the
+// same bits, whichever thread runs the product and whatever ran before.
+class SingleThreadedGemms {
+ public:
+  SingleThreadedGemms();
+  ~SingleThreadedGemms();
+  SingleThreadedGemms(const SingleThreadedGemms&) = delete;
+  SingleThreadedGemms& operator=(const SingleThreadedGemms&) = delete;
+
+ private:
+  int saved_;
+};
+
 }  // namespace weir

@@ -2,12 +2,18 @@
 // is tiled with an online softmax, so it never holds a [T, S] score matrix: memory is O(T·d).
 // The forward pass also returns the log-sum-exp of each query's scores, which the backward pass
 // (nn.AttentionGrad, flash-attention style) uses to recompute the probabilities.
+#include <atomic>
+
 #include "nn_common.h"
+#include "weir/gemm.h"
 
 namespace weir::nn {
 namespace {
 
-constexpr int64_t kBlock = 64;
+// Queries and keys per block: large enough for GEMMs to run near their peak, small enough that a
+// block's scores stay in L2.
+constexpr int64_t kQueryBlock = 128;
+constexpr int64_t kKeyBlock = 256;
 
 struct Dims {
   int64_t batch, t, s, heads, kv_heads, d, dv;
@@ -43,29 +49,6 @@ int64_t LastKey(const Dims& d, int64_t t, bool causal) {
   return causal ? t + (d.s - d.t) : d.s - 1;
 }
 
-// Σ a[x]·b[x] in eight partial sums, which the compiler turns into vector code (one running sum
-// is a serial dependency it may not reorder).
-template <typename A>
-inline A Dot(const A* a, const A* b, int64_t n) {
-  A part[8] = {};
-  int64_t x = 0;
-  for (; x + 8 <= n; x += 8)
-    for (int l = 0; l < 8; ++l) part[l] += a[x + l] * b[x + l];
-  A sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-  for (; x < n; ++x) sum += a[x] * b[x];
-  return sum;
-}
-
-// Copies rows [0, n) of head `head` of a [batch, n, heads, width] tensor into dense [n, width].
-template <typename T, typename A>
-void Gather(const T* src, int64_t b, int64_t head, int64_t n, int64_t heads, int64_t width,
-            A* out) {
-  for (int64_t j = 0; j < n; ++j) {
-    const T* row = src + ((b * n + j) * heads + head) * width;
-    for (int64_t x = 0; x < width; ++x) out[j * width + x] = Widen(row[x]);
-  }
-}
-
 Status AttentionShape(ShapeContext& ctx) {
   WEIR_ASSIGN_OR_RETURN(Dims d, GetDims(ctx.input(0), ctx.input(1), ctx.input(2)));
   ctx.set_output(0, {ctx.input(0).dtype, {d.batch, d.t, d.heads, d.dv}});
@@ -93,139 +76,188 @@ StatusOr<Problem> Prepare(const KernelContext& ctx) {
   return p;
 }
 
+// One head of a [batch, n, heads, width] tensor as a matrix of rows `width` apart by heads·width:
+// the GEMMs read it in place.
+template <typename T>
+struct Heads {
+  T* base;
+  int64_t n, heads, width;
+  T* Row(int64_t b, int64_t pos, int64_t head) const {
+    return base + ((b * n + pos) * heads + head) * width;
+  }
+  MatrixRef At(int64_t b, int64_t pos, int64_t head, bool transposed = false) const {
+    return MatrixRef{Row(b, pos, head), heads * width, transposed};
+  }
+};
+
+// The scores of a block of queries [q0, q0 + nq) against keys [k0, k0 + nk): how many keys each
+// query row may see (the causal mask), counted from k0.
+inline int64_t VisibleKeys(const Dims& d, bool causal, int64_t t, int64_t k0, int64_t nk) {
+  return std::clamp<int64_t>(LastKey(d, t, causal) - k0 + 1, 0, nk);
+}
+
+// Flash-attention on the CPU: each task takes a block of queries of one head and walks the keys
+// in blocks, with q·kᵀ and p·v as oneDNN GEMMs that read the heads in place and an online softmax
+// between them. Scores exist only for one block pair at a time: memory is O(T·d).
 Status AttentionCpu(KernelContext& ctx) {
   WEIR_ASSIGN_OR_RETURN(Problem pr, Prepare(ctx));
-  const Tensor &q = pr.in[0], &k = pr.in[1], &v = pr.in[2];
   const Dims& d = pr.d;
   bool causal = pr.causal;
-  double scale = pr.scale;
-  return DispatchFloat(q.dtype(), [&](auto tag) {
+  return DispatchFloat(pr.in[0].dtype(), [&](auto tag) {
     using T = decltype(tag);
     using A = AccumulatorOf<T>;
-    const T *qp = q.data<T>(), *kp = k.data<T>(), *vp = v.data<T>();
-    T* op = ctx.output(0).data<T>();
+    constexpr DataType kT = DataTypeOf<T>(), kA = DataTypeOf<A>();
+    Heads<const T> q{pr.in[0].data<T>(), d.t, d.heads, d.d};
+    Heads<const T> k{pr.in[1].data<T>(), d.s, d.kv_heads, d.d};
+    Heads<const T> v{pr.in[2].data<T>(), d.s, d.kv_heads, d.dv};
+    Heads<T> o{ctx.output(0).data<T>(), d.t, d.heads, d.dv};
     A* lse = static_cast<A*>(ctx.output(1).raw_data());
-    int64_t group = d.heads / d.kv_heads;
-    ParallelFor(d.batch * d.heads, 1, [&](int64_t begin, int64_t end) {
-      std::vector<A> acc(static_cast<size_t>(d.dv)), qrow(static_cast<size_t>(d.d)), s(kBlock);
-      // The head's keys and values, dense and widened once: the inner loops then stream
-      // contiguous memory instead of converting strided bf16 per query.
-      std::vector<A> kh(static_cast<size_t>(d.s * d.d)), vh(static_cast<size_t>(d.s * d.dv));
-      for (int64_t bh = begin; bh < end; ++bh) {
-        int64_t b = bh / d.heads, h = bh % d.heads, hk = h / group;
-        Gather(kp, b, hk, d.s, d.kv_heads, d.d, kh.data());
-        Gather(vp, b, hk, d.s, d.kv_heads, d.dv, vh.data());
-        for (int64_t t = 0; t < d.t; ++t) {
-          const T* qi = qp + ((b * d.t + t) * d.heads + h) * d.d;
-          for (int64_t x = 0; x < d.d; ++x)
-            qrow[static_cast<size_t>(x)] = Widen(qi[x]) * static_cast<A>(scale);
-          std::fill(acc.begin(), acc.end(), A(0));
-          A m = -std::numeric_limits<A>::infinity(), l = 0;
-          int64_t last = LastKey(d, t, causal);
-          for (int64_t j0 = 0; j0 <= last; j0 += kBlock) {
-            int64_t j1 = std::min(j0 + kBlock, last + 1);
+    int64_t group = d.heads / d.kv_heads, blocks = (d.t + kQueryBlock - 1) / kQueryBlock;
+    A scale = static_cast<A>(pr.scale);
+    std::atomic<bool> failed{false};
+    Status error;
+    ParallelFor(d.batch * d.heads * blocks, 1, [&](int64_t begin, int64_t end) {
+      SingleThreadedGemms one_thread;  // the tasks already fill the cores
+      std::vector<A> s(kQueryBlock * kKeyBlock), acc(kQueryBlock * d.dv), m(kQueryBlock),
+          l(kQueryBlock);
+      std::vector<T> p(kQueryBlock * kKeyBlock);
+      for (int64_t task = begin; task < end && !failed; ++task) {
+        int64_t b = task / (d.heads * blocks), h = task / blocks % d.heads, hk = h / group;
+        int64_t q0 = task % blocks * kQueryBlock, nq = std::min(kQueryBlock, d.t - q0);
+        std::fill(acc.begin(), acc.end(), A(0));
+        std::fill(m.begin(), m.end(), -std::numeric_limits<A>::infinity());
+        std::fill(l.begin(), l.end(), A(0));
+        int64_t last = LastKey(d, q0 + nq - 1, causal);
+        for (int64_t k0 = 0; k0 <= last; k0 += kKeyBlock) {
+          int64_t nk = std::min(kKeyBlock, last + 1 - k0);
+          Status st =
+              GemmBlock(kT, kA, nq, nk, d.d, q.At(b, q0, h), k.At(b, k0, hk, true), s.data(), nk);
+          for (int64_t i = 0; st.ok() && i < nq; ++i) {
+            A* row = s.data() + i * nk;
+            T* prow = p.data() + i * nk;
+            int64_t visible = VisibleKeys(d, causal, q0 + i, k0, nk);
+            std::fill(prow + visible, prow + nk, T(0));
+            if (visible == 0) continue;
             A bm = -std::numeric_limits<A>::infinity();
-            for (int64_t j = j0; j < j1; ++j) {
-              A dot = Dot(qrow.data(), kh.data() + j * d.d, d.d);
-              s[static_cast<size_t>(j - j0)] = dot;
-              bm = std::max(bm, dot);
+            for (int64_t j = 0; j < visible; ++j) bm = std::max(bm, row[j] * scale);
+            A mn = std::max(m[i], bm), sum = 0;
+            for (int64_t j = 0; j < visible; ++j) {
+              A e = std::exp(row[j] * scale - mn);
+              prow[j] = Narrow<T>(e);
+              sum += e;
             }
-            A mn = std::max(m, bm);
-            A corr = std::exp(m - mn);
-            l *= corr;
-            for (A& a : acc) a *= corr;
-            for (int64_t j = j0; j < j1; ++j) {
-              A p = std::exp(s[static_cast<size_t>(j - j0)] - mn);
-              l += p;
-              const A* vj = vh.data() + j * d.dv;
-              for (int64_t x = 0; x < d.dv; ++x) acc[static_cast<size_t>(x)] += p * vj[x];
-            }
-            m = mn;
+            A corr = std::exp(m[i] - mn);
+            l[i] = l[i] * corr + sum;
+            for (int64_t x = 0; x < d.dv; ++x) acc[i * d.dv + x] *= corr;
+            m[i] = mn;
           }
-          T* oi = op + ((b * d.t + t) * d.heads + h) * d.dv;
-          A inv = l > 0 ? A(1) / l : A(0);
-          for (int64_t x = 0; x < d.dv; ++x) oi[x] = Narrow<T>(acc[static_cast<size_t>(x)] * inv);
-          lse[(b * d.heads + h) * d.t + t] =
-              l > 0 ? m + std::log(l) : -std::numeric_limits<A>::infinity();
+          if (st.ok()) {
+            st = GemmBlock(kT, kA, nq, d.dv, nk, MatrixRef{p.data(), nk}, v.At(b, k0, hk),
+                           acc.data(), d.dv, /*accumulate=*/true);
+          }
+          if (!st.ok() && !failed.exchange(true)) error = st;
+        }
+        for (int64_t i = 0; i < nq; ++i) {
+          T* out = o.Row(b, q0 + i, h);
+          A inv = l[i] > 0 ? A(1) / l[i] : A(0);
+          for (int64_t x = 0; x < d.dv; ++x) out[x] = Narrow<T>(acc[i * d.dv + x] * inv);
+          lse[(b * d.heads + h) * d.t + q0 + i] =
+              l[i] > 0 ? m[i] + std::log(l[i]) : -std::numeric_limits<A>::infinity();
         }
       }
     });
-    return Status();
+    return error;
   });
 }
 
-// Inputs: q, k, v, o, lse, do. Outputs: dq, dk, dv. Work is split by (batch, kv head) so the
-// query heads that share a kv head accumulate into dk and dv without races.
+// Inputs: q, k, v, o, lse, do. Outputs: dq, dk, dv. The probabilities are recomputed block by
+// block from the saved log-sum-exp; every product is a GEMM. Work is split by (batch, kv head)
+// so the query heads that share a kv head accumulate into dk and dv without races.
 Status AttentionGradCpu(KernelContext& ctx) {
   WEIR_ASSIGN_OR_RETURN(Problem pr, Prepare(ctx));
-  const Tensor &q = pr.in[0], &k = pr.in[1], &v = pr.in[2], &o = pr.in[3], &lse_t = pr.in[4],
-               &dout = pr.in[5];
   const Dims& d = pr.d;
   bool causal = pr.causal;
-  double scale = pr.scale;
-  return DispatchFloat(q.dtype(), [&](auto tag) {
+  return DispatchFloat(pr.in[0].dtype(), [&](auto tag) {
     using T = decltype(tag);
     using A = AccumulatorOf<T>;
-    const T *qp = q.data<T>(), *kp = k.data<T>(), *vp = v.data<T>(), *opp = o.data<T>(),
-            *dop = dout.data<T>();
-    const A* lse = static_cast<const A*>(lse_t.raw_data());
-    T *dqp = ctx.output(0).data<T>(), *dkp = ctx.output(1).data<T>(),
-      *dvp = ctx.output(2).data<T>();
+    constexpr DataType kT = DataTypeOf<T>(), kA = DataTypeOf<A>();
+    Heads<const T> q{pr.in[0].data<T>(), d.t, d.heads, d.d};
+    Heads<const T> k{pr.in[1].data<T>(), d.s, d.kv_heads, d.d};
+    Heads<const T> v{pr.in[2].data<T>(), d.s, d.kv_heads, d.dv};
+    Heads<const T> o{pr.in[3].data<T>(), d.t, d.heads, d.dv};
+    const A* lse = static_cast<const A*>(pr.in[4].raw_data());
+    Heads<const T> dout{pr.in[5].data<T>(), d.t, d.heads, d.dv};
+    Heads<T> dq{ctx.output(0).data<T>(), d.t, d.heads, d.d};
+    Heads<T> dk{ctx.output(1).data<T>(), d.s, d.kv_heads, d.d};
+    Heads<T> dv{ctx.output(2).data<T>(), d.s, d.kv_heads, d.dv};
     int64_t group = d.heads / d.kv_heads;
-    A sc = static_cast<A>(scale);
+    A scale = static_cast<A>(pr.scale);
+    std::atomic<bool> failed{false};
+    Status error;
     ParallelFor(d.batch * d.kv_heads, 1, [&](int64_t begin, int64_t end) {
-      std::vector<A> dk(static_cast<size_t>(d.s * d.d)), dv(static_cast<size_t>(d.s * d.dv));
-      std::vector<A> kh(static_cast<size_t>(d.s * d.d)), vh(static_cast<size_t>(d.s * d.dv));
-      std::vector<A> qh(static_cast<size_t>(d.t * d.d)), oh(static_cast<size_t>(d.t * d.dv)),
-          doh(static_cast<size_t>(d.t * d.dv));
-      std::vector<A> dq(static_cast<size_t>(d.d));
-      for (int64_t bk = begin; bk < end; ++bk) {
-        int64_t b = bk / d.kv_heads, hk = bk % d.kv_heads;
-        std::fill(dk.begin(), dk.end(), A(0));
-        std::fill(dv.begin(), dv.end(), A(0));
-        Gather(kp, b, hk, d.s, d.kv_heads, d.d, kh.data());
-        Gather(vp, b, hk, d.s, d.kv_heads, d.dv, vh.data());
+      SingleThreadedGemms one_thread;
+      std::vector<A> dk_acc(static_cast<size_t>(d.s * d.d)),
+          dv_acc(static_cast<size_t>(d.s * d.dv));
+      std::vector<A> dq_acc(kQueryBlock * d.d), s(kQueryBlock * kKeyBlock),
+          dp(kQueryBlock * kKeyBlock), delta(kQueryBlock);
+      std::vector<T> p(kQueryBlock * kKeyBlock), ds(kQueryBlock * kKeyBlock);
+      auto gemm = [&](int64_t m, int64_t n, int64_t kk, MatrixRef a, MatrixRef bm, A* c,
+                      int64_t ldc, bool accumulate) {
+        if (failed) return;
+        Status st = GemmBlock(kT, kA, m, n, kk, a, bm, c, ldc, accumulate);
+        if (!st.ok() && !failed.exchange(true)) error = st;
+      };
+      for (int64_t task = begin; task < end; ++task) {
+        int64_t b = task / d.kv_heads, hk = task % d.kv_heads;
+        std::fill(dk_acc.begin(), dk_acc.end(), A(0));
+        std::fill(dv_acc.begin(), dv_acc.end(), A(0));
         for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-          Gather(qp, b, h, d.t, d.heads, d.d, qh.data());
-          Gather(opp, b, h, d.t, d.heads, d.dv, oh.data());
-          Gather(dop, b, h, d.t, d.heads, d.dv, doh.data());
-          for (int64_t t = 0; t < d.t; ++t) {
-            const A* qi = qh.data() + t * d.d;
-            const A* oi = oh.data() + t * d.dv;
-            const A* doi = doh.data() + t * d.dv;
-            A li = lse[(b * d.heads + h) * d.t + t];
-            A di = 0;
-            for (int64_t x = 0; x < d.dv; ++x) di += doi[x] * oi[x];
-            std::fill(dq.begin(), dq.end(), A(0));
-            for (int64_t j = 0; j <= LastKey(d, t, causal); ++j) {
-              const A* kj = kh.data() + j * d.d;
-              const A* vj = vh.data() + j * d.dv;
-              A p = std::exp(Dot(qi, kj, d.d) * sc - li);
-              A dp = Dot(doi, vj, d.dv);
-              A* dvj = dv.data() + j * d.dv;
-              for (int64_t x = 0; x < d.dv; ++x) dvj[x] += p * doi[x];
-              A ds = p * (dp - di) * sc;
-              A* dkj = dk.data() + j * d.d;
-              for (int64_t x = 0; x < d.d; ++x) {
-                dq[static_cast<size_t>(x)] += ds * kj[x];
-                dkj[x] += ds * qi[x];
-              }
+          for (int64_t q0 = 0; q0 < d.t; q0 += kQueryBlock) {
+            int64_t nq = std::min(kQueryBlock, d.t - q0);
+            const A* block_lse = lse + (b * d.heads + h) * d.t + q0;
+            for (int64_t i = 0; i < nq; ++i) {  // delta = rowsum(do ⊙ o)
+              const T *doi = dout.Row(b, q0 + i, h), *oi = o.Row(b, q0 + i, h);
+              A sum = 0;
+              for (int64_t x = 0; x < d.dv; ++x) sum += Widen(doi[x]) * Widen(oi[x]);
+              delta[i] = sum;
             }
-            T* dqi = dqp + ((b * d.t + t) * d.heads + h) * d.d;
-            for (int64_t x = 0; x < d.d; ++x) dqi[x] = Narrow<T>(dq[static_cast<size_t>(x)]);
+            std::fill(dq_acc.begin(), dq_acc.end(), A(0));
+            int64_t last = LastKey(d, q0 + nq - 1, causal);
+            for (int64_t k0 = 0; k0 <= last; k0 += kKeyBlock) {
+              int64_t nk = std::min(kKeyBlock, last + 1 - k0);
+              gemm(nq, nk, d.d, q.At(b, q0, h), k.At(b, k0, hk, true), s.data(), nk, false);
+              gemm(nq, nk, d.dv, dout.At(b, q0, h), v.At(b, k0, hk, true), dp.data(), nk, false);
+              if (failed) break;
+              for (int64_t i = 0; i < nq; ++i) {
+                int64_t visible = VisibleKeys(d, causal, q0 + i, k0, nk);
+                for (int64_t j = 0; j < nk; ++j) {
+                  int64_t at = i * nk + j;
+                  A pij = j < visible ? std::exp(s[at] * scale - block_lse[i]) : A(0);
+                  p[at] = Narrow<T>(pij);
+                  ds[at] = Narrow<T>(pij * (dp[at] - delta[i]) * scale);
+                }
+              }
+              gemm(nk, d.dv, nq, MatrixRef{p.data(), nk, true}, dout.At(b, q0, h),
+                   dv_acc.data() + k0 * d.dv, d.dv, true);
+              gemm(nk, d.d, nq, MatrixRef{ds.data(), nk, true}, q.At(b, q0, h),
+                   dk_acc.data() + k0 * d.d, d.d, true);
+              gemm(nq, d.d, nk, MatrixRef{ds.data(), nk}, k.At(b, k0, hk), dq_acc.data(), d.d,
+                   true);
+            }
+            for (int64_t i = 0; i < nq; ++i) {
+              T* out = dq.Row(b, q0 + i, h);
+              for (int64_t x = 0; x < d.d; ++x) out[x] = Narrow<T>(dq_acc[i * d.d + x]);
+            }
           }
         }
         for (int64_t j = 0; j < d.s; ++j) {
-          T* dkj = dkp + ((b * d.s + j) * d.kv_heads + hk) * d.d;
-          T* dvj = dvp + ((b * d.s + j) * d.kv_heads + hk) * d.dv;
-          for (int64_t x = 0; x < d.d; ++x)
-            dkj[x] = Narrow<T>(dk[static_cast<size_t>(j * d.d + x)]);
-          for (int64_t x = 0; x < d.dv; ++x)
-            dvj[x] = Narrow<T>(dv[static_cast<size_t>(j * d.dv + x)]);
+          T *dkj = dk.Row(b, j, hk), *dvj = dv.Row(b, j, hk);
+          for (int64_t x = 0; x < d.d; ++x) dkj[x] = Narrow<T>(dk_acc[j * d.d + x]);
+          for (int64_t x = 0; x < d.dv; ++x) dvj[x] = Narrow<T>(dv_acc[j * d.dv + x]);
         }
       }
     });
-    return Status();
+    return error;
   });
 }
 

@@ -2,6 +2,8 @@
 // accumulation, clipping by global norm, an optimizer step (any op shaped like optim.AdamW), a
 // learning-rate schedule, evaluation on a held-out stream, metrics and atomic checkpoints that
 // `weir run --resume` continues from exactly.
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_reduce.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -144,12 +146,18 @@ class TrainStep : public StreamKernel {
       WEIR_RETURN_IF_ERROR(DispatchFloat(d.dtype(), [&](auto tag) {
         using T = decltype(tag);
         const T* p = d.data<T>();
-        double part = 0;
-        for (int64_t i = 0; i < d.numel(); ++i) {
-          double x = static_cast<double>(Widen(p[i]));
-          part += x * x;
-        }
-        sumsq += part;
+        // Deterministic: the same chunks sum in the same order on every run, so a resumed run
+        // clips exactly as the uninterrupted one did.
+        sumsq += tbb::parallel_deterministic_reduce(
+            tbb::blocked_range<int64_t>(0, d.numel(), 1 << 16), 0.0,
+            [&](const tbb::blocked_range<int64_t>& r, double part) {
+              for (int64_t i = r.begin(); i < r.end(); ++i) {
+                double x = static_cast<double>(Widen(p[i]));
+                part += x * x;
+              }
+              return part;
+            },
+            std::plus<double>());
         return Status();
       }));
     }
