@@ -7,6 +7,8 @@
 #include <set>
 #include <sstream>
 
+#include "weir/gemm.h"
+
 namespace weir {
 
 struct Program::Node {
@@ -132,6 +134,7 @@ class ProgramBuilder {
     if (options_.recompute) Recompute();
     CountNodes();
     Schedule();
+    FormWaves();
     PlanMemory();
     return Status();
   }
@@ -496,12 +499,40 @@ class ProgramBuilder {
     });
   }
 
-  // Greedy first-fit placement of every intermediate in one arena, by liveness in execution
-  // order.
+  // Cuts the execution order into waves: a node joins the current wave unless it reads a value
+  // the wave produces. Waves keep the order's phases (B before deferred W) because they are
+  // contiguous runs of it.
+  void FormWaves() {
+    constexpr size_t kMaxWave = 16;
+    p_.waves_ = {0};
+    std::set<int> in_wave;
+    for (size_t k = 0; k < p_.order_.size(); ++k) {
+      const Program::Node& node = p_.nodes_[static_cast<size_t>(p_.order_[k])];
+      bool depends = !options_.concurrent_nodes || in_wave.size() >= kMaxWave;
+      for (ValueRef v : node.inputs) depends = depends || in_wave.count(v.node) > 0;
+      if (depends && k > p_.waves_.back()) {
+        p_.waves_.push_back(k);
+        in_wave.clear();
+      }
+      in_wave.insert(p_.order_[k]);
+    }
+    p_.waves_.push_back(p_.order_.size());
+    p_.stats_.waves = static_cast<int>(p_.waves_.size()) - 1;
+    for (size_t w = 0; w + 1 < p_.waves_.size(); ++w) {
+      p_.stats_.widest_wave =
+          std::max(p_.stats_.widest_wave, static_cast<int>(p_.waves_[w + 1] - p_.waves_[w]));
+    }
+  }
+
+  // Greedy first-fit placement of every intermediate in one arena, by liveness in waves: a
+  // value lives from the wave that makes it through the last wave that reads it, so nodes
+  // running together never share memory.
   void PlanMemory() {
     size_t n = p_.nodes_.size();
-    std::vector<size_t> step(n);  // when each node runs
-    for (size_t k = 0; k < p_.order_.size(); ++k) step[static_cast<size_t>(p_.order_[k])] = k;
+    std::vector<size_t> step(n);  // the wave each node runs in
+    for (size_t w = 0; w + 1 < p_.waves_.size(); ++w)
+      for (size_t k = p_.waves_[w]; k < p_.waves_[w + 1]; ++k)
+        step[static_cast<size_t>(p_.order_[k])] = w;
     std::map<ValueRef, size_t> last_use;
     for (size_t i = 0; i < n; ++i) {
       for (ValueRef v : p_.nodes_[i].inputs) {
@@ -585,8 +616,8 @@ StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
   auto value = [&](ValueRef v) -> const Tensor& {
     return values[static_cast<size_t>(v.node)][static_cast<size_t>(v.port)];
   };
-  for (int index : order_) {
-    size_t i = static_cast<size_t>(index);
+  // Runs one node; writes only values[i], reads only values of earlier waves.
+  auto run_node = [&](size_t i) -> Status {
     const Node& n = nodes_[i];
     std::vector<Tensor>& out = values[i];
     auto planned = [&](size_t o) {
@@ -603,7 +634,7 @@ StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
                                  ", the program was built for " + n.outputs[0].ToString());
         }
         out = {in.Contiguous()};
-        break;
+        return Status();
       }
       case Node::kParam: {
         const Tensor* master = params.Find(n.name);
@@ -613,14 +644,14 @@ StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
                                  ", the program needs " + n.outputs[0].ToString());
         }
         out = {master->dtype() == n.outputs[0].dtype ? *master : master->To(n.outputs[0].dtype)};
-        break;
+        return Status();
       }
       case Node::kConstant: {
         Tensor t = planned(0);
         for (int64_t k = 0; k < t.numel(); ++k)
           StoreFromDouble(t.raw_data(), t.dtype(), k, n.constant);
         out = {t};
-        break;
+        return Status();
       }
       case Node::kAccumulate: {
         Tensor t = planned(0);
@@ -628,10 +659,11 @@ StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
         for (ValueRef v : n.inputs) parts.push_back(&value(v));
         SumInto(parts, t);
         out = {t};
-        break;
+        return Status();
       }
       case Node::kOp: {
-        for (size_t o = 0; o < n.outputs.size(); ++o) out.push_back(planned(o));
+        std::vector<Tensor> made;
+        for (size_t o = 0; o < n.outputs.size(); ++o) made.push_back(planned(o));
         std::vector<const Tensor*> ins;
         for (ValueRef v : n.inputs) {
           if (values[static_cast<size_t>(v.node)].size() <= static_cast<size_t>(v.port))
@@ -640,7 +672,7 @@ StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
           ins.push_back(&value(v));
         }
         std::vector<Tensor*> outs;
-        for (Tensor& t : out) outs.push_back(&t);
+        for (Tensor& t : made) outs.push_back(&t);
         KernelContext ctx(std::move(ins), std::move(outs), &n.attrs);
         Status s;
         try {
@@ -649,9 +681,24 @@ StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
           s = Internal(std::string("kernel threw: ") + e.what());
         }
         if (!s.ok()) return s.At(n.loc).InNode(n.name, n.entry->def.name());
-        break;
+        out = std::move(made);
+        return Status();
       }
     }
+    return Internal("unknown node kind");
+  };
+  for (size_t w = 0; w + 1 < waves_.size(); ++w) {
+    size_t begin = waves_[w], end = waves_[w + 1];
+    if (end - begin == 1) {
+      WEIR_RETURN_IF_ERROR(run_node(static_cast<size_t>(order_[begin])));
+      continue;
+    }
+    std::vector<Status> status(end - begin);
+    tbb::parallel_for(begin, end, [&](size_t k) {
+      SingleThreadedGemms one_thread;  // the wave's nodes already share out the cores
+      status[k - begin] = run_node(static_cast<size_t>(order_[k]));
+    });
+    for (const Status& st : status) WEIR_RETURN_IF_ERROR(st);
   }
   Outputs result;
   for (ValueRef v : outputs_) result.values.push_back(value(v));

@@ -120,6 +120,40 @@ TEST(TinyGpt, WeightGradientsCanRunAfterAllInputGradients) {
     EXPECT_EQ(g.ToVector(), b->param_grads.at(name).ToVector()) << name;
 }
 
+TEST(TinyGpt, ConcurrentNodesComputeTheSameGradients) {
+  ProgramOptions concurrent;
+  concurrent.concurrent_nodes = true;
+  auto sequential = BuildGpt("f32", 4, 32, {});
+  auto waves = BuildGpt("f32", 4, 32, concurrent);
+  ASSERT_TRUE(sequential.ok() && waves.ok());
+  const ProgramStats& s = (*sequential)->stats();
+  const ProgramStats& w = (*waves)->stats();
+  EXPECT_EQ(s.widest_wave, 1);
+  EXPECT_GT(w.widest_wave, 1);
+  EXPECT_LT(w.waves, s.waves);
+  LOG(INFO) << w.waves << " waves of up to " << w.widest_wave << " nodes instead of " << s.waves
+            << " steps; arena " << w.memory.arena_bytes << " vs " << s.memory.arena_bytes
+            << " bytes";
+  // Nodes running together never share a buffer, so the concurrent plan needs at least as much.
+  EXPECT_GE(w.memory.arena_bytes, s.memory.arena_bytes);
+  ParamStore params;
+  params.Initialize((*sequential)->params(), 5);
+  std::vector<Tensor> inputs = Tokens(4, 32, 11, 6);
+  auto a = (*sequential)->Run(inputs, params);
+  ASSERT_TRUE(a.ok());
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    auto b = (*waves)->Run(inputs, params);
+    ASSERT_TRUE(b.ok()) << b.status().ToString();
+    EXPECT_NEAR(a->values[0].At(0), b->values[0].At(0), 1e-5);
+    for (const auto& [name, g] : a->param_grads) {
+      std::vector<double> x = g.ToVector(), y = b->param_grads.at(name).ToVector();
+      ASSERT_EQ(x.size(), y.size());
+      for (size_t i = 0; i < x.size(); ++i)
+        ASSERT_NEAR(x[i], y[i], 1e-5 * (1 + std::abs(x[i]))) << name << "[" << i << "]";
+    }
+  }
+}
+
 TEST(TinyGpt, RecomputingCheapOpsSavesMemoryAndChangesNothing) {
   auto kept = BuildGpt("f32", 4, 32, {});
   ProgramOptions options;

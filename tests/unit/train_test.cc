@@ -85,17 +85,21 @@ TEST(Training, LossFallsAndCheckpointsAreComplete) {
 }
 
 TEST(Training, ResumeContinuesExactly) {
-  for (const char* optimizer : {"optim.AdamW", "optim.SGD"}) {
-    std::string opt = std::string("optimizer=") + optimizer;
-    TrainRun whole = Train("whole", {opt});
+  // AdamW and SGD, one node at a time; AdamW with concurrent nodes.
+  for (auto [optimizer, concurrent] :
+       {std::pair{"optim.AdamW", false}, {"optim.SGD", false}, {"optim.AdamW", true}}) {
+    std::vector<std::string> opt = {std::string("optimizer=") + optimizer,
+                                    std::string("concurrent=") + (concurrent ? "true" : "false")};
+    SCOPED_TRACE(opt[1]);
+    TrainRun whole = Train("whole", opt);
     ASSERT_TRUE(whole.result.status.ok()) << whole.result.status.ToString();
-    TrainRun first = Train("first", {opt}, {}, /*stop_at=*/10);
+    TrainRun first = Train("first", opt, {}, /*stop_at=*/10);
     ASSERT_TRUE(first.result.status.ok()) << first.result.status.ToString();
     EXPECT_TRUE(first.result.interrupted);
     ASSERT_EQ(first.losses.size(), 10u) << "the stopped run trained past its stop";
     fs::path checkpoint = first.out / "checkpoints" / "step-000010";
     ASSERT_TRUE(fs::exists(checkpoint / "trainer_state.json"));
-    TrainRun second = Train("second", {opt}, checkpoint);
+    TrainRun second = Train("second", opt, checkpoint);
     ASSERT_TRUE(second.result.status.ok()) << second.result.status.ToString();
     ASSERT_EQ(second.losses.size(), 10u);
     for (int64_t step = 1; step <= 10; ++step)

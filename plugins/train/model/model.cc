@@ -11,7 +11,7 @@ StatusOr<std::shared_ptr<const Program>> Model::GetProgram(const std::vector<Ten
   std::lock_guard<std::mutex> lock(mu_);
   auto it = programs_.find(key);
   if (it != programs_.end()) return it->second;
-  ProgramOptions options;
+  ProgramOptions options = options_;
   options.loss = loss;
   WEIR_ASSIGN_OR_RETURN(auto program,
                         Program::Build(*graph_, function_, attrs_, inputs, *ops_, options));
@@ -28,6 +28,12 @@ void RegisterModel(Registrar& r) {
       .AttrOfType("function", ATTR_FUNC, std::nullopt, "the model's tensor function")
       .Attr<std::string>("attrs", "", "the function's attrs, as key=value pairs")
       .Attr<int64_t>("seed", 0, "seed of the parameter initialization")
+      .Attr("recompute", false,
+            "recompute cheap ops (norms, elementwise) in the backward pass instead of keeping "
+            "their outputs: less activation memory, the same gradients")
+      .Attr("concurrent_nodes", false,
+            "run independent nodes at the same time (their GEMMs single-threaded); helps when "
+            "single ops cannot fill the cores, slower on 2 cores (plugins/train/README.md)")
       .Factory([](const ResourceContext& ctx) -> StatusOr<std::shared_ptr<Resource>> {
         std::map<std::string, AttrValue> attrs;
         WEIR_ASSIGN_OR_RETURN(auto parsed,
@@ -39,9 +45,12 @@ void RegisterModel(Registrar& r) {
         // Instantiating once here reports a bad function or attr when the run starts.
         WEIR_RETURN_IF_ERROR(
             InstantiateFunction(*ctx.env().graph, function, attrs, *ctx.env().ops).status());
-        return std::shared_ptr<Resource>(
-            std::make_shared<Model>(ctx.env().graph, ctx.env().ops, function, std::move(attrs),
-                                    static_cast<uint64_t>(ctx.attrs().Int("seed"))));
+        ProgramOptions options;
+        options.recompute = ctx.attrs().Bool("recompute");
+        options.concurrent_nodes = ctx.attrs().Bool("concurrent_nodes");
+        return std::shared_ptr<Resource>(std::make_shared<Model>(
+            ctx.env().graph, ctx.env().ops, function, std::move(attrs),
+            static_cast<uint64_t>(ctx.attrs().Int("seed")), std::move(options)));
       });
 }
 

@@ -16,13 +16,16 @@ namespace weir::train {
 
 class Model : public Resource {
  public:
+  // `options` carries the execution choices (recompute, concurrent nodes); the loss is set per
+  // program.
   Model(const Graph* graph, const OpRegistry* ops, std::string function,
-        std::map<std::string, AttrValue> attrs, uint64_t seed)
+        std::map<std::string, AttrValue> attrs, uint64_t seed, ProgramOptions options)
       : graph_(graph),
         ops_(ops),
         function_(std::move(function)),
         attrs_(std::move(attrs)),
-        seed_(seed) {}
+        seed_(seed),
+        options_(std::move(options)) {}
 
   // The compiled function for these input types (cached), with its parameters created on first
   // use. `loss` empty: forward only.
@@ -40,6 +43,7 @@ class Model : public Resource {
   std::string function_;
   std::map<std::string, AttrValue> attrs_;
   uint64_t seed_;
+  ProgramOptions options_;
   std::mutex mu_;
   ParamStore params_;
   std::map<std::string, std::shared_ptr<const Program>> programs_;
