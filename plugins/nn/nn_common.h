@@ -15,6 +15,7 @@
 #include "weir/dispatch.h"
 #include "weir/registrar.h"
 #include "weir/tensor_op.h"
+#include "weir/vec_math.h"
 
 namespace weir::nn {
 
@@ -59,6 +60,52 @@ void ParallelFor(int64_t n, int64_t grain, F&& f) {
   }
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, n, static_cast<size_t>(grain)),
                     [&](const tbb::blocked_range<int64_t>& r) { f(r.begin(), r.end()); });
+}
+
+// Row reductions in eight partial results, so the loops vectorize: one running max or sum is a
+// serial dependency the compiler may not reorder.
+
+// max over row[0, n) in the accumulator type (−∞ when n is 0).
+template <typename T>
+AccumulatorOf<T> RowMax(const T* row, int64_t n) {
+  using A = AccumulatorOf<T>;
+  A part[8];
+  std::fill(part, part + 8, -std::numeric_limits<A>::infinity());
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) part[l] = std::max(part[l], Widen(row[j + l]));
+  for (; j < n; ++j) part[0] = std::max(part[0], Widen(row[j]));
+  return *std::max_element(part, part + 8);
+}
+
+template <bool kStore, typename T, typename O>
+AccumulatorOf<T> ExpSumLoop(const T* row, int64_t n, AccumulatorOf<T> scale, AccumulatorOf<T> shift,
+                            O* out) {
+  using A = AccumulatorOf<T>;
+  A part[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    for (int l = 0; l < 8; ++l) {
+      A e = Exp(Widen(row[j + l]) * scale - shift);
+      if constexpr (kStore) out[j + l] = Narrow<O>(e);
+      part[l] += e;
+    }
+  }
+  for (; j < n; ++j) {
+    A e = Exp(Widen(row[j]) * scale - shift);
+    if constexpr (kStore) out[j] = Narrow<O>(e);
+    part[0] += e;
+  }
+  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
+// Σ exp(row[j]·scale − shift) over [0, n); also stores each term in out (narrowed to O) unless
+// out is null.
+template <typename T, typename O>
+AccumulatorOf<T> ExpSum(const T* row, int64_t n, AccumulatorOf<T> scale, AccumulatorOf<T> shift,
+                        O* out) {
+  return out != nullptr ? ExpSumLoop<true>(row, n, scale, shift, out)
+                        : ExpSumLoop<false>(row, n, scale, shift, out);
 }
 
 // Shape function helper: the output has the type of input `i`.

@@ -26,14 +26,12 @@ inline float BitsFloat(uint32_t u) {
 struct bf16 {
   uint16_t bits = 0;
   bf16() = default;
+  // Branch-free, so loops that narrow to bf16 vectorize.
   explicit bf16(float f) {
     uint32_t u = FloatBits(f);
-    if (std::isnan(f)) {
-      bits = static_cast<uint16_t>((u >> 16) | 0x40);  // keep it a (quiet) NaN
-    } else {
-      u += 0x7fff + ((u >> 16) & 1);  // round to nearest, ties to even
-      bits = static_cast<uint16_t>(u >> 16);
-    }
+    uint32_t rounded = (u + 0x7fff + ((u >> 16) & 1)) >> 16;  // round to nearest, ties to even
+    uint32_t quiet_nan = (u >> 16) | 0x40;                    // keep a NaN a (quiet) NaN
+    bits = static_cast<uint16_t>(f != f ? quiet_nan : rounded);
   }
   explicit operator float() const { return BitsFloat(static_cast<uint32_t>(bits) << 16); }
 };

@@ -138,15 +138,9 @@ Status AttentionCpu(KernelContext& ctx) {
             int64_t visible = VisibleKeys(d, causal, q0 + i, k0, nk);
             std::fill(prow + visible, prow + nk, T(0));
             if (visible == 0) continue;
-            A bm = -std::numeric_limits<A>::infinity();
-            for (int64_t j = 0; j < visible; ++j) bm = std::max(bm, row[j] * scale);
-            A mn = std::max(m[i], bm), sum = 0;
-            for (int64_t j = 0; j < visible; ++j) {
-              A e = std::exp(row[j] * scale - mn);
-              prow[j] = Narrow<T>(e);
-              sum += e;
-            }
-            A corr = std::exp(m[i] - mn);
+            A mn = std::max(m[i], RowMax(row, visible) * scale);  // scale > 0
+            A sum = ExpSum(row, visible, scale, mn, prow);
+            A corr = Exp(m[i] - mn);
             l[i] = l[i] * corr + sum;
             for (int64_t x = 0; x < d.dv; ++x) acc[i * d.dv + x] *= corr;
             m[i] = mn;
@@ -229,13 +223,14 @@ Status AttentionGradCpu(KernelContext& ctx) {
               gemm(nq, nk, d.dv, dout.At(b, q0, h), v.At(b, k0, hk, true), dp.data(), nk, false);
               if (failed) break;
               for (int64_t i = 0; i < nq; ++i) {
-                int64_t visible = VisibleKeys(d, causal, q0 + i, k0, nk);
-                for (int64_t j = 0; j < nk; ++j) {
-                  int64_t at = i * nk + j;
-                  A pij = j < visible ? std::exp(s[at] * scale - block_lse[i]) : A(0);
-                  p[at] = Narrow<T>(pij);
-                  ds[at] = Narrow<T>(pij * (dp[at] - delta[i]) * scale);
+                int64_t visible = VisibleKeys(d, causal, q0 + i, k0, nk), at = i * nk;
+                for (int64_t j = 0; j < visible; ++j) {
+                  A pij = Exp(s[at + j] * scale - block_lse[i]);
+                  p[at + j] = Narrow<T>(pij);
+                  ds[at + j] = Narrow<T>(pij * (dp[at + j] - delta[i]) * scale);
                 }
+                std::fill(p.begin() + at + visible, p.begin() + at + nk, Narrow<T>(A(0)));
+                std::fill(ds.begin() + at + visible, ds.begin() + at + nk, Narrow<T>(A(0)));
               }
               gemm(nk, d.dv, nq, MatrixRef{p.data(), nk, true}, dout.At(b, q0, h),
                    dv_acc.data() + k0 * d.dv, d.dv, true);

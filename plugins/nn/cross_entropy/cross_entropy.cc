@@ -56,11 +56,9 @@ StatusOr<RowStats> Prepare(const Tensor& logits, const Tensor& targets, const Te
   ParallelFor(n, 16, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const T* row = x + r * v;
-      A m = -std::numeric_limits<A>::infinity();
-      for (int64_t j = 0; j < v; ++j) m = std::max(m, Widen(row[j]));
-      A s = 0;
-      for (int64_t j = 0; j < v; ++j) s += std::exp(Widen(row[j]) - m);
-      out.lse[static_cast<size_t>(r)] = static_cast<double>(m + std::log(s));
+      A m = RowMax(row, v);
+      out.lse[static_cast<size_t>(r)] =
+          static_cast<double>(m + std::log(ExpSum(row, v, A(1), m, static_cast<T*>(nullptr))));
     }
   });
   return out;
@@ -109,11 +107,15 @@ Status CrossEntropyGradCpu(KernelContext& ctx) {
       for (int64_t r = b; r < e; ++r) {
         double w = rows.denom > 0 ? rows.weight[static_cast<size_t>(r)] / rows.denom * dloss : 0.0;
         A scale = static_cast<A>(w), lse = static_cast<A>(rows.lse[static_cast<size_t>(r)]);
-        int64_t t = Target(targets, r);
-        for (int64_t j = 0; j < v; ++j) {
-          A p = w == 0 ? A(0) : std::exp(Widen(x[r * v + j]) - lse);
-          dx[r * v + j] = Narrow<T>((p - (j == t ? A(1) : A(0))) * scale);
+        const T* row = x + r * v;
+        T* drow = dx + r * v;
+        if (w == 0) {
+          std::fill(drow, drow + v, Narrow<T>(A(0)));
+          continue;
         }
+        for (int64_t j = 0; j < v; ++j) drow[j] = Narrow<T>(Exp(Widen(row[j]) - lse) * scale);
+        int64_t t = Target(targets, r);
+        drow[t] = Narrow<T>((Exp(Widen(row[t]) - lse) - A(1)) * scale);
       }
     });
     return Status();

@@ -31,7 +31,7 @@ Status Map(KernelContext& ctx, F f, int output = 0) {
 
 template <typename A>
 A Sigmoid(A x) {
-  return A(1) / (A(1) + std::exp(-x));
+  return A(1) / (A(1) + Exp(-x));
 }
 
 Status SameShapes(ShapeContext& ctx) {
