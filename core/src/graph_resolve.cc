@@ -282,11 +282,14 @@ class Resolver {
       } else {
         for (size_t n = 0; n < instance.nodes.size(); ++n)
           if (instance.nodes[n].name == e.node) out.node = static_cast<int>(n);
-        const auto& ports = instance.nodes.at(static_cast<size_t>(out.node)).entry->def.output();
-        out.port = e.port.empty() ? 0 : -1;
-        for (int p = 0; p < ports.size(); ++p)
-          if (ports[p].name() == e.port) out.port = p;
-        if (out.port < 0) out.port = std::stoi(e.port);
+        const Node& from = instance.nodes.at(static_cast<size_t>(out.node));
+        out.port = OutputIndex(from, e.port);
+        if (out.port < 0) {
+          Fail(NotFound("function '" + f.name + "' output '" + out.name + "': node '" + from.name +
+                        "' (op '" + from.op + "') has no output port '" + e.port + "'")
+                   .At(f.outputs[i].source.loc));
+          continue;
+        }
       }
       instance.outputs.push_back(out);
     }
@@ -599,6 +602,21 @@ class Resolver {
     return p.type();
   }
 
+  static int NumOutputs(const Node& n) {
+    return weir::NumOutputs(n.entry->def, [&](const std::string& a) { return n.FindAttr(a); });
+  }
+
+  // The index of output `port` (a name or a number; empty: 0) of node n, or -1.
+  static int OutputIndex(const Node& n, const std::string& port) {
+    if (port.empty()) return NumOutputs(n) > 0 ? 0 : -1;
+    const auto& outs = n.entry->def.output();
+    for (int p = 0; p < outs.size(); ++p)
+      if (outs[p].name() == port) return p;
+    if (port.size() > 9 || !std::all_of(port.begin(), port.end(), ::isdigit)) return -1;
+    int index = std::stoi(port);
+    return index < NumOutputs(n) ? index : -1;
+  }
+
   static bool Compatible(const Node& from, const std::string& out_type, const Node& to,
                          const std::string& in_type) {
     bool from_stream = from.entry->def.kind() == OpDef::STREAM;
@@ -663,15 +681,13 @@ class Resolver {
           continue;
         }
         const auto& outs = from.entry->def.output();
-        int port = -1;
-        if (e.port.empty()) port = 0;
-        for (int p = 0; p < outs.size(); ++p)
-          if (outs[p].name() == e.port) port = p;
-        if (port < 0 && std::all_of(e.port.begin(), e.port.end(), ::isdigit))
-          port = std::stoi(e.port);
-        if (port < 0 || port >= outs.size()) {
+        int port = OutputIndex(from, e.port);
+        if (port < 0) {
           std::string list;
-          for (const PortDef& p : outs) list += (list.empty() ? "" : ", ") + p.name();
+          for (const PortDef& p : outs) {
+            list += (list.empty() ? "" : ", ") + p.name();
+            if (p.variadic()) list += " ×" + std::to_string(NumOutputs(from) - outs.size() + 1);
+          }
           fail(NotFound("input '" + in.written.ToString() + "': node '" + from.name + "' (op '" +
                         from.op + "') has no output port '" + e.port +
                         "' (outputs: " + (list.empty() ? "none" : list) + ")")
@@ -684,12 +700,14 @@ class Resolver {
           continue;  // counted below
         }
         int in_port = std::min(slot, ports.size() - 1);
-        std::string out_type = PortType(from, outs[port]);
+        const PortDef& out_port = OutputPort(from.entry->def, port);
+        std::string out_type = PortType(from, out_port);
         std::string in_type = PortType(n, ports[in_port]);
         if (!Compatible(from, out_type, n, in_type)) {
           fail(InvalidArgument("port type mismatch: input " + std::to_string(slot) + " ('" +
                                ports[in_port].name() + "') expects " + in_type + ", got " +
-                               out_type + " from '" + from.name + ":" + outs[port].name() + "'")
+                               out_type + " from '" + from.name + ":" +
+                               (out_port.variadic() ? std::to_string(port) : out_port.name()) + "'")
                    .At(in.written.loc));
         }
         in.node = it->second;

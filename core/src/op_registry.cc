@@ -73,6 +73,17 @@ const ResourceKindEntry* OpRegistry::FindResourceKind(std::string_view name) con
   return it == resource_kinds_.end() ? nullptr : it->second.get();
 }
 
+int NumOutputs(const OpDef& def, const AttrValue* count) {
+  int n = def.output_size();
+  if (n == 0 || !def.output().rbegin()->variadic()) return n;
+  int64_t repeat = count == nullptr ? 1 : AttrInt(*count);
+  return n - 1 + static_cast<int>(std::max<int64_t>(repeat, 0));
+}
+
+const PortDef& OutputPort(const OpDef& def, int index) {
+  return def.output(std::min(index, def.output_size() - 1));
+}
+
 std::vector<std::string> OpRegistry::OpNames() const { return Keys(ops_); }
 std::vector<std::string> OpRegistry::ResourceKindNames() const { return Keys(resource_kinds_); }
 
@@ -92,6 +103,17 @@ Status OpRegistry::Commit(Registrar& staged, const std::string& plugin) {
       problems.push_back("stream op '" + name + "' has no kernel factory");
     if (op.def->kind() == OpDef::TENSOR && !parts.kernels.empty() && !parts.shape)
       problems.push_back("tensor op '" + name + "' has kernels but no shape function");
+    if (op.def->output_size() > 0 && op.def->output().rbegin()->variadic()) {
+      const std::string& count = op.def->output().rbegin()->count_attr();
+      bool found = false;
+      for (const AttrDef& a : op.def->attr())
+        found = found || (a.name() == count && a.type() == ATTR_INT);
+      if (!found) {
+        problems.push_back("op '" + name + "': variadic output '" +
+                           op.def->output().rbegin()->name() + "' needs an int attr '" + count +
+                           "' for its count");
+      }
+    }
   }
   for (auto& kind : staged.resource_kinds()) {
     if (const ResourceKindEntry* existing = FindResourceKind(kind.def->name())) {

@@ -129,10 +129,21 @@ OpBuilder& OpBuilder::VariadicInput(const std::string& name, const std::string& 
 
 OpBuilder& OpBuilder::Output(const std::string& name, const std::string& type,
                              const std::string& doc) {
+  if (def_->output_size() > 0 && def_->output().rbegin()->variadic())
+    errors_->push_back("op '" + def_->name() + "': output '" + name +
+                       "' follows a variadic output");
   PortDef* p = def_->add_output();
   p->set_name(name);
   p->set_type(type);
   p->set_doc(doc);
+  return *this;
+}
+
+OpBuilder& OpBuilder::VariadicOutput(const std::string& name, const std::string& type,
+                                     const std::string& count_attr, const std::string& doc) {
+  Output(name, type, doc);
+  def_->mutable_output()->rbegin()->set_variadic(true);
+  def_->mutable_output()->rbegin()->set_count_attr(count_attr);
   return *this;
 }
 

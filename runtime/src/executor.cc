@@ -178,7 +178,8 @@ class Run {
       auto& rt = nodes_[i];
       rt = std::make_unique<RtNode>();
       rt->node = &n;
-      rt->num_outputs = n.entry->def.output_size();
+      rt->num_outputs =
+          NumOutputs(n.entry->def, [&](const std::string& a) { return n.FindAttr(a); });
       rt->edges.resize(rt->num_outputs);
       rt->source = n.inputs.empty();
       rt->concurrent = !n.entry->def.stateful() && n.entry->def.max_concurrency() != 1;

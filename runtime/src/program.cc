@@ -198,7 +198,10 @@ class ProgramBuilder {
       types.push_back(info.type);
     }
     if (!entry->shape) return fail(Internal("op has no shape function"));
-    ShapeContext sc(&types, &n.attrs, entry->def.output_size());
+    int outputs = NumOutputs(entry->def, [&](const std::string& a) {
+      return n.attrs.Has(a) ? &n.attrs.Get(a) : nullptr;
+    });
+    ShapeContext sc(&types, &n.attrs, outputs);
     Status shaped = entry->shape(sc);
     if (!shaped.ok()) return fail(shaped);
     n.outputs = sc.outputs();
@@ -252,7 +255,8 @@ class ProgramBuilder {
       WEIR_ASSIGN_OR_RETURN(ValueRef first, b_.AddOp(entry, name, std::move(inputs),
                                                      std::move(attrs), n().loc, false));
       std::vector<ValueRef> outs;
-      for (int p = 0; p < entry->def.output_size(); ++p) outs.push_back({first.node, p});
+      int made = static_cast<int>(b_.p_.nodes_.at(static_cast<size_t>(first.node)).outputs.size());
+      for (int p = 0; p < made; ++p) outs.push_back({first.node, p});
       return outs;
     }
     void set_input_grad(int i, ValueRef g) override { input_grads_.at(static_cast<size_t>(i)) = g; }

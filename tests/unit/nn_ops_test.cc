@@ -96,6 +96,25 @@ TEST(NnGrad, ShapeOps) {
   EXPECT_GT(CheckGradients({"nn.Transpose", "perm=[2, 0, 1]", {F64({2, 3, 4})}}), 0);
   EXPECT_GT(CheckGradients({"nn.Concat", "axis=1", {F64({2, 1, 3}), F64({2, 2, 3})}}), 0);
   EXPECT_GT(CheckGradients({"nn.Slice", "axis=1 begin=1 end=3", {F64({2, 4, 2})}}), 0);
+  // Every part used (the gradient is a Concat) and only one used (zeros elsewhere).
+  OpCase split{"nn.Split", "num=3 axis=1", {F64({2, 6, 2})}};
+  split.output = -1;
+  EXPECT_EQ(CheckGradients(split), 24);
+  OpCase part{"nn.Split", "num=3 sizes=[1, 4, 1] axis=1", {F64({2, 6, 2})}};
+  part.output = 1;
+  EXPECT_EQ(CheckGradients(part), 24);
+}
+
+TEST(NnReference, SplitPartsAreTheSlices) {
+  OpCase c{"nn.Split", "num=3 sizes=[2, 0, 3] axis=-1", {F64({2, 5})}};
+  auto parts = RunOp(c);
+  ASSERT_TRUE(parts.ok()) << parts.status().ToString();
+  ASSERT_EQ(parts->size(), 3u);
+  std::vector<double> x = CaseInputs(c)[0].ToVector();
+  EXPECT_EQ((*parts)[0].shape(), (Shape{2, 2}));
+  EXPECT_EQ((*parts)[1].shape(), (Shape{2, 0}));
+  EXPECT_EQ((*parts)[0].ToVector(), (std::vector<double>{x[0], x[1], x[5], x[6]}));
+  EXPECT_EQ((*parts)[2].ToVector(), (std::vector<double>{x[2], x[3], x[4], x[7], x[8], x[9]}));
 }
 
 TEST(NnGrad, Dropout) {
@@ -279,6 +298,15 @@ TEST(NnShapes, MismatchesNameBothShapes) {
   EXPECT_NE(reshape.status().ToString().find(":5:"), std::string::npos)
       << reshape.status().ToString();
   EXPECT_NE(reshape.status().ToString().find("node 'op' (op 'nn.Reshape')"), std::string::npos);
+  auto split = RunOp({"nn.Split", "num=2 sizes=[2, 3]", {F64({2, 6})}});
+  ASSERT_FALSE(split.ok());
+  EXPECT_NE(split.status().message().find("sizes add up to 5, axis 1 of [2, 6] has 6"),
+            std::string::npos)
+      << split.status().ToString();
+  auto uneven = RunOp({"nn.Split", "num=4", {F64({2, 6})}});
+  ASSERT_FALSE(uneven.ok());
+  EXPECT_NE(uneven.status().message().find("does not split into 4 equal parts"), std::string::npos)
+      << uneven.status().ToString();
   auto ids = RunOp({"nn.Embedding", "num_embeddings=3 dim=2", {I64({2})}, {{0, {1, 7}}}});
   ASSERT_FALSE(ids.ok());
   EXPECT_NE(ids.status().message().find("id 7 at position 1 is outside the table [0, 3)"),

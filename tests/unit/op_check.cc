@@ -8,16 +8,45 @@
 
 namespace weir::testing {
 
+int NumCaseOutputs(const OpCase& c) {
+  const OpEntry* entry = TestRegistry().Find(c.op);
+  if (entry == nullptr) return 1;
+  std::map<std::string, AttrValue> given;
+  auto parsed = ParseAttrString(c.attrs, SourceLoc{});
+  if (parsed.ok()) {
+    for (const AttrAssignment& a : *parsed) {
+      auto v = InferLiteral(a.value);
+      if (v.ok()) given[a.key] = *v;
+    }
+  }
+  return NumOutputs(entry->def, [&](const std::string& name) -> const AttrValue* {
+    if (given.count(name)) return &given[name];
+    for (const AttrDef& d : entry->def.attr())
+      if (d.name() == name) return &d.default_value();
+    return nullptr;
+  });
+}
+
+namespace {
+
+std::vector<int> LossOutputs(const OpCase& c) {
+  if (c.output >= 0) return {c.output};
+  std::vector<int> all(static_cast<size_t>(NumCaseOutputs(c)));
+  for (size_t k = 0; k < all.size(); ++k) all[k] = static_cast<int>(k);
+  return all;
+}
+
+}  // namespace
+
 StatusOr<Graph> OpGraph(const OpCase& c, bool with_loss) {
   std::string text = "function {\n  name: \"F\"\n";
   for (size_t i = 0; i < c.inputs.size(); ++i) text += "  input: \"x" + std::to_string(i) + "\"\n";
-  if (with_loss) text += "  input: \"w\"\n  output: \"loss=sum:y\"\n";
+  std::vector<int> reduced = LossOutputs(c);
   if (with_loss) {
-    text += "  output: \"y=op:" + std::to_string(c.output) + "\"\n";
+    for (size_t k = 0; k < reduced.size(); ++k) text += "  input: \"w" + std::to_string(k) + "\"\n";
+    text += "  output: \"loss=sum" + std::to_string(reduced.size() - 1) + "\"\n";
   } else {
-    const OpEntry* entry = TestRegistry().Find(c.op);
-    int outputs = entry ? entry->def.output_size() : 1;
-    for (int o = 0; o < outputs; ++o)
+    for (int o = 0; o < NumCaseOutputs(c); ++o)
       text += "  output: \"y" + std::to_string(o) + "=op:" + std::to_string(o) + "\"\n";
   }
   text += "  node { name: \"op\" op: \"" + c.op + "\"";
@@ -25,8 +54,19 @@ StatusOr<Graph> OpGraph(const OpCase& c, bool with_loss) {
   if (!c.attrs.empty()) text += " attr: \"" + c.attrs + "\"";
   text += " }\n";
   if (with_loss) {
-    text += "  node { name: \"mul\" op: \"nn.Mul\" input: \"op:" + std::to_string(c.output) +
-            "\" input: \"w\" }\n  node { name: \"sum\" op: \"nn.Sum\" input: \"mul\" }\n";
+    // sum<k> = sum<k-1> + Σ op:out_k ⊙ w_k
+    for (size_t k = 0; k < reduced.size(); ++k) {
+      std::string n = std::to_string(k);
+      text += "  node { name: \"mul" + n +
+              "\" op: \"nn.Mul\" input: \"op:" + std::to_string(reduced[k]) + "\" input: \"w" + n +
+              "\" }\n";
+      text += "  node { name: \"" + std::string(k == 0 ? "sum" : "part") + n +
+              "\" op: \"nn.Sum\" input: \"mul" + n + "\" }\n";
+      if (k > 0) {
+        text += "  node { name: \"sum" + n + "\" op: \"nn.Add\" input: \"sum" +
+                std::to_string(k - 1) + "\" input: \"part" + n + "\" }\n";
+      }
+    }
   }
   text += "}\n";
   // ctest runs test processes in parallel: the process id keeps their files apart.
@@ -92,17 +132,19 @@ int CheckGradients(const OpCase& c, double tolerance) {
   auto forward = RunOp(c);
   EXPECT_TRUE(forward.ok()) << forward.status().ToString();
   if (!forward.ok()) return 0;
-  TensorType out_type{(*forward)[0].dtype(), (*forward)[0].shape()};
   auto graph = OpGraph(c, true);
   EXPECT_TRUE(graph.ok()) << graph.status().ToString();
   if (!graph.ok()) return 0;
   std::vector<TensorType> types = c.inputs;
-  types.push_back(out_type);
   std::vector<Tensor> inputs = CaseInputs(c);
-  OpCase wcase;
-  wcase.inputs = {out_type};
-  wcase.seed = c.seed + 7;
-  inputs.push_back(CaseInputs(wcase)[0]);
+  for (int o : LossOutputs(c)) {  // a random weight per reduced output
+    const Tensor& out = forward->at(static_cast<size_t>(o));
+    OpCase wcase;
+    wcase.inputs = {TensorType{out.dtype(), out.shape()}};
+    wcase.seed = c.seed + 7 + static_cast<uint64_t>(o);
+    types.push_back(wcase.inputs[0]);
+    inputs.push_back(CaseInputs(wcase)[0]);
+  }
   ProgramOptions options;
   options.loss = "loss";
   std::vector<size_t> checked_inputs;

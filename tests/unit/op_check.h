@@ -26,13 +26,17 @@ struct OpCase {
   std::vector<TensorType> inputs;
   std::map<int, std::vector<double>> values;  // fixed values (ids, targets); others random
   std::vector<int> no_grad;                   // inputs not to check (ids, masks)
-  int output = 0;                             // the output the loss reduces
+  int output = 0;  // the output the loss reduces; -1: all of them (a sum of weighted sums)
   uint64_t seed = 1;
 };
 
-// A graph holding function "F": the op over inputs x0..xn; with_loss adds input w and output
-// "loss" = Σ op.output ⊙ w, else F returns every output of the op.
+// A graph holding function "F": the op over inputs x0..xn; with_loss adds inputs w0.. and output
+// "loss" = Σ_k Σ op.output_k ⊙ w_k over the outputs the case reduces, else F returns every
+// output of the op.
 StatusOr<Graph> OpGraph(const OpCase& c, bool with_loss);
+
+// How many outputs the case's op node has (a variadic output counted from the case's attrs).
+int NumCaseOutputs(const OpCase& c);
 
 // Runs the op forward; returns all its outputs.
 StatusOr<std::vector<Tensor>> RunOp(const OpCase& c, const std::map<int, Tensor>& inputs = {},

@@ -66,7 +66,9 @@ std::string Kernels(const OpDef& op) {
 std::string Port(const PortDef& p) {
   std::string out = p.name() + ": " + p.type();
   if (p.optional()) out += " (optional)";
-  if (p.variadic()) out += " (variadic)";
+  if (p.variadic())
+    out +=
+        p.count_attr().empty() ? " (variadic)" : " (variadic: attr " + p.count_attr() + " of them)";
   if (!p.doc().empty()) out += " - " + p.doc();
   return out;
 }

@@ -56,6 +56,18 @@ class OpRegistry {
   std::map<std::string, std::unique_ptr<ResourceKindEntry>, std::less<>> resource_kinds_;
 };
 
+// How many outputs a node of `def` has: its output ports, the last counted `count` times when it
+// is variadic (`count` is the node's value of the port's count attr; null: 1).
+int NumOutputs(const OpDef& def, const AttrValue* count);
+// The same, looking the count attr up with find(name) -> const AttrValue* (null when unset).
+template <typename Find>
+int NumOutputs(const OpDef& def, Find find) {
+  bool variadic = def.output_size() > 0 && def.output().rbegin()->variadic();
+  return NumOutputs(def, variadic ? find(def.output().rbegin()->count_attr()) : nullptr);
+}
+// The port that output `index` of such a node belongs to.
+const PortDef& OutputPort(const OpDef& def, int index);
+
 // "; did you mean 'x'?" for the closest candidates, or "" when none is close.
 std::string SuggestClosest(std::string_view name, const std::vector<std::string>& candidates);
 

@@ -117,6 +117,10 @@ class OpBuilder {
   OpBuilder& VariadicInput(const std::string& name, const std::string& type,
                            const std::string& doc = "");
   OpBuilder& Output(const std::string& name, const std::string& type, const std::string& doc = "");
+  // An output repeated as many times as the int attr `count_attr` says (a split into N parts);
+  // must be the last output. Graphs name the parts by number: "split:0", "split:1", ...
+  OpBuilder& VariadicOutput(const std::string& name, const std::string& type,
+                            const std::string& count_attr, const std::string& doc = "");
 
   template <typename T, typename... Constraints>
   OpBuilder& Attr(const std::string& name, const T& default_value, const std::string& doc,

@@ -1,4 +1,4 @@
-// Shape ops: nn.Reshape, nn.Transpose, nn.Concat, nn.Slice (and nn.SliceGrad).
+// Shape ops: nn.Reshape, nn.Transpose, nn.Concat, nn.Split, nn.Slice (and nn.SliceGrad).
 #include <numeric>
 
 #include "nn_common.h"
@@ -256,6 +256,100 @@ Status SliceGradCpu(KernelContext& ctx) {
   return Status();
 }
 
+// nn.Split's axis and part sizes for input shape x: `sizes` when given (they must add up to the
+// axis), else `num` equal parts.
+struct SplitPlan {
+  int axis;
+  std::vector<int64_t> sizes;
+};
+
+StatusOr<SplitPlan> PlanSplit(const Attrs& a, const Shape& x) {
+  SplitPlan plan{Axis(a.Int("axis"), x.size()), a.IntList("sizes")};
+  int64_t num = a.Int("num");
+  if (plan.axis < 0 || plan.axis >= static_cast<int>(x.size())) {
+    return InvalidArgument("axis " + std::to_string(a.Int("axis")) + " is outside " +
+                           ShapeString(x));
+  }
+  int64_t length = x[static_cast<size_t>(plan.axis)];
+  if (plan.sizes.empty()) {
+    if (length % num != 0) {
+      return InvalidArgument("axis " + std::to_string(plan.axis) + " of " + ShapeString(x) + " (" +
+                             std::to_string(length) + ") does not split into " +
+                             std::to_string(num) + " equal parts; give sizes");
+    }
+    plan.sizes.assign(static_cast<size_t>(num), length / num);
+    return plan;
+  }
+  if (static_cast<int64_t>(plan.sizes.size()) != num) {
+    return InvalidArgument("sizes has " + std::to_string(plan.sizes.size()) + " entries, num is " +
+                           std::to_string(num));
+  }
+  int64_t total = 0;
+  for (int64_t s : plan.sizes) {
+    if (s < 0) return InvalidArgument("sizes must not be negative");
+    total += s;
+  }
+  if (total != length) {
+    return InvalidArgument("sizes add up to " + std::to_string(total) + ", axis " +
+                           std::to_string(plan.axis) + " of " + ShapeString(x) + " has " +
+                           std::to_string(length));
+  }
+  return plan;
+}
+
+Status SplitShape(ShapeContext& ctx) {
+  const TensorType& x = ctx.input(0);
+  WEIR_ASSIGN_OR_RETURN(SplitPlan plan, PlanSplit(ctx.attrs(), x.shape));
+  for (size_t i = 0; i < plan.sizes.size(); ++i) {
+    Shape part = x.shape;
+    part[static_cast<size_t>(plan.axis)] = plan.sizes[i];
+    ctx.set_output(static_cast<int>(i), {x.dtype, part});
+  }
+  return Status();
+}
+
+Status SplitCpu(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  WEIR_ASSIGN_OR_RETURN(SplitPlan plan, PlanSplit(ctx.attrs(), x.shape()));
+  int64_t begin = 0;
+  for (size_t i = 0; i < plan.sizes.size(); ++i) {
+    CopyDense(x.Slice(plan.axis, begin, begin + plan.sizes[i]), ctx.output(static_cast<int>(i)));
+    begin += plan.sizes[i];
+  }
+  return Status();
+}
+
+// dx = the parts' gradients joined; a part nothing downstream used contributes zeros.
+Status SplitGrad(GradContext& g) {
+  WEIR_ASSIGN_OR_RETURN(SplitPlan plan, PlanSplit(g.attrs(), g.input_type(0).shape));
+  std::vector<ValueRef> parts;
+  for (int i = 0; i < g.num_outputs(); ++i)
+    if (g.grad(i).valid()) parts.push_back(g.grad(i));
+  if (static_cast<int>(parts.size()) == g.num_outputs()) {
+    WEIR_ASSIGN_OR_RETURN(ValueRef d, g.Op1("nn.Concat", parts, {{"axis", Int(plan.axis)}}));
+    g.set_input_grad(0, d);
+    return Status();
+  }
+  int64_t length = g.input_type(0).shape[static_cast<size_t>(plan.axis)], begin = 0;
+  ValueRef sum;
+  for (int i = 0; i < g.num_outputs(); ++i) {
+    if (g.grad(i).valid()) {
+      WEIR_ASSIGN_OR_RETURN(
+          ValueRef padded,
+          g.Op1("nn.SliceGrad", {g.grad(i)},
+                {{"axis", Int(plan.axis)}, {"begin", Int(begin)}, {"size", Int(length)}}));
+      if (sum.valid()) {
+        WEIR_ASSIGN_OR_RETURN(sum, g.Op1("nn.Add", {sum, padded}));
+      } else {
+        sum = padded;
+      }
+    }
+    begin += plan.sizes[static_cast<size_t>(i)];
+  }
+  if (sum.valid()) g.set_input_grad(0, sum);
+  return Status();
+}
+
 }  // namespace
 
 void RegisterShapeOps(Registrar& r) {
@@ -286,6 +380,19 @@ void RegisterShapeOps(Registrar& r) {
       .Shape(ConcatShape)
       .Kernel("cpu", ConcatCpu)
       .Gradient(ConcatGrad);
+  r.TensorOp("nn.Split")
+      .Doc(
+          "Cuts x along `axis` into `num` consecutive parts: of the lengths in `sizes` (which "
+          "must add up to the axis), or equal parts when sizes is empty. Graphs name the parts "
+          "by number: `split:0`, `split:1`, ...")
+      .Input("x", "T")
+      .VariadicOutput("y", "T", "num", "the parts, in order")
+      .Attr<int64_t>("num", 2, "how many parts", Min(1))
+      .Attr<std::vector<int64_t>>("sizes", {}, "length of each part along axis; empty: equal")
+      .Attr<int64_t>("axis", -1, "the dim to cut (negative counts from the end)")
+      .Shape(SplitShape)
+      .Kernel("cpu", SplitCpu)
+      .Gradient(SplitGrad);
   r.TensorOp("nn.Slice")
       .Doc("The range [begin, end) of one dim.")
       .Input("x", "T")
