@@ -229,6 +229,11 @@ OpBuilder& OpBuilder::Cheap() {
   return *this;
 }
 
+OpBuilder& OpBuilder::View() {
+  if (RequireTensorOp("View()")) def_->set_view(true);
+  return *this;
+}
+
 ResourceKindBuilder::ResourceKindBuilder(ResourceKindDef* def, std::vector<std::string>* errors)
     : def_(def), attrs_(def->mutable_attr(), errors, "resource kind '" + def->name() + "'") {}
 

@@ -25,6 +25,7 @@ struct Program::Node {
   double constant = 0;  // kConstant: the fill value
   const KernelFn* kernel = nullptr;
   SourceLoc loc;
+  bool view = false;  // output 0 is input 0's bytes reshaped: no kernel, no buffer of its own
 };
 
 Program::~Program() = default;
@@ -207,6 +208,9 @@ class ProgramBuilder {
     n.outputs = sc.outputs();
     DataType key = n.outputs.empty() ? types.at(0).dtype : n.outputs[0].dtype;
     n.kernel = entry->FindKernel(options_.device, key);
+    n.view = entry->def.view() && !types.empty() && n.outputs.size() == 1 &&
+             n.outputs[0].dtype == types[0].dtype &&
+             NumElements(n.outputs[0].shape) == NumElements(types[0].shape);
     if (n.kernel == nullptr) {
       std::string have;
       for (const KernelDef& k : entry->def.kernel()) {
@@ -548,6 +552,16 @@ class ProgramBuilder {
     for (const auto& [name, v] : p_.param_grads_) kept.push_back(v);
     kept.insert(kept.end(), p_.input_grads_.begin(), p_.input_grads_.end());
     for (ValueRef v : kept) last_use[v] = n;
+    // A view's bytes belong to the value it views (its root), which lives as long as the view.
+    auto root = [&](ValueRef v) {
+      while (p_.nodes_[static_cast<size_t>(v.node)].view)
+        v = p_.nodes_[static_cast<size_t>(v.node)].inputs[0];
+      return v;
+    };
+    std::vector<std::pair<ValueRef, size_t>> view_uses;
+    for (const auto& [v, lu] : last_use)
+      if (p_.nodes_[static_cast<size_t>(v.node)].view) view_uses.push_back({root(v), lu});
+    for (const auto& [r, lu] : view_uses) last_use[r] = std::max(last_use[r], lu);
     struct Interval {
       ValueRef v;
       size_t begin, end;
@@ -556,7 +570,8 @@ class ProgramBuilder {
     std::vector<Interval> values;
     for (size_t i = 0; i < n; ++i) {
       const Program::Node& node = p_.nodes_[i];
-      if (node.kind == Program::Node::kInput || node.kind == Program::Node::kParam) continue;
+      if (node.kind == Program::Node::kInput || node.kind == Program::Node::kParam || node.view)
+        continue;
       for (size_t o = 0; o < node.outputs.size(); ++o) {
         ValueRef v{static_cast<int>(i), static_cast<int>(o)};
         auto lu = last_use.find(v);
@@ -666,6 +681,13 @@ StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
         return Status();
       }
       case Node::kOp: {
+        if (n.view) {
+          auto view = value(n.inputs[0]).Reshape(n.outputs[0].shape);
+          if (!view.ok())
+            return Status(view.status()).At(n.loc).InNode(n.name, n.entry->def.name());
+          out = {*view};
+          return Status();
+        }
         std::vector<Tensor> made;
         for (size_t o = 0; o < n.outputs.size(); ++o) made.push_back(planned(o));
         std::vector<const Tensor*> ins;

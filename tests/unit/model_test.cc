@@ -1,7 +1,9 @@
 // A whole model through Programs: the tiny GPT's gradients against finite differences in f64,
 // B/W split backward giving the same gradients, and the memory plan's reuse.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <fstream>
 #include <random>
 
 #include "test_util.h"
@@ -152,6 +154,33 @@ TEST(TinyGpt, ConcurrentNodesComputeTheSameGradients) {
         ASSERT_NEAR(x[i], y[i], 1e-5 * (1 + std::abs(x[i]))) << name << "[" << i << "]";
     }
   }
+}
+
+TEST(Programs, ReshapeIsAViewOfItsInput) {
+  std::string path =
+      ::testing::TempDir() + "/reshape_view_" + std::to_string(::getpid()) + ".pbtxt";
+  std::ofstream(path) << R"(function {
+  name: "F"
+  input: "x"
+  output: "scaled=scale"
+  output: "flat=flat"
+  output: "doubled=twice"
+  node { name: "scale" op: "nn.Scale" input: "x" attr: "factor=2" }
+  node { name: "flat" op: "nn.Reshape" input: "scale" attr: "shape=[-1]" }
+  node { name: "twice" op: "nn.Add" input: "flat" input: "flat" }
+})";
+  auto g = LoadTestGraph(path);
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  auto p = Program::Build(*g, "F", {}, {{DT_F32, {2, 3}}}, TestRegistry(), {});
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ((*p)->stats().memory.num_values, 2);  // scale and twice; flat has no buffer
+  auto out = (*p)->Run({Tensor::FromValues(DT_F32, {2, 3}, {1, 2, 3, 4, 5, 6})}, ParamStore());
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->values[1].raw_data(), out->values[0].raw_data());
+  EXPECT_EQ(out->values[1].shape(), Shape{6});
+  // The viewed buffer outlives the view's last reader: nothing overwrote it.
+  EXPECT_EQ(out->values[2].ToVector(), (std::vector<double>{4, 8, 12, 16, 20, 24}));
+  EXPECT_EQ(out->values[1].ToVector(), (std::vector<double>{2, 4, 6, 8, 10, 12}));
 }
 
 TEST(TinyGpt, RecomputingCheapOpsSavesMemoryAndChangesNothing) {

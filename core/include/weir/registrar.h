@@ -165,6 +165,10 @@ class OpBuilder {
   // Cheap to recompute (norms, elementwise ops): the memory planner may recompute it in the
   // backward pass instead of keeping its output alive.
   OpBuilder& Cheap();
+  // Output 0 holds input 0's elements in the same order and dtype, only shaped differently
+  // (a reshape): programs make it a view of the input instead of running the kernel. The kernel
+  // (a copy) still serves where a view cannot be used.
+  OpBuilder& View();
 
   // What the registry takes over on commit.
   struct Parts {

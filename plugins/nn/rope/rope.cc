@@ -54,24 +54,35 @@ Status RopeCpu(KernelContext& ctx) {
     using A = AccumulatorOf<T>;
     const T* in = x.data<T>();
     T* out = ctx.output(0).data<T>();
-    ParallelFor(batch * time, 8, [&](int64_t b, int64_t e) {
-      std::vector<A> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
-      for (int64_t bt = b; bt < e; ++bt) {
-        double pos = static_cast<double>(start + bt % time);
+    // cos and sin per (position, pair), once: every batch row and head shares them. The angle is
+    // formed in double, since position × frequency needs more than float's 24 bits.
+    std::vector<A> cs(static_cast<size_t>(time * half)), sn(static_cast<size_t>(time * half));
+    ParallelFor(time, 16, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        double pos = static_cast<double>(start + t);
         for (int64_t i = 0; i < half; ++i) {
-          cs[static_cast<size_t>(i)] = static_cast<A>(std::cos(pos * freq[static_cast<size_t>(i)]));
-          sn[static_cast<size_t>(i)] =
-              static_cast<A>(sign * std::sin(pos * freq[static_cast<size_t>(i)]));
+          double angle = pos * freq[static_cast<size_t>(i)];
+          cs[static_cast<size_t>(t * half + i)] = static_cast<A>(std::cos(angle));
+          sn[static_cast<size_t>(t * half + i)] = static_cast<A>(sign * std::sin(angle));
         }
+      }
+    });
+    // Pair i is (2i, 2i + 1) interleaved, else (i, i + half): strides of a loop that vectorizes.
+    int64_t first = interleaved ? 2 : 1, offset = interleaved ? 1 : half;
+    ParallelFor(batch * time, 8, [&](int64_t b, int64_t e) {
+      for (int64_t bt = b; bt < e; ++bt) {
+        const A* c = cs.data() + bt % time * half;
+        const A* s = sn.data() + bt % time * half;
         for (int64_t h = 0; h < inner; ++h) {
           int64_t base = (bt * inner + h) * d;
+          const T* x0 = in + base;
+          const T* x1 = in + base + offset;
+          T* y0 = out + base;
+          T* y1 = out + base + offset;
           for (int64_t i = 0; i < half; ++i) {
-            int64_t i0 = base + (interleaved ? 2 * i : i);
-            int64_t i1 = base + (interleaved ? 2 * i + 1 : i + half);
-            A x0 = Widen(in[i0]), x1 = Widen(in[i1]);
-            A c = cs[static_cast<size_t>(i)], s = sn[static_cast<size_t>(i)];
-            out[i0] = Narrow<T>(x0 * c - x1 * s);
-            out[i1] = Narrow<T>(x0 * s + x1 * c);
+            A a0 = Widen(x0[i * first]), a1 = Widen(x1[i * first]);
+            y0[i * first] = Narrow<T>(a0 * c[i] - a1 * s[i]);
+            y1[i * first] = Narrow<T>(a0 * s[i] + a1 * c[i]);
           }
         }
       }

@@ -361,6 +361,7 @@ void RegisterShapeOps(Registrar& r) {
       .Output("y", "T")
       .AttrOfType("shape", ATTR_INT_LIST, std::nullopt, "the new shape (0: keep, -1: infer)")
       .Cheap()
+      .View()
       .Shape(ReshapeShape)
       .Kernel("cpu", CopyKernel)
       .Gradient(ReshapeGrad);
