@@ -5,7 +5,7 @@
 
 #include <cmath>
 
-#include "op_check.h"
+#include "weir/testing/op_check.h"
 
 namespace weir::testing {
 namespace {

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "test_util.h"
+#include "weir/testing/test_util.h"
 #include "weir/runtime/program.h"
 
 namespace weir::testing {

@@ -1,4 +1,4 @@
-#include "op_check.h"
+#include "weir/testing/op_check.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
