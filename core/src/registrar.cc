@@ -199,6 +199,10 @@ OpBuilder& OpBuilder::Kernel(const std::string& device, KernelFn fn, std::vector
   if (!RequireTensorOp("kernels")) return *this;
   if (parts_.kernels.count(device))
     errors_->push_back("op '" + def_->name() + "': two kernels for device " + device);
+  if (device != "cpu" && device != "cuda") {
+    errors_->push_back("op '" + def_->name() + "': kernel for unknown device '" + device +
+                       "' (weir runs kernels on: cpu, cuda)");
+  }
   KernelDef* k = def_->add_kernel();
   k->set_device(device);
   for (DataType t : dtypes) k->add_dtype(t);

@@ -350,7 +350,9 @@ class ProgramBuilder {
       std::string node_name = n.name;
       SourceLoc loc = n.loc;
       if (!entry->gradient) {
-        return InvalidArgument("op '" + entry->def.name() + "' has no gradient")
+        return InvalidArgument("op '" + entry->def.name() + "' has no gradient (plugin " +
+                               entry->def.plugin() + " registers none), but '" + options_.loss +
+                               "' needs the gradient of its inputs")
             .At(loc)
             .InNode(node_name, entry->def.name());
       }

@@ -1,4 +1,5 @@
-// Declaration mistakes the registry must catch: a default outside its bounds, an unnamespaced op.
+// Declaration mistakes the registry must catch: a default outside its bounds, an unnamespaced op,
+// a kernel for a device weir does not know.
 #include "weir/plugin.h"
 
 namespace {
@@ -9,6 +10,15 @@ void RegisterBadSchema(weir::Registrar& r) {
       .Output("out", "batch")
       .Attr<int64_t>("k", 0, "must be >= 1", weir::Min(1))
       .Factory(nullptr);
+  r.TensorOp("test.TpuOnly")
+      .Doc("A kernel for a device that does not exist.")
+      .Input("x", "f32")
+      .Output("y", "f32")
+      .Shape([](weir::ShapeContext& c) {
+        c.set_output(0, c.input(0));
+        return weir::Status();
+      })
+      .Kernel("tpu", [](weir::KernelContext&) { return weir::Status(); });
 }
 }  // namespace
 

@@ -2,6 +2,7 @@
 // in-flight bounds), nodes that fail on purpose, and schemas that exercise validation.
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <stdexcept>
 #include <thread>
 
@@ -214,6 +215,19 @@ void RegisterTestOps(Registrar& r) {
       .Output("y", "T", "scaled values")
       .AttrOfType("T", ATTR_TYPE, "f32", "dtype")
       .Attr<double>("factor", 1.0, "scale");
+  r.TensorOp("test.NoGradient")
+      .Doc("A differentiable copy whose plugin forgot the gradient.")
+      .Input("x", "T")
+      .Output("y", "T")
+      .Shape([](ShapeContext& c) {
+        c.set_output(0, c.input(0));
+        return Status();
+      })
+      .Kernel("cpu", [](KernelContext& c) {
+        std::memcpy(c.output(0).raw_data(), c.input(0).Contiguous().raw_data(),
+                    c.output(0).nbytes());
+        return Status();
+      });
 }
 
 }  // namespace

@@ -183,6 +183,34 @@ TEST(Programs, ReshapeIsAViewOfItsInput) {
   EXPECT_EQ(out->values[1].ToVector(), (std::vector<double>{2, 4, 6, 8, 10, 12}));
 }
 
+TEST(Programs, AnOpWithoutAGradientIsNamedWithItsPlugin) {
+  std::string path = ::testing::TempDir() + "/no_gradient_" + std::to_string(::getpid()) + ".pbtxt";
+  std::ofstream(path) << R"(function {
+  name: "F"
+  input: "x"
+  output: "loss=sum"
+  node { name: "copy" op: "test.NoGradient" input: "x" }
+  node { name: "sum" op: "nn.Sum" input: "copy" }
+})";
+  auto g = LoadTestGraph(path);
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  ProgramOptions options;
+  options.loss = "loss";
+  options.input_grads = {"x"};
+  auto p = Program::Build(*g, "F", {}, {{DT_F32, {3}}}, TestRegistry(), options);
+  ASSERT_FALSE(p.ok());
+  std::string text = p.status().ToString();
+  EXPECT_NE(text.find(":5:"), std::string::npos) << text;
+  EXPECT_NE(text.find("node 'copy' (op 'test.NoGradient'): op 'test.NoGradient' has no gradient "
+                      "(plugin "),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("weir_test_ops.so registers none), but 'loss' needs the gradient of its "
+                      "inputs"),
+            std::string::npos)
+      << text;
+}
+
 TEST(TinyGpt, RecomputingCheapOpsSavesMemoryAndChangesNothing) {
   auto kept = BuildGpt("f32", 4, 32, {});
   ProgramOptions options;

@@ -73,6 +73,18 @@ TEST(PluginLoader, AbiMajorMismatchIsRefusedBeforeAnythingIsCalled) {
   EXPECT_TRUE(registry.OpNames().empty());
 }
 
+TEST(PluginLoader, AnotherStandardLibraryAbiIsRefusedBeforeAnythingIsCalled) {
+  OpRegistry registry;
+  PluginLoader loader(&registry);
+  Status s = loader.Load(Broken("bad_stdlib"));
+  EXPECT_EQ(s.ToString(), "plugin " + Broken("bad_stdlib") +
+                              ": built with _GLIBCXX_USE_CXX11_ABI=" +
+                              std::to_string(1 - _GLIBCXX_USE_CXX11_ABI) + ", this weir with " +
+                              std::to_string(_GLIBCXX_USE_CXX11_ABI) +
+                              "; rebuild the plugin with the same standard library ABI");
+  EXPECT_TRUE(registry.OpNames().empty());
+}
+
 TEST(PluginLoader, DuplicateOpNamesBothPluginsAndRegistersNothing) {
   OpRegistry registry;
   PluginLoader loader(&registry);
@@ -109,6 +121,10 @@ TEST(PluginLoader, DeclarationMistakesAreReported) {
   std::string text = s.ToString();
   EXPECT_NE(text.find("op name 'NoNamespace' must be namespaced"), std::string::npos) << text;
   EXPECT_NE(text.find("op 'test.BadDefault': default of attr 'k' expects int >= 1, got 0"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("op 'test.TpuOnly': kernel for unknown device 'tpu' (weir runs kernels on: "
+                      "cpu, cuda)"),
             std::string::npos)
       << text;
   EXPECT_TRUE(registry.OpNames().empty());
