@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "weir/testing/test_util.h"
 #include "weir/runtime/program.h"
+#include "weir/testing/test_util.h"
 
 namespace weir::testing {
 
