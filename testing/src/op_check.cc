@@ -113,11 +113,13 @@ void Perturb(ParamStore& params, uint64_t seed) {
 }  // namespace
 
 StatusOr<std::vector<Tensor>> RunOp(const OpCase& c, const std::map<int, Tensor>& given,
-                                    ParamStore* params) {
+                                    ParamStore* params, const std::string& device) {
   WEIR_ASSIGN_OR_RETURN(Graph g, OpGraph(c, false));
   std::vector<Tensor> inputs = CaseInputs(c);
   for (const auto& [i, t] : given) inputs[static_cast<size_t>(i)] = t;
-  WEIR_ASSIGN_OR_RETURN(auto p, Build(g, c.inputs, ProgramOptions{}));
+  ProgramOptions options;
+  options.device = device;
+  WEIR_ASSIGN_OR_RETURN(auto p, Build(g, c.inputs, options));
   ParamStore local;
   if (params == nullptr) {
     params = &local;
@@ -126,6 +128,42 @@ StatusOr<std::vector<Tensor>> RunOp(const OpCase& c, const std::map<int, Tensor>
   }
   WEIR_ASSIGN_OR_RETURN(auto out, p->Run(inputs, *params));
   return out.values;
+}
+
+std::vector<std::string> RunnableDevices() { return {"cpu"}; }
+
+std::vector<std::string> CheckDeviceConformance(const OpCase& c, double tolerance,
+                                                std::vector<std::string>* not_runnable) {
+  std::vector<std::string> compared;
+  const OpEntry* entry = TestRegistry().Find(c.op);
+  EXPECT_NE(entry, nullptr) << "unknown op " << c.op;
+  if (entry == nullptr) return compared;
+  std::vector<std::string> runnable = RunnableDevices();
+  // RunOp draws the same inputs and parameters from the case's seed on every device.
+  auto cpu = RunOp(c, {}, nullptr, "cpu");
+  EXPECT_TRUE(cpu.ok()) << cpu.status().ToString();
+  if (!cpu.ok()) return compared;
+  for (const KernelDef& k : entry->def.kernel()) {
+    if (k.device() == "cpu") continue;
+    if (std::find(runnable.begin(), runnable.end(), k.device()) == runnable.end()) {
+      if (not_runnable != nullptr) not_runnable->push_back(k.device());
+      continue;
+    }
+    auto other = RunOp(c, {}, nullptr, k.device());
+    EXPECT_TRUE(other.ok()) << k.device() << ": " << other.status().ToString();
+    if (!other.ok()) continue;
+    EXPECT_EQ(other->size(), cpu->size());
+    for (size_t o = 0; o < std::min(other->size(), cpu->size()); ++o) {
+      std::vector<double> want = (*cpu)[o].ToVector(), got = (*other)[o].To(DT_F64).ToVector();
+      EXPECT_EQ(got.size(), want.size()) << k.device() << " output " << o;
+      for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
+        EXPECT_NEAR(got[i], want[i], std::max(1e-12, tolerance * std::abs(want[i])))
+            << c.op << " on " << k.device() << ", output " << o << "[" << i << "]";
+      }
+    }
+    compared.push_back(k.device());
+  }
+  return compared;
 }
 
 int CheckGradients(const OpCase& c, double tolerance) {

@@ -275,6 +275,16 @@ TEST(NnBf16, KernelsStayCloseToF32) {
   }
 }
 
+TEST(Conformance, DevicesThisBuildCannotRunAreReportedNotPassed) {
+  std::vector<std::string> not_runnable;
+  auto compared = CheckDeviceConformance({"nn.SiLU", "", {F64({2, 3})}}, 1e-6, &not_runnable);
+  EXPECT_TRUE(compared.empty());  // nn has CPU kernels only
+  EXPECT_TRUE(not_runnable.empty());
+  compared = CheckDeviceConformance({"test.CudaToo", "", {{DT_F32, {4}}}}, 1e-6, &not_runnable);
+  EXPECT_TRUE(compared.empty());
+  EXPECT_EQ(not_runnable, std::vector<std::string>{"cuda"});
+}
+
 TEST(NnShapes, MismatchesNameBothShapes) {
   auto matmul = RunOp({"nn.MatMul", "", {F64({2, 3}), F64({4, 5})}});
   ASSERT_FALSE(matmul.ok());

@@ -38,9 +38,20 @@ StatusOr<Graph> OpGraph(const OpCase& c, bool with_loss);
 // How many outputs the case's op node has (a variadic output counted from the case's attrs).
 int NumCaseOutputs(const OpCase& c);
 
-// Runs the op forward; returns all its outputs.
+// Runs the op forward on `device`; returns all its outputs.
 StatusOr<std::vector<Tensor>> RunOp(const OpCase& c, const std::map<int, Tensor>& inputs = {},
-                                    ParamStore* params = nullptr);
+                                    ParamStore* params = nullptr,
+                                    const std::string& device = "cpu");
+
+// The devices this build of weir runs kernels on. Only "cpu" until weir is built with CUDA.
+std::vector<std::string> RunnableDevices();
+
+// Conformance: runs the op on every device it has a kernel for, besides the CPU, and compares
+// each output with the CPU kernel's within `tolerance` (relative, at least absolute 1e-12);
+// reports differences through gtest. Returns the devices compared; devices with a kernel that
+// this build cannot run are added to `not_runnable` (a test should say so, not pass silently).
+std::vector<std::string> CheckDeviceConformance(const OpCase& c, double tolerance,
+                                                std::vector<std::string>* not_runnable);
 
 // The inputs the case uses (random floats in [-1, 1] unless fixed), deterministic in the seed.
 std::vector<Tensor> CaseInputs(const OpCase& c);
