@@ -67,13 +67,16 @@ void RegisterJsonlSink(Registrar& r) {
           "finishes (it is written beside the target and renamed), so a failed run leaves an "
           "earlier file intact.")
       .Input("in", "batch", "rows to write")
-      .RequiredAttr<std::string>("path", "output file; relative to the run's output folder")
+      .RequiredAttr<std::string>("path", "output file; relative to `dir`")
+      .Attr<std::string>("dir", ".",
+                         "folder of the file: relative to the run's output folder, or absolute "
+                         "(lets a graph param name the output folder)")
       .Attr("columns", std::vector<std::string>{},
             "columns to write, in this order (empty: every column)")
       .Stateful()
       .Factory([](const NodeContext& ctx) -> StatusOr<std::unique_ptr<StreamKernel>> {
-        WEIR_ASSIGN_OR_RETURN(auto file,
-                              AtomicFileWriter::Open(ctx.OutputPath(ctx.String("path"))));
+        WEIR_ASSIGN_OR_RETURN(auto file, AtomicFileWriter::Open(ctx.OutputPath(ctx.String("dir")) /
+                                                                ctx.String("path")));
         return std::unique_ptr<StreamKernel>(new JsonlSink(ctx, std::move(file)));
       });
 }
