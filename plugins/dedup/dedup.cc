@@ -1,6 +1,8 @@
 // dedup.Dedup: exact (content hash) and near-duplicate (MinHash-LSH) removal over a stream of
 // documents, the first-seen document of each cluster kept. A persistent index carries the state
 // from one run to the next, so new data is deduplicated against old.
+#include <tbb/parallel_for.h>
+
 #include <algorithm>
 #include <cstring>
 #include <fstream>
@@ -164,7 +166,15 @@ class Dedup : public StreamKernel {
     std::vector<size_t> kept, removed;
     StringColumn reasons;
     std::vector<Id> duplicate_of;
-    std::vector<uint64_t> signature(salts_.size());
+    // Signatures are pure functions of the text: computed for the whole batch in parallel, then
+    // matched against the index in stream order.
+    size_t k = salts_.size();
+    std::vector<uint64_t> signatures(near_ ? batch.num_rows() * k : 0);
+    if (near_) {
+      tbb::parallel_for(size_t{0}, batch.num_rows(), [&](size_t row) {
+        Signature(WordHashes((*texts)[row]), params_.ngram, salts_, signatures.data() + row * k);
+      });
+    }
     for (size_t row = 0; row < batch.num_rows(); ++row) {
       Scope& scope = ScopeFor(shards ? (*shards)[row] : std::string());
       const std::string& text = (*texts)[row];
@@ -187,11 +197,11 @@ class Dedup : public StreamKernel {
         }
       }
       if (near_) {
-        Signature(WordHashes(text), params_.ngram, salts_, signature.data());
+        const uint64_t* signature = signatures.data() + row * k;
         bool matched = false;
         for (int b = 0; b < params_.bands; ++b) {
           auto [it, fresh] = scope.buckets[static_cast<size_t>(b)].emplace(
-              BandKey(signature.data(), b, params_.rows), doc);
+              BandKey(signature, b, params_.rows), doc);
           if (!fresh) {
             scope.Union(it->second, doc);
             matched = true;
