@@ -1,0 +1,11 @@
+// The data plugin's ops.
+#pragma once
+
+#include "weir/registrar.h"
+#include "weir/stream_kernel.h"
+
+namespace weir::data {
+
+void RegisterFilters(Registrar& r);
+
+}  // namespace weir::data

@@ -1,0 +1,11 @@
+#include "weir/plugin.h"
+
+#include "data_ops.h"
+
+namespace {
+
+void RegisterData(weir::Registrar& r) { weir::data::RegisterFilters(r); }
+
+}  // namespace
+
+WEIR_PLUGIN("data", "0.1.0", RegisterData)
