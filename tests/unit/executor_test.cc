@@ -76,10 +76,12 @@ TEST(Executor, AnErrorCancelsTheRunAndNamesTheNode) {
     std::string expected =
         mode == "status" ? "test.Fail failed at item 5" : "kernel threw: test.Fail threw at item 5";
     EXPECT_EQ(text, "good/failing.pbtxt:3:8: node 'fail' (op 'test.Fail'): " + expected);
-    // The sink got the items before the failure and not the 1000 the source could make; it was
-    // never finished.
+    // The sink got at most the items before the failure, in order (the cancellation may overtake
+    // some still in flight; a slow machine or a sanitizer build sees that), never one after it,
+    // and not the 1000 the source could make; it was never finished.
     std::vector<double> seen = ran.metrics->Values("sink", "i");
-    EXPECT_EQ(seen, (std::vector<double>{0, 1, 2, 3, 4}));
+    EXPECT_LE(seen.size(), 5u);
+    for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], static_cast<double>(i));
     EXPECT_TRUE(ran.metrics->Values("sink", "finished").empty());
     EXPECT_LT(Stats(ran.result, "src").items_out, 1000u);
     EXPECT_FALSE(ran.result.interrupted);
