@@ -215,34 +215,28 @@ void RegisterTestOps(Registrar& r) {
       .Output("y", "T", "scaled values")
       .AttrOfType("T", ATTR_TYPE, "f32", "dtype")
       .Attr<double>("factor", 1.0, "scale");
+  // Two copies: one with a CUDA kernel beside the CPU one, one without a gradient.
+  auto same_shape = [](ShapeContext& c) {
+    c.set_output(0, c.input(0));
+    return Status();
+  };
+  auto copy = [](KernelContext& c) {
+    std::memcpy(c.output(0).raw_data(), c.input(0).Contiguous().raw_data(), c.output(0).nbytes());
+    return Status();
+  };
   r.TensorOp("test.CudaToo")
       .Doc("A copy with a CPU and a CUDA kernel (the CUDA one never runs in a CPU-only build).")
       .Input("x", "T")
       .Output("y", "T")
-      .Shape([](ShapeContext& c) {
-        c.set_output(0, c.input(0));
-        return Status();
-      })
-      .Kernel("cpu",
-              [](KernelContext& c) {
-                std::memcpy(c.output(0).raw_data(), c.input(0).Contiguous().raw_data(),
-                            c.output(0).nbytes());
-                return Status();
-              })
+      .Shape(same_shape)
+      .Kernel("cpu", copy)
       .Kernel("cuda", [](KernelContext&) { return Internal("not a real CUDA kernel"); });
   r.TensorOp("test.NoGradient")
       .Doc("A differentiable copy whose plugin forgot the gradient.")
       .Input("x", "T")
       .Output("y", "T")
-      .Shape([](ShapeContext& c) {
-        c.set_output(0, c.input(0));
-        return Status();
-      })
-      .Kernel("cpu", [](KernelContext& c) {
-        std::memcpy(c.output(0).raw_data(), c.input(0).Contiguous().raw_data(),
-                    c.output(0).nbytes());
-        return Status();
-      });
+      .Shape(same_shape)
+      .Kernel("cpu", copy);
 }
 
 }  // namespace
