@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "test_util.h"
@@ -120,6 +121,68 @@ TEST_F(IoTest, TextSourceLinesAndFiles) {
   EXPECT_EQ(Read("files.jsonl"), "{\"doc\":\"first\\n\\n  \\nsecond\\n\",\"source\":\"" + t +
                                      "/one.txt\"}\n{\"doc\":\"third\",\"source\":\"" + t +
                                      "/two.md\"}\n");
+}
+
+// Shards are disjoint and together hold every row, by file and by row, for both sources.
+TEST_F(IoTest, ShardsSplitTheInputExactly) {
+  std::string all_lines;
+  for (int f = 0; f < 5; ++f) {
+    std::string content;
+    for (int r = 0; r < 3; ++r) content += "{\"n\": " + std::to_string(f * 3 + r) + "}\n";
+    Write("data/f" + std::to_string(f) + ".jsonl", content);
+    all_lines += content;
+  }
+  Write("one.jsonl", all_lines);
+  std::string graph;
+  struct Case {
+    std::string op, path, by;
+    int shards;
+  };
+  std::vector<Case> cases = {{"io.JsonlSource", "data", "file", 2},
+                             {"io.JsonlSource", "one.jsonl", "row", 3},
+                             {"io.TextSource", "one.jsonl", "row", 4}};
+  for (size_t c = 0; c < cases.size(); ++c) {
+    for (int k = 0; k < cases[c].shards; ++k) {
+      std::string name = "c" + std::to_string(c) + "s" + std::to_string(k);
+      graph += "node { name: \"" + name + "\" op: \"" + cases[c].op +
+               "\" attr: \"path=" + cases[c].path + " shards=" + std::to_string(cases[c].shards) +
+               " shard=" + std::to_string(k) + " shard_by=" + cases[c].by + "\" }\n";
+      graph += "node { name: \"w" + name + "\" op: \"io.JsonlSink\" input: \"" + name +
+               "\" attr: \"path=" + name + ".jsonl\" }\n";
+    }
+  }
+  Status s = Run(graph);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  for (size_t c = 0; c < cases.size(); ++c) {
+    std::multiset<std::string> rows;
+    std::vector<size_t> sizes;
+    for (int k = 0; k < cases[c].shards; ++k) {
+      std::istringstream in(Read("c" + std::to_string(c) + "s" + std::to_string(k) + ".jsonl"));
+      size_t n = 0;
+      for (std::string line; std::getline(in, line); ++n) {
+        // TextSource rows carry their text (the JSON line) and source; keep the text.
+        rows.insert(line.substr(0, line.find(",\"source\"")));
+      }
+      sizes.push_back(n);
+    }
+    EXPECT_EQ(rows.size(), 15u) << cases[c].op << " by " << cases[c].by;
+    EXPECT_EQ(std::set<std::string>(rows.begin(), rows.end()).size(), 15u)
+        << "a row went to two shards";
+    if (cases[c].by == "file") {
+      EXPECT_EQ(sizes, (std::vector<size_t>{9, 6}));  // files 0, 2, 4 and 1, 3
+    }
+    if (cases[c].shards == 3) {
+      EXPECT_EQ(sizes, (std::vector<size_t>{5, 5, 5}));
+    }
+  }
+  Status bad =
+      Run("node { name: \"r\" op: \"io.JsonlSource\" attr: \"path=one.jsonl shards=2 "
+          "shard=2\" }\n");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.ToString().find("node 'r' (op 'io.JsonlSource'): shard 2 does not exist: shards "
+                                "are 0..1"),
+            std::string::npos)
+      << bad.ToString();
 }
 
 TEST_F(IoTest, SampleDependsOnlyOnSeedAndPosition) {

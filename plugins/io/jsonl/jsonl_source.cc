@@ -27,8 +27,9 @@ int ColumnKind(const Value& v) {
 
 class JsonlSource : public StreamKernel {
  public:
-  JsonlSource(const NodeContext& ctx, std::vector<std::filesystem::path> files)
+  JsonlSource(const NodeContext& ctx, std::vector<std::filesystem::path> files, Sharding sharding)
       : files_(std::move(files)),
+        sharding_(sharding),
         batch_size_(ctx.Int("batch_size")),
         limit_(ctx.Int("limit")),
         fields_(ctx.StringList("fields")) {}
@@ -41,6 +42,7 @@ class JsonlSource : public StreamKernel {
       std::string line;
       if (!NextLine(&line)) break;
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      if (!sharding_.Keep(row_index_++)) continue;
       SourceLoc where{files_[file_index_].string(), line_number_, 0};
       auto record = ParseJsonObject(line);
       if (!record.ok()) return Status(record.status()).At(where);
@@ -108,6 +110,8 @@ class JsonlSource : public StreamKernel {
   }
 
   std::vector<std::filesystem::path> files_;
+  Sharding sharding_;
+  int64_t row_index_ = 0;  // records read, this shard's or not
   int64_t batch_size_;
   int64_t limit_;
   std::vector<std::string> fields_;
@@ -121,12 +125,12 @@ class JsonlSource : public StreamKernel {
 }  // namespace
 
 void RegisterJsonlSource(Registrar& r) {
-  r.StreamOp("io.JsonlSource")
-      .Doc(
-          "Reads JSON Lines (one JSON object per line) into batches. Strings become string "
-          "columns, numbers float columns, booleans int columns (0/1); nested arrays and objects "
-          "are kept as JSON text. Blank lines are skipped; a malformed line is an error naming "
-          "its file and line.")
+  OpBuilder& op = r.StreamOp("io.JsonlSource");
+  op.Doc(
+        "Reads JSON Lines (one JSON object per line) into batches. Strings become string "
+        "columns, numbers float columns, booleans int columns (0/1); nested arrays and objects "
+        "are kept as JSON text. Blank lines are skipped; a malformed line is an error naming "
+        "its file and line.")
       .Output("out", "batch", "rows read")
       .RequiredAttr<std::string>("path",
                                  "a .jsonl file, or a folder whose *.jsonl files are read in "
@@ -139,8 +143,10 @@ void RegisterJsonlSource(Registrar& r) {
       .Factory([](const NodeContext& ctx) -> StatusOr<std::unique_ptr<StreamKernel>> {
         WEIR_ASSIGN_OR_RETURN(auto files,
                               ListInputFiles(ctx.InputPath(ctx.String("path")), ".jsonl"));
-        return std::unique_ptr<StreamKernel>(new JsonlSource(ctx, std::move(files)));
+        WEIR_ASSIGN_OR_RETURN(Sharding sharding, Sharding::Make(ctx, &files));
+        return std::unique_ptr<StreamKernel>(new JsonlSource(ctx, std::move(files), sharding));
       });
+  ShardingAttrs(op);
 }
 
 }  // namespace weir::io

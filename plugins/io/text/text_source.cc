@@ -10,8 +10,9 @@ namespace {
 
 class TextSource : public StreamKernel {
  public:
-  TextSource(const NodeContext& ctx, std::vector<std::filesystem::path> files)
+  TextSource(const NodeContext& ctx, std::vector<std::filesystem::path> files, Sharding sharding)
       : files_(std::move(files)),
+        sharding_(sharding),
         whole_files_(ctx.String("mode") == "files"),
         column_(ctx.String("column")),
         batch_size_(ctx.Int("batch_size")),
@@ -26,6 +27,7 @@ class TextSource : public StreamKernel {
       WEIR_ASSIGN_OR_RETURN(bool more, Next(&text, &source));
       if (!more) break;
       if (skip_empty_ && text.find_first_not_of(" \t\r\n") == std::string::npos) continue;
+      if (!sharding_.Keep(row_index_++)) continue;
       texts.push_back(std::move(text));
       sources.push_back(std::move(source));
     }
@@ -68,6 +70,8 @@ class TextSource : public StreamKernel {
   }
 
   std::vector<std::filesystem::path> files_;
+  Sharding sharding_;
+  int64_t row_index_ = 0;  // rows read, this shard's or not
   bool whole_files_;
   std::string column_;
   int64_t batch_size_;
@@ -80,10 +84,10 @@ class TextSource : public StreamKernel {
 }  // namespace
 
 void RegisterTextSource(Registrar& r) {
-  r.StreamOp("io.TextSource")
-      .Doc(
-          "Reads plain-text files as rows: one row per line, or one row per file. Each row also "
-          "carries a 'source' column naming its file (and line).")
+  OpBuilder& op = r.StreamOp("io.TextSource");
+  op.Doc(
+        "Reads plain-text files as rows: one row per line, or one row per file. Each row also "
+        "carries a 'source' column naming its file (and line).")
       .Output("out", "batch", "rows read: the text column and 'source'")
       .RequiredAttr<std::string>("path",
                                  "a text file, or a folder read recursively in path order; "
@@ -98,8 +102,10 @@ void RegisterTextSource(Registrar& r) {
       .Factory([](const NodeContext& ctx) -> StatusOr<std::unique_ptr<StreamKernel>> {
         WEIR_ASSIGN_OR_RETURN(
             auto files, ListInputFiles(ctx.InputPath(ctx.String("path")), ctx.String("suffix")));
-        return std::unique_ptr<StreamKernel>(new TextSource(ctx, std::move(files)));
+        WEIR_ASSIGN_OR_RETURN(Sharding sharding, Sharding::Make(ctx, &files));
+        return std::unique_ptr<StreamKernel>(new TextSource(ctx, std::move(files), sharding));
       });
+  ShardingAttrs(op);
 }
 
 }  // namespace weir::io

@@ -1,0 +1,33 @@
+#include "io_ops.h"
+
+namespace weir::io {
+
+StatusOr<Sharding> Sharding::Make(const NodeContext& ctx,
+                                  std::vector<std::filesystem::path>* files) {
+  Sharding s;
+  s.shards_ = ctx.Int("shards");
+  s.shard_ = ctx.Int("shard");
+  s.by_row_ = ctx.String("shard_by") == "row";
+  if (s.shard_ >= s.shards_) {
+    return ctx.Error("shard " + std::to_string(s.shard_) + " does not exist: shards are 0.." +
+                     std::to_string(s.shards_ - 1));
+  }
+  if (!s.by_row_ && s.shards_ > 1) {
+    std::vector<std::filesystem::path> mine;
+    for (size_t i = 0; i < files->size(); ++i)
+      if (static_cast<int64_t>(i) % s.shards_ == s.shard_) mine.push_back((*files)[i]);
+    *files = std::move(mine);
+  }
+  return s;
+}
+
+OpBuilder& ShardingAttrs(OpBuilder& op) {
+  return op.Attr<int64_t>("shards", 1, "how many workers split the input", Min(1))
+      .Attr<int64_t>("shard", 0, "which of them this node is (0-based)", Min(0))
+      .Attr<std::string>("shard_by", "file",
+                         "'file': whole files round-robin (file i to shard i % shards); 'row': "
+                         "every worker reads everything and keeps row i when i % shards == shard",
+                         OneOf{"file", "row"});
+}
+
+}  // namespace weir::io
