@@ -55,8 +55,10 @@ const char* ColumnTypeName(const Column& c) {
       return "ints";
     case 2:
       return "floats";
-    default:
+    case 3:
       return "a tensor";
+    default:
+      return "int lists";
   }
 }
 

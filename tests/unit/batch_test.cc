@@ -34,6 +34,19 @@ TEST(Batch, TypedLookupNamesWhatIsThere) {
             "batch has no column 'm' (it has 'text', 'n')");
 }
 
+TEST(Batch, IntListColumnsHoldRowsOfAnyLength) {
+  Batch b;
+  ASSERT_TRUE(b.Set("ids", IntListColumn{{1, 2, 3}, {}, {7}}).ok());
+  EXPECT_EQ(b.num_rows(), 3u);
+  EXPECT_EQ(ColumnTypeName(*b.Find("ids")), std::string("int lists"));
+  Batch picked = b.Select({2, 0});
+  EXPECT_EQ(*picked.Get<IntListColumn>("ids").value(), (IntListColumn{{7}, {1, 2, 3}}));
+  ASSERT_TRUE(picked.Append(b.Slice(1, 2)).ok());
+  EXPECT_EQ(*picked.Get<IntListColumn>("ids").value(), (IntListColumn{{7}, {1, 2, 3}, {}}));
+  auto wrong = b.Get<IntColumn>("ids");
+  EXPECT_EQ(wrong.status().message(), "column 'ids' holds int lists, expected ints");
+}
+
 TEST(Batch, SliceSelectAppend) {
   Batch b = Make();
   Batch s = b.Slice(1, 10);

@@ -18,7 +18,9 @@ using IntColumn = std::vector<int64_t>;
 using FloatColumn = std::vector<double>;
 // A tensor column holds one row per index of its first dim.
 using TensorColumn = Tensor;
-using Column = std::variant<StringColumn, IntColumn, FloatColumn, TensorColumn>;
+// A list of integers per row, of any length (token ids of a document).
+using IntListColumn = std::vector<std::vector<int64_t>>;
+using Column = std::variant<StringColumn, IntColumn, FloatColumn, TensorColumn, IntListColumn>;
 
 size_t ColumnSize(const Column& c);
 const char* ColumnTypeName(const Column& c);

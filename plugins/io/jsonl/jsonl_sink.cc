@@ -31,6 +31,11 @@ class JsonlSink : public StreamKernel {
         if (auto* s = std::get_if<StringColumn>(&col)) out << JsonQuote((*s)[row]);
         if (auto* n = std::get_if<IntColumn>(&col)) out << (*n)[row];
         if (auto* f = std::get_if<FloatColumn>(&col)) out << JsonNumber((*f)[row]);
+        if (auto* l = std::get_if<IntListColumn>(&col)) {
+          out << '[';
+          for (size_t k = 0; k < (*l)[row].size(); ++k) out << (k ? "," : "") << (*l)[row][k];
+          out << ']';
+        }
         if (auto* t = std::get_if<TensorColumn>(&col)) {
           // A tensor row is written as a flat array of its values.
           Tensor r = t->Slice(0, static_cast<int64_t>(row), static_cast<int64_t>(row) + 1);
