@@ -1,0 +1,58 @@
+// Byte-level BPE: pre-tokenization by regular expressions (PCRE2), merges by rank, special
+// tokens. Loads Hugging Face tokenizer.json files (model BPE over GPT-2's byte alphabet, merges
+// as "a b" strings or [a, b] pairs) and tiktoken rank files ("<base64 token> <rank>" lines).
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "weir/status.h"
+
+namespace weir::tokenizer {
+
+// The pre-tokenizer pattern of OpenAI's cl100k_base (tiktoken's published regex).
+extern const char* const kCl100kPattern;
+// GPT-2's pattern (the one Hugging Face's ByteLevel pre-tokenizer uses with use_regex).
+extern const char* const kGpt2Pattern;
+
+class Regex;
+
+class Tokenizer {
+ public:
+  // A tokenizer.json (the file starts with '{') or a tiktoken rank file, whose pre-tokenizer is
+  // `tiktoken_pattern` (a regex, or "cl100k" / "gpt2") and whose special tokens are
+  // `tiktoken_specials` (text -> id).
+  static StatusOr<std::shared_ptr<Tokenizer>> Load(
+      const std::filesystem::path& file, const std::string& tiktoken_pattern = "cl100k",
+      const std::map<std::string, int64_t>& tiktoken_specials = {});
+  ~Tokenizer();
+
+  // Ids of `text`; special tokens written in the text become their ids when `specials`.
+  std::vector<int64_t> Encode(std::string_view text, bool specials = true) const;
+  // The bytes of the ids; an id outside the vocabulary is an error.
+  StatusOr<std::string> Decode(const std::vector<int64_t>& ids) const;
+  int64_t vocab_size() const { return static_cast<int64_t>(tokens_.size()); }
+
+ private:
+  Tokenizer() = default;
+  Status SetPatterns(const std::vector<std::string>& patterns);
+  void EncodeOrdinary(std::string_view text, std::vector<int64_t>& out) const;
+  void EncodePiece(std::string_view piece, std::vector<int64_t>& out) const;
+  // The priority of merging two adjacent parts (lower first), or -1 when they do not merge.
+  int64_t PairRank(std::string_view left, std::string_view right) const;
+
+  std::vector<std::unique_ptr<Regex>> patterns_;  // applied in sequence, each isolating matches
+  std::unordered_map<std::string, int64_t> ids_;  // token bytes -> id
+  std::vector<std::string> tokens_;               // id -> token bytes
+  // HF: merge rank of "left\0right"; tiktoken (empty): a pair merges when their concatenation is
+  // a token, with its id as the rank.
+  std::unordered_map<std::string, int64_t> merges_;
+  std::vector<std::pair<std::string, int64_t>> specials_;  // longest first
+};
+
+}  // namespace weir::tokenizer

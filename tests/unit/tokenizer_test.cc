@@ -1,0 +1,177 @@
+// The tokenizer plugin through graphs: a hand-written tokenizer.json in both merge formats
+// encodes to known ids, special tokens, and decode(encode(x)) == x on random bytes and mixed
+// Unicode.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "bpe.h"  // plugins/tokenizer, compiled into this test for byte-level checks
+#include "test_util.h"
+#include "weir/json.h"
+#include "weir/runtime/executor.h"
+
+namespace weir::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+// GPT-2's byte alphabet, as UTF-8: how byte-level vocabularies spell byte b.
+std::string ByteChar(int b) {
+  int cp = b;
+  if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255))) {
+    int n = 0;
+    for (int x = 0; x < b; ++x)
+      if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255))) ++n;
+    cp = 256 + n;
+  }
+  std::string out;
+  if (cp < 0x80) {
+    out.push_back(static_cast<char>(cp));
+  } else {
+    out.push_back(static_cast<char>(0xc0 | (cp >> 6)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3f)));
+  }
+  return out;
+}
+
+// Bytes are ids 0..255; merges: h e -> 256, l l -> 257, he ll -> 258, hell o -> 259,
+// Ġ w -> 260 (Ġ is the space); <|end|> is special token 300.
+std::string TinyTokenizerJson(bool pair_merges) {
+  std::string vocab;
+  for (int b = 0; b < 256; ++b) vocab += JsonQuote(ByteChar(b)) + ": " + std::to_string(b) + ", ";
+  std::string sp = ByteChar(' ');
+  vocab +=
+      "\"he\": 256, \"ll\": 257, \"hell\": 258, \"hello\": 259, " + JsonQuote(sp + "w") + ": 260";
+  std::vector<std::pair<std::string, std::string>> merges = {
+      {"h", "e"}, {"l", "l"}, {"he", "ll"}, {"hell", "o"}, {sp, "w"}};
+  std::string list;
+  for (const auto& [a, b] : merges) {
+    list += list.empty() ? "" : ", ";
+    list += pair_merges ? "[" + JsonQuote(a) + ", " + JsonQuote(b) + "]" : JsonQuote(a + " " + b);
+  }
+  return "{\"version\": \"1.0\", \"added_tokens\": [{\"id\": 300, \"content\": \"<|end|>\", "
+         "\"special\": true}], \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": "
+         "false, \"use_regex\": true}, \"model\": {\"type\": \"BPE\", \"vocab\": {" +
+         vocab + "}, \"merges\": [" + list + "]}}";
+}
+
+struct Encoded {
+  std::vector<std::vector<int64_t>> ids;
+  std::vector<std::string> decoded;
+};
+
+// Runs texts -> tokenizer.Encode -> tokenizer.Decode -> JSONL with the given tokenizer file.
+Encoded RunTokenizer(const std::string& tokenizer_json, const std::vector<std::string>& texts) {
+  static int counter = 0;
+  fs::path dir = fs::path(::testing::TempDir()) /
+                 ("tok_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+  fs::create_directories(dir);
+  std::ofstream(dir / "tokenizer.json") << tokenizer_json;
+  {
+    std::ofstream docs(dir / "docs.jsonl");
+    for (const std::string& t : texts) docs << "{\"text\": " << JsonQuote(t) << "}\n";
+    std::ofstream(dir / "g.pbtxt")
+        << "resource { name: \"tok\" kind: \"tokenizer\" attr: \"file=tokenizer.json\" }\n"
+           "node { name: \"read\" op: \"io.JsonlSource\" attr: \"path=docs.jsonl\" }\n"
+           "node { name: \"enc\" op: \"tokenizer.Encode\" input: \"read\" attr: \"tokenizer=tok\" "
+           "}\n"
+           "node { name: \"dec\" op: \"tokenizer.Decode\" input: \"enc\" attr: \"tokenizer=tok "
+           "text_column=decoded\" }\n"
+           "node { name: \"write\" op: \"io.JsonlSink\" input: \"dec\" attr: \"path=out.jsonl "
+           "columns=[ids, decoded]\" }\n";
+  }
+  auto g = LoadTestGraph((dir / "g.pbtxt").string());
+  CHECK(g.ok()) << g.status().ToString();
+  RunOptions options;
+  options.out_dir = dir / "out";
+  options.ops = &TestRegistry();
+  RunResult r = RunGraph(*g, options);
+  CHECK(r.status.ok()) << r.status.ToString();
+  Encoded out;
+  std::ifstream in(dir / "out" / "out.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto row = ParseJsonObject(line);
+    CHECK(row.ok()) << line;
+    std::vector<int64_t> ids;
+    for (const auto& v : row->fields().at("ids").list_value().values())
+      ids.push_back(static_cast<int64_t>(v.number_value()));
+    out.ids.push_back(ids);
+    out.decoded.push_back(row->fields().at("decoded").string_value());
+  }
+  return out;
+}
+
+TEST(Tokenizer, HandWrittenTokenizerJsonEncodesToKnownIds) {
+  for (bool pairs : {false, true}) {
+    SCOPED_TRACE(pairs ? "merges as pairs" : "merges as strings");
+    Encoded e = RunTokenizer(TinyTokenizerJson(pairs), {"hello hello world", "hello<|end|>hi"});
+    ASSERT_EQ(e.ids.size(), 2u);
+    // "hello" | " hello" | " world": the space does not merge with h; " w" does.
+    EXPECT_EQ(e.ids[0], (std::vector<int64_t>{259, 32, 259, 260, 111, 114, 108, 100}));
+    EXPECT_EQ(e.ids[1], (std::vector<int64_t>{259, 300, 104, 105}));
+    EXPECT_EQ(e.decoded[0], "hello hello world");
+    EXPECT_EQ(e.decoded[1], "hello<|end|>hi");
+  }
+}
+
+TEST(Tokenizer, DecodeOfEncodeIsTheIdentity) {
+  std::mt19937_64 rng(5);
+  std::vector<std::string> texts = {
+      "Mixed Unicode: naïve café, Ελληνικά, русский, 中文字符, 日本語のテキスト, 한국어, "
+      "emoji 🤖🚀, numbers 1234567 and 3.14159!",
+      "  leading spaces,\ttabs\nand\r\nnewlines  \n\n",
+  };
+  for (int n = 0; n < 20; ++n) {  // printable ASCII and 2-byte UTF-8, which JSON carries
+    std::string s;
+    for (int k = 0; k < 200; ++k) {
+      if (rng() % 4 == 0) {
+        s += ByteChar(161 + static_cast<int>(rng() % 90));
+      } else {
+        s.push_back(static_cast<char>(32 + rng() % 95));
+      }
+    }
+    texts.push_back(s);
+  }
+  Encoded e = RunTokenizer(TinyTokenizerJson(false), texts);
+  ASSERT_EQ(e.decoded.size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) EXPECT_EQ(e.decoded[i], texts[i]) << i;
+}
+
+// Arbitrary bytes (invalid UTF-8 included), through the library: JSON cannot carry them.
+TEST(Tokenizer, RandomBytesRoundTrip) {
+  fs::path file = fs::path(::testing::TempDir()) / ("tok_bytes_" + std::to_string(::getpid()));
+  std::ofstream(file) << TinyTokenizerJson(true);
+  auto t = tokenizer::Tokenizer::Load(file);
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  std::mt19937_64 rng(9);
+  for (int n = 0; n < 200; ++n) {
+    std::string s;
+    for (int k = 0; k < 1 + n; ++k) s.push_back(static_cast<char>(rng() & 0xff));
+    std::vector<int64_t> ids = (*t)->Encode(s);
+    auto back = (*t)->Decode(ids);
+    ASSERT_TRUE(back.ok());
+    ASSERT_EQ(*back, s) << "length " << s.size();
+  }
+  auto bad = (*t)->Decode({5, 999});
+  EXPECT_EQ(bad.status().message(), "token id 999 is outside the vocabulary [0, 301)");
+}
+
+TEST(Tokenizer, BadFilesAreNamed) {
+  fs::path file = fs::path(::testing::TempDir()) / ("tok_bad_" + std::to_string(::getpid()));
+  std::ofstream(file) << "{\"model\": {\"type\": \"Unigram\"}}";
+  auto t = tokenizer::Tokenizer::Load(file);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().message(),
+            "tokenizer " + file.string() + ": only BPE models are supported (model.type)");
+  std::ofstream(file, std::ios::trunc) << "QQ== 0\n";  // one byte only: the others are missing
+  t = tokenizer::Tokenizer::Load(file);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("lacks the single byte 0"), std::string::npos)
+      << t.status().message();
+}
+
+}  // namespace
+}  // namespace weir::testing
