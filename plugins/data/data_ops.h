@@ -7,5 +7,6 @@
 namespace weir::data {
 
 void RegisterFilters(Registrar& r);
+void RegisterShards(Registrar& r);
 
 }  // namespace weir::data

@@ -4,7 +4,10 @@
 
 namespace {
 
-void RegisterData(weir::Registrar& r) { weir::data::RegisterFilters(r); }
+void RegisterData(weir::Registrar& r) {
+  weir::data::RegisterFilters(r);
+  weir::data::RegisterShards(r);
+}
 
 }  // namespace
 
