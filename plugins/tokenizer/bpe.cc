@@ -64,6 +64,37 @@ class Regex {
   pcre2_code* code_ = nullptr;
 };
 
+const char* const kDeepSeekPatterns[3] = {
+    R"(\p{N}{1,3})",
+    R"([\p{Han}\p{Hiragana}\p{Katakana}]+)",
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)",
+};
+
+PreTokenizer::PreTokenizer() = default;
+PreTokenizer::PreTokenizer(PreTokenizer&&) noexcept = default;
+PreTokenizer& PreTokenizer::operator=(PreTokenizer&&) noexcept = default;
+PreTokenizer::~PreTokenizer() = default;
+
+StatusOr<PreTokenizer> PreTokenizer::Make(const std::vector<std::string>& patterns) {
+  PreTokenizer p;
+  for (const std::string& source : patterns) {
+    WEIR_ASSIGN_OR_RETURN(auto regex, Regex::Compile(source));
+    p.regexes_.push_back(std::move(regex));
+    p.sources_.push_back(source);
+  }
+  return p;
+}
+
+std::vector<std::string_view> PreTokenizer::Split(std::string_view text) const {
+  std::vector<std::string_view> pieces = {text}, next;
+  for (const auto& regex : regexes_) {
+    next.clear();
+    for (std::string_view p : pieces) regex->Split(p, next);
+    pieces.swap(next);
+  }
+  return pieces;
+}
+
 namespace {
 
 // GPT-2's byte-to-character map that Hugging Face byte-level vocabularies are written in:
@@ -137,12 +168,19 @@ std::string PairKey(std::string_view a, std::string_view b) {
 
 Tokenizer::~Tokenizer() = default;
 
-Status Tokenizer::SetPatterns(const std::vector<std::string>& patterns) {
-  for (const std::string& p : patterns) {
-    WEIR_ASSIGN_OR_RETURN(auto regex, Regex::Compile(p));
-    patterns_.push_back(std::move(regex));
+std::string ByteLevelString(std::string_view bytes) {
+  static const std::vector<int> to_code = ByteToCodePoint();
+  std::string out;
+  for (char c : bytes) {
+    int cp = to_code[static_cast<unsigned char>(c)];
+    if (cp < 0x80) {
+      out.push_back(static_cast<char>(cp));
+    } else {
+      out.push_back(static_cast<char>(0xc0 | (cp >> 6)));
+      out.push_back(static_cast<char>(0x80 | (cp & 0x3f)));
+    }
   }
-  return Status();
+  return out;
 }
 
 StatusOr<std::shared_ptr<Tokenizer>> Tokenizer::Load(
@@ -230,7 +268,7 @@ StatusOr<std::shared_ptr<Tokenizer>> Tokenizer::Load(
     };
     if (f.count("pre_tokenizer") && f.at("pre_tokenizer").has_struct_value())
       WEIR_RETURN_IF_ERROR(walk(f.at("pre_tokenizer").struct_value()));
-    WEIR_RETURN_IF_ERROR(t->SetPatterns(patterns));
+    WEIR_ASSIGN_OR_RETURN(t->pre_, PreTokenizer::Make(patterns));
   } else {
     std::istringstream lines(text);
     int line_no = 0;
@@ -250,7 +288,7 @@ StatusOr<std::shared_ptr<Tokenizer>> Tokenizer::Load(
     std::string pattern = tiktoken_pattern == "cl100k" ? kCl100kPattern
                           : tiktoken_pattern == "gpt2" ? kGpt2Pattern
                                                        : tiktoken_pattern;
-    WEIR_RETURN_IF_ERROR(t->SetPatterns({pattern}));
+    WEIR_ASSIGN_OR_RETURN(t->pre_, PreTokenizer::Make({pattern}));
     for (const auto& [content, id] : tiktoken_specials) {
       t->specials_.push_back({content, id});
       if (t->tokens_.size() <= static_cast<size_t>(id))
@@ -314,13 +352,7 @@ void Tokenizer::EncodePiece(std::string_view piece, std::vector<int64_t>& out) c
 }
 
 void Tokenizer::EncodeOrdinary(std::string_view text, std::vector<int64_t>& out) const {
-  std::vector<std::string_view> pieces = {text}, next;
-  for (const auto& regex : patterns_) {
-    next.clear();
-    for (std::string_view p : pieces) regex->Split(p, next);
-    pieces.swap(next);
-  }
-  for (std::string_view p : pieces) EncodePiece(p, out);
+  for (std::string_view p : pre_.Split(text)) EncodePiece(p, out);
 }
 
 std::vector<int64_t> Tokenizer::Encode(std::string_view text, bool specials) const {

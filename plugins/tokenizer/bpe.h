@@ -20,7 +20,31 @@ extern const char* const kCl100kPattern;
 // GPT-2's pattern (the one Hugging Face's ByteLevel pre-tokenizer uses with use_regex).
 extern const char* const kGpt2Pattern;
 
+// DeepSeek-V3's pre-tokenizer steps, as Split regexes applied in order (then ByteLevel without
+// its regex): digits in groups of 1-3, runs of CJK and kana isolated, then letters,
+// punctuation and newlines split as cl100k does.
+extern const char* const kDeepSeekPatterns[3];
+
 class Regex;
+
+// Regexes applied in sequence: each cuts every piece into its matches and the gaps between.
+class PreTokenizer {
+ public:
+  static StatusOr<PreTokenizer> Make(const std::vector<std::string>& patterns);
+  PreTokenizer();
+  PreTokenizer(PreTokenizer&&) noexcept;
+  PreTokenizer& operator=(PreTokenizer&&) noexcept;
+  ~PreTokenizer();
+  std::vector<std::string_view> Split(std::string_view text) const;
+  const std::vector<std::string>& patterns() const { return sources_; }
+
+ private:
+  std::vector<std::unique_ptr<Regex>> regexes_;
+  std::vector<std::string> sources_;
+};
+
+// Bytes spelled in GPT-2's byte-level alphabet (how tokenizer.json vocabularies write them).
+std::string ByteLevelString(std::string_view bytes);
 
 class Tokenizer {
  public:
@@ -40,13 +64,13 @@ class Tokenizer {
 
  private:
   Tokenizer() = default;
-  Status SetPatterns(const std::vector<std::string>& patterns);
+
   void EncodeOrdinary(std::string_view text, std::vector<int64_t>& out) const;
   void EncodePiece(std::string_view piece, std::vector<int64_t>& out) const;
   // The priority of merging two adjacent parts (lower first), or -1 when they do not merge.
   int64_t PairRank(std::string_view left, std::string_view right) const;
 
-  std::vector<std::unique_ptr<Regex>> patterns_;  // applied in sequence, each isolating matches
+  PreTokenizer pre_;
   std::unordered_map<std::string, int64_t> ids_;  // token bytes -> id
   std::vector<std::string> tokens_;               // id -> token bytes
   // HF: merge rank of "left\0right"; tiktoken (empty): a pair merges when their concatenation is

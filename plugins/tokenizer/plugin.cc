@@ -1,8 +1,9 @@
 // The tokenizer plugin: the `tokenizer` resource (a tokenizer.json or tiktoken rank file) and
-// the tokenizer.Encode / tokenizer.Decode stream ops.
+// the tokenizer.Encode, tokenizer.Decode and tokenizer.Train stream ops.
 #include "weir/plugin.h"
 
 #include "bpe.h"
+#include "trainer.h"
 
 namespace weir::tokenizer {
 namespace {
@@ -65,6 +66,37 @@ class Decode : public StreamKernel {
   std::string in_, out_;
 };
 
+// Learns a tokenizer from the text it receives and writes it when the stream ends.
+class Train : public StreamKernel {
+ public:
+  Train(const NodeContext& ctx, PreTokenizer pre)
+      : ctx_(ctx),
+        column_(ctx.String("text_column")),
+        trainer_(std::move(pre), ctx.Int("vocab_size"), ctx.StringList("specials"),
+                 static_cast<size_t>(ctx.Int("max_pieces"))) {}
+
+  Status Process(int, const Batch& batch, Emitter&) override {
+    WEIR_ASSIGN_OR_RETURN(const StringColumn* texts, batch.Get<StringColumn>(column_));
+    for (const std::string& t : *texts) trainer_.Add(t);
+    documents_ += texts->size();
+    return Status();
+  }
+
+  Status Finish(Emitter&) override {
+    trainer_.Train();
+    ctx_.Metric(0, {{"documents", static_cast<double>(documents_)},
+                    {"merges", static_cast<double>(trainer_.merges().size())},
+                    {"piece_occurrences_dropped", static_cast<double>(trainer_.pieces_dropped())}});
+    return trainer_.Save(ctx_.OutputPath(ctx_.String("dir")) / ctx_.String("file"));
+  }
+
+ private:
+  const NodeContext& ctx_;
+  std::string column_;
+  BpeTrainer trainer_;
+  uint64_t documents_ = 0;
+};
+
 template <typename K>
 StreamKernelFactory Make() {
   return [](const NodeContext& ctx) -> StatusOr<std::unique_ptr<StreamKernel>> {
@@ -95,6 +127,36 @@ void Register(Registrar& r) {
       .Attr<std::string>("ids_column", "ids", "the column of ids to add")
       .Attr("specials", true, "special tokens written in the text become their ids")
       .Factory(Make<Encode>());
+  r.StreamOp("tokenizer.Train")
+      .Doc(
+          "Trains a byte-level BPE tokenizer on a text column and writes it as a Hugging Face "
+          "tokenizer.json when the stream ends: the 256 bytes, one token per merge (the most "
+          "frequent adjacent pair first, 64-bit counts, ties to the smaller ids), then the "
+          "special tokens. Pieces are counted in a table of at most max_pieces entries (the "
+          "rarest are dropped when it fills), so memory stays bounded on any corpus.")
+      .Input("in", "batch", "rows with a text column")
+      .Attr<std::string>("text_column", "text", "the text to learn from")
+      .RequiredAttr<int64_t>("vocab_size", "tokens in all, special tokens included", Min(257))
+      .Attr("specials", std::vector<std::string>{}, "special tokens, given the last ids")
+      .Attr<std::string>("pre_tokenizer", "deepseek",
+                         "deepseek (digits by 1-3, CJK runs, letters/punctuation/newlines), "
+                         "cl100k or gpt2",
+                         OneOf{"deepseek", "cl100k", "gpt2"})
+      .Attr<int64_t>("max_pieces", 5000000, "bound of the piece count table", Min(1000))
+      .Attr<std::string>("file", "tokenizer.json", "output file, relative to `dir`")
+      .Attr<std::string>("dir", ".", "its folder: relative to the run's output folder, or absolute")
+      .Stateful()
+      .Factory([](const NodeContext& ctx) -> StatusOr<std::unique_ptr<StreamKernel>> {
+        std::string which = ctx.String("pre_tokenizer");
+        std::vector<std::string> patterns;
+        if (which == "deepseek") {
+          patterns.assign(std::begin(kDeepSeekPatterns), std::end(kDeepSeekPatterns));
+        } else {
+          patterns = {which == "cl100k" ? kCl100kPattern : kGpt2Pattern};
+        }
+        WEIR_ASSIGN_OR_RETURN(PreTokenizer pre, PreTokenizer::Make(patterns));
+        return std::unique_ptr<StreamKernel>(new Train(ctx, std::move(pre)));
+      });
   r.StreamOp("tokenizer.Decode")
       .Doc("Adds the text of an int-list column of token ids.")
       .Input("in", "batch", "rows with an ids column")

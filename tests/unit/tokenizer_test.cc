@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 
 #include "bpe.h"  // plugins/tokenizer, compiled into this test for byte-level checks
 #include "test_util.h"
@@ -138,6 +139,78 @@ TEST(Tokenizer, DecodeOfEncodeIsTheIdentity) {
   Encoded e = RunTokenizer(TinyTokenizerJson(false), texts);
   ASSERT_EQ(e.decoded.size(), texts.size());
   for (size_t i = 0; i < texts.size(); ++i) EXPECT_EQ(e.decoded[i], texts[i]) << i;
+}
+
+// Trains on `texts` with tokenizer.Train; returns the tokenizer.json text.
+std::string TrainTokenizer(const std::vector<std::string>& texts, const std::string& attrs,
+                           const fs::path& dir) {
+  fs::create_directories(dir);
+  {
+    std::ofstream docs(dir / "docs.jsonl");
+    for (const std::string& t : texts) docs << "{\"text\": " << JsonQuote(t) << "}\n";
+    std::ofstream(dir / "train.pbtxt")
+        << "node { name: \"read\" op: \"io.JsonlSource\" attr: \"path=docs.jsonl\" }\n"
+           "node { name: \"train\" op: \"tokenizer.Train\" input: \"read\" attr: \""
+        << attrs << "\" }\n";
+  }
+  auto g = LoadTestGraph((dir / "train.pbtxt").string());
+  CHECK(g.ok()) << g.status().ToString();
+  RunOptions options;
+  options.out_dir = dir / "out";
+  options.ops = &TestRegistry();
+  RunResult r = RunGraph(*g, options);
+  CHECK(r.status.ok()) << r.status.ToString();
+  std::ifstream in(dir / "out" / "tokenizer.json");
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+TEST(Tokenizer, TrainingMergesTheMostFrequentPairFirst) {
+  fs::path dir = fs::path(::testing::TempDir()) / ("tok_train_" + std::to_string(::getpid()));
+  std::string json = TrainTokenizer({"abab abab abab cd", "abab cd 12345"},
+                                    "vocab_size=260 specials=['<|eos|>']", dir);
+  auto parsed = ParseJsonObject(json);
+  ASSERT_TRUE(parsed.ok()) << json.substr(0, 200);
+  const auto& model = parsed->fields().at("model").struct_value().fields();
+  const auto& merges = model.at("merges").list_value().values();
+  ASSERT_EQ(merges.size(), 3u);  // 256 bytes + 3 merges + 1 special = 260
+  // a·b occurs 8 times; then ab·ab 4 times; then space·ab 3 times (" abab" pieces).
+  EXPECT_EQ(merges[0].list_value().values()[0].string_value(), "a");
+  EXPECT_EQ(merges[0].list_value().values()[1].string_value(), "b");
+  EXPECT_EQ(merges[1].list_value().values()[0].string_value(), "ab");
+  EXPECT_EQ(merges[1].list_value().values()[1].string_value(), "ab");
+  const auto& added = parsed->fields().at("added_tokens").list_value().values();
+  ASSERT_EQ(added.size(), 1u);
+  EXPECT_EQ(added[0].struct_value().fields().at("id").number_value(), 259);
+}
+
+TEST(Tokenizer, ATrainedTokenizerReloadsAndRoundTrips) {
+  std::ifstream stories(std::string(WEIR_SOURCE_DIR) + "/graphs/data/tiny/stories.txt");
+  std::vector<std::string> texts;
+  size_t bytes = 0;
+  for (std::string line; std::getline(stories, line);) {
+    texts.push_back(line);
+    bytes += line.size();
+  }
+  fs::path dir = fs::path(::testing::TempDir()) / ("tok_stories_" + std::to_string(::getpid()));
+  std::string attrs = "vocab_size=400 specials=['<|eos|>']";
+  std::string json = TrainTokenizer(texts, attrs, dir / "a");
+  EXPECT_EQ(TrainTokenizer(texts, attrs, dir / "b"), json) << "training is not deterministic";
+  texts.push_back("Unseen text: 123456 中文 and <|eos|> too.");
+  Encoded e = RunTokenizer(json, texts);
+  ASSERT_EQ(e.ids.size(), texts.size());
+  size_t tokens = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    EXPECT_EQ(e.decoded[i], texts[i]);
+    for (int64_t id : e.ids[i]) EXPECT_LT(id, 400);
+    if (i + 1 < texts.size()) tokens += e.ids[i].size();
+  }
+  // The special token written in the unseen text became its id.
+  const std::vector<int64_t>& last = e.ids.back();
+  EXPECT_NE(std::find(last.begin(), last.end(), 399), last.end());
+  LOG(INFO) << "trained tokenizer: " << tokens << " tokens for " << bytes << " bytes";
+  EXPECT_LT(static_cast<double>(tokens), 0.5 * static_cast<double>(bytes));
 }
 
 // Arbitrary bytes (invalid UTF-8 included), through the library: JSON cannot carry them.
