@@ -112,6 +112,18 @@ check "the resumed run starts at step 5" grep -q '"node":"train","step":5,"loss"
 "$weir" run graphs/tiny/pretrain_dense.pbtxt --out "$work/train3" --resume "$work/nothing" 2> "$work/err"
 check "resuming from a missing folder is refused" grep -q "is not a checkpoint folder" "$work/err"
 
+# --- the tiny pipeline of tools/run-demo: data (dedup, tokenizer), shards, pretraining on them
+pipe="$work/pipeline"
+check "pipeline: data stage" "$weir" run graphs/tiny/data.pbtxt --out "$pipe/data" --progress none
+check "pipeline: the data stage trains a tokenizer" test -s "$pipe/data/tokenizer.json"
+check "pipeline: it removes repeated stories" grep -q '"removed_exact": [1-9]' "$pipe/data/dedup_stats.json"
+check "pipeline: shards stage" "$weir" run graphs/tiny/shards.pbtxt --out "$pipe/shards" \
+  --set tokenizer="$pipe/data/tokenizer.json" --set stories="$pipe/data/stories.jsonl" --progress none
+check "pipeline: train and val shards" test -s "$pipe/shards/shards/train-00000.tok" -a -s "$pipe/shards/shards/val-00000.tok"
+check "pipeline: pretraining on the shards" "$weir" run graphs/tiny/pretrain_shards.pbtxt \
+  --out "$pipe/pretrain" --set shards="$pipe/shards/shards" --set steps=3 --progress none
+check "pipeline: three losses" test "$(grep -c '"loss"' "$pipe/pretrain/metrics.jsonl")" -eq 3
+
 # --- Ctrl-C stops cleanly
 sig="$work/sigint"
 "$weir" run tests/graphs/good/forever.pbtxt --out "$sig" --progress none 2> "$work/err" &
