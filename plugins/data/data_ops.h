@@ -8,5 +8,6 @@ namespace weir::data {
 
 void RegisterFilters(Registrar& r);
 void RegisterShards(Registrar& r);
+void RegisterMix(Registrar& r);
 
 }  // namespace weir::data

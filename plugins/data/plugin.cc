@@ -7,6 +7,7 @@ namespace {
 void RegisterData(weir::Registrar& r) {
   weir::data::RegisterFilters(r);
   weir::data::RegisterShards(r);
+  weir::data::RegisterMix(r);
 }
 
 }  // namespace
