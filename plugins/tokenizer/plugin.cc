@@ -2,6 +2,8 @@
 // the tokenizer.Encode, tokenizer.Decode and tokenizer.Train stream ops.
 #include "weir/plugin.h"
 
+#include <sstream>
+
 #include "bpe.h"
 #include "trainer.h"
 
@@ -47,7 +49,32 @@ class Decode : public StreamKernel {
         out_(ctx.String("text_column")) {}
 
   Status Process(int, const Batch& batch, Emitter& out) override {
-    WEIR_ASSIGN_OR_RETURN(const IntListColumn* ids, batch.Get<IntListColumn>(in_));
+    // Ids as int lists, or as strings of whitespace-separated ids (JSON Lines written by hand).
+    IntListColumn parsed;
+    const IntListColumn* ids = nullptr;
+    if (auto lists = batch.Get<IntListColumn>(in_); lists.ok()) {
+      ids = *lists;
+    } else {
+      WEIR_ASSIGN_OR_RETURN(const StringColumn* strings, batch.Get<StringColumn>(in_));
+      for (const std::string& s : *strings) {
+        std::vector<int64_t> row;
+        std::istringstream words(s);
+        for (std::string w; words >> w;) {
+          size_t used = 0;
+          int64_t id = -1;
+          try {
+            id = std::stoll(w, &used);
+          } catch (const std::exception&) {
+            used = 0;
+          }
+          if (used != w.size())
+            return ctx_.Error("'" + w + "' in column '" + in_ + "' is not a token id");
+          row.push_back(id);
+        }
+        parsed.push_back(std::move(row));
+      }
+      ids = &parsed;
+    }
     StringColumn texts;
     for (const auto& row : *ids) {
       auto text = tokenizer_->Decode(row);
@@ -162,7 +189,8 @@ void Register(Registrar& r) {
       .Input("in", "batch", "rows with an ids column")
       .Output("out", "batch", "the same rows with the text column added")
       .AttrOfType("tokenizer", ATTR_RESOURCE, std::nullopt, "the tokenizer resource")
-      .Attr<std::string>("ids_column", "ids", "the ids to decode")
+      .Attr<std::string>("ids_column", "ids",
+                         "the ids to decode: int lists, or strings of space-separated ids")
       .Attr<std::string>("text_column", "text", "the column of text to add")
       .Factory(Make<Decode>());
 }

@@ -25,7 +25,7 @@ check() {  # check NAME COMMAND...: the command must succeed
 # --- help and usage
 check "weir --help" "$weir" --help > "$work/help"
 check "help lists run" grep -q "run GRAPH" "$work/help"
-for cmd in run check ops; do
+for cmd in run check ops tokenize; do
   check "weir $cmd --help" "$weir" $cmd --help > "$work/help_$cmd"
   check "weir $cmd --help shows usage" grep -q "usage: weir $cmd" "$work/help_$cmd"
 done
@@ -123,6 +123,18 @@ check "pipeline: train and val shards" test -s "$pipe/shards/shards/train-00000.
 check "pipeline: pretraining on the shards" "$weir" run graphs/tiny/pretrain_shards.pbtxt \
   --out "$pipe/pretrain" --set shards="$pipe/shards/shards" --set steps=3 --progress none
 check "pipeline: three losses" test "$(grep -c '"loss"' "$pipe/pretrain/metrics.jsonl")" -eq 3
+
+# --- weir tokenize with the tokenizer the pipeline trained
+tok="$pipe/data/tokenizer.json"
+printf 'A small bird finds the sea.\n中文 and 12345!\n' > "$work/text.txt"
+"$weir" tokenize --tokenizer "$tok" < "$work/text.txt" > "$work/ids.txt"
+check "tokenize prints ids" grep -qE '^[0-9]+( [0-9]+)+$' "$work/ids.txt"
+"$weir" tokenize --tokenizer "$tok" --decode < "$work/ids.txt" > "$work/back.txt"
+check "tokenize --decode gives the text back" cmp -s "$work/text.txt" "$work/back.txt"
+if echo "5 999999" | "$weir" tokenize --tokenizer "$tok" --decode 2> "$work/err"; then
+  check "an unknown id is refused" false
+fi
+check "an unknown id is named" grep -q "token id 999999 is outside the vocabulary \[0, 384)" "$work/err"
 
 # --- Ctrl-C stops cleanly
 sig="$work/sigint"

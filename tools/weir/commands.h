@@ -9,5 +9,6 @@ namespace weir::cli {
 int RunCommand(const std::vector<std::string>& args);
 int CheckCommand(const std::vector<std::string>& args);
 int OpsCommand(const std::vector<std::string>& args);
+int TokenizeCommand(const std::vector<std::string>& args);
 
 }  // namespace weir::cli

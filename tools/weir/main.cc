@@ -15,6 +15,7 @@ Commands:
   run GRAPH [--set k=v]... [--out DIR]   run a graph; outputs go to DIR (default runs/NAME-TIME/)
   check GRAPH [--set k=v]...             parse and validate a graph; exit 1 on errors
   ops [--json|--markdown] [OP]           list ops with their plugin, ports, attrs and kernels
+  tokenize --tokenizer FILE [--decode]   text on stdin to token ids (or ids to text)
 
 Run 'weir COMMAND --help' for a command's options.
 Plugins load from the plugin folder beside libweir_core, then $WEIR_PLUGIN_PATH (':'-separated),
@@ -41,6 +42,7 @@ int main(int argc, char** argv) {
   if (command == "run") return weir::cli::RunCommand(args);
   if (command == "check") return weir::cli::CheckCommand(args);
   if (command == "ops") return weir::cli::OpsCommand(args);
+  if (command == "tokenize") return weir::cli::TokenizeCommand(args);
   std::cerr << "weir: unknown command '" << command << "'\n\n" << kUsage;
   return 2;
 }
