@@ -28,6 +28,15 @@ class Sharding {
 // Declares `shards`, `shard` and `shard_by` on a source.
 OpBuilder& ShardingAttrs(OpBuilder& op);
 
+// A source's read position: how many rows it has read (its shard's and the others'), saved as
+// <run>/state/<node>.json when its stream ends, so `weir run GRAPH --resume RUN` (RUN an earlier
+// run's output folder) continues after them: a job stopped with Ctrl-C resumes where it stopped.
+struct ReadPosition {
+  // The rows to skip: the saved position of the run being resumed, or 0.
+  static StatusOr<int64_t> Load(const NodeContext& ctx);
+  static Status Save(const NodeContext& ctx, int64_t rows);
+};
+
 void RegisterJsonlSource(Registrar& r);
 void RegisterJsonlSink(Registrar& r);
 void RegisterTextSource(Registrar& r);

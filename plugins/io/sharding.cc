@@ -1,4 +1,6 @@
 #include "io_ops.h"
+#include "weir/atomic_file.h"
+#include "weir/json.h"
 
 namespace weir::io {
 
@@ -19,6 +21,29 @@ StatusOr<Sharding> Sharding::Make(const NodeContext& ctx,
     *files = std::move(mine);
   }
   return s;
+}
+
+namespace {
+std::filesystem::path StateFile(const std::filesystem::path& run, const NodeContext& ctx) {
+  return run / "state" / (ctx.node() + ".json");
+}
+}  // namespace
+
+StatusOr<int64_t> ReadPosition::Load(const NodeContext& ctx) {
+  if (ctx.resume_dir().empty()) return 0;
+  std::filesystem::path file = StateFile(ctx.resume_dir(), ctx);
+  if (!std::filesystem::exists(file)) return 0;  // a training checkpoint: its readers resume
+  auto state = ReadJsonFile(file);
+  if (!state.ok()) return ctx.Error("resume: " + state.status().message());
+  auto it = state->fields().find("rows_read");
+  if (it == state->fields().end())
+    return ctx.Error("resume: " + file.string() + " has no number 'rows_read'");
+  return static_cast<int64_t>(it->second.number_value());
+}
+
+Status ReadPosition::Save(const NodeContext& ctx, int64_t rows) {
+  return WriteFileAtomically(StateFile(ctx.out_dir(), ctx),
+                             "{\"rows_read\": " + std::to_string(rows) + "}\n");
 }
 
 OpBuilder& ShardingAttrs(OpBuilder& op) {

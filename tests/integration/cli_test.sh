@@ -110,7 +110,7 @@ check "resuming continues at step 5" "$weir" run graphs/tiny/pretrain_dense.pbtx
 check "the resumed run trains steps 5 and 6 only" test "$(grep -c '"loss"' "$work/train2/metrics.jsonl")" -eq 2
 check "the resumed run starts at step 5" grep -q '"node":"train","step":5,"loss"' "$work/train2/metrics.jsonl"
 "$weir" run graphs/tiny/pretrain_dense.pbtxt --out "$work/train3" --resume "$work/nothing" 2> "$work/err"
-check "resuming from a missing folder is refused" grep -q "is not a checkpoint folder" "$work/err"
+check "resuming from a missing folder is refused" grep -q "is not a checkpoint folder or a run's output folder" "$work/err"
 
 # --- the tiny pipeline of tools/run-demo: data (dedup, tokenizer), shards, pretraining on them
 pipe="$work/pipeline"
@@ -123,6 +123,16 @@ check "pipeline: train and val shards" test -s "$pipe/shards/shards/train-00000.
 check "pipeline: pretraining on the shards" "$weir" run graphs/tiny/pretrain_shards.pbtxt \
   --out "$pipe/pretrain" --set shards="$pipe/shards/shards" --set steps=3 --progress none
 check "pipeline: three losses" test "$(grep -c '"loss"' "$pipe/pretrain/metrics.jsonl")" -eq 3
+
+# --- a data job stopped early resumes where it stopped: rows 0-29, then 30-1999, each once
+"$weir" run graphs/tiny/data.pbtxt --out "$work/part1" --set max_tasks=100000 --set sample_rate=1.0 \
+  --progress none 2> /dev/null
+check "a source saves its read position" grep -q '"rows_read": 2000' "$work/part1/state/tasks.json"
+printf '{"rows_read": 30}\n' > "$work/part1/state/tasks.json"  # as if stopped after 30 rows
+check "resuming a data run" "$weir" run graphs/tiny/data.pbtxt --out "$work/part2" \
+  --set max_tasks=100000 --set sample_rate=1.0 --resume "$work/part1" --progress none
+check "the resumed run reads the rest" test "$(wc -l < "$work/part2/tasks.jsonl")" -eq 1970
+check "starting at row 30" grep -q '^{"id":30,' "$work/part2/tasks.jsonl"
 
 # --- weir tokenize with the tokenizer the pipeline trained
 tok="$pipe/data/tokenizer.json"

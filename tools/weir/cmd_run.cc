@@ -40,8 +40,9 @@ Options:
   --max-in-flight N      items in flight per source (default 16)
   --progress MODE        auto (default: live line on a terminal, else lines), live, lines, none
   --progress-interval S  seconds between progress lines when not live (default 10)
-  --resume CKPT          continue a training run from checkpoint folder CKPT (nodes that
-                         keep state, such as trainers and their data readers, restore it)
+  --resume DIR           continue from DIR: a training checkpoint folder (trainers and their
+                         data readers restore their state), or an earlier run's output folder
+                         (sources continue after the rows that run read; its outputs stay)
 )";
 
 std::atomic<bool> g_stop{false};
@@ -176,7 +177,8 @@ int RunCommand(const std::vector<std::string>& argv) {
   options.max_in_flight = *in_flight;
   if (auto resume = args.Get("resume")) {
     if (!fs::is_directory(*resume)) {
-      std::cerr << "weir run: --resume " << *resume << " is not a checkpoint folder\n";
+      std::cerr << "weir run: --resume " << *resume
+                << " is not a checkpoint folder or a run's output folder\n";
       return 1;
     }
     options.resume_dir = fs::absolute(*resume);

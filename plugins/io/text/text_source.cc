@@ -11,12 +11,20 @@ namespace {
 class TextSource : public StreamKernel {
  public:
   TextSource(const NodeContext& ctx, std::vector<std::filesystem::path> files, Sharding sharding)
-      : files_(std::move(files)),
+      : ctx_(ctx),
+        files_(std::move(files)),
         sharding_(sharding),
         whole_files_(ctx.String("mode") == "files"),
         column_(ctx.String("column")),
         batch_size_(ctx.Int("batch_size")),
         skip_empty_(ctx.Bool("skip_empty")) {}
+
+  Status Resume() {
+    WEIR_ASSIGN_OR_RETURN(skip_, ReadPosition::Load(ctx_));
+    return Status();
+  }
+
+  Status Finish(Emitter&) override { return ReadPosition::Save(ctx_, row_index_); }
 
   StatusOr<bool> Produce(Emitter& out) override {
     StringColumn texts;
@@ -27,6 +35,10 @@ class TextSource : public StreamKernel {
       WEIR_ASSIGN_OR_RETURN(bool more, Next(&text, &source));
       if (!more) break;
       if (skip_empty_ && text.find_first_not_of(" \t\r\n") == std::string::npos) continue;
+      if (row_index_ < skip_) {  // read by the run this one resumes
+        ++row_index_;
+        continue;
+      }
       if (!sharding_.Keep(row_index_++)) continue;
       texts.push_back(std::move(text));
       sources.push_back(std::move(source));
@@ -69,9 +81,11 @@ class TextSource : public StreamKernel {
     return false;
   }
 
+  const NodeContext& ctx_;
   std::vector<std::filesystem::path> files_;
   Sharding sharding_;
   int64_t row_index_ = 0;  // rows read, this shard's or not
+  int64_t skip_ = 0;
   bool whole_files_;
   std::string column_;
   int64_t batch_size_;
@@ -103,7 +117,9 @@ void RegisterTextSource(Registrar& r) {
         WEIR_ASSIGN_OR_RETURN(
             auto files, ListInputFiles(ctx.InputPath(ctx.String("path")), ctx.String("suffix")));
         WEIR_ASSIGN_OR_RETURN(Sharding sharding, Sharding::Make(ctx, &files));
-        return std::unique_ptr<StreamKernel>(new TextSource(ctx, std::move(files), sharding));
+        auto kernel = std::make_unique<TextSource>(ctx, std::move(files), sharding);
+        WEIR_RETURN_IF_ERROR(kernel->Resume());
+        return std::unique_ptr<StreamKernel>(std::move(kernel));
       });
   ShardingAttrs(op);
 }
