@@ -256,6 +256,7 @@ class Dedup : public StreamKernel {
                          ", \"rows\": " + std::to_string(params_.rows) + "}\n";
       WEIR_RETURN_IF_ERROR(WriteFileAtomically(Out(stats), json));
     }
+    WEIR_RETURN_IF_ERROR(SaveClusters());
     return Save();
   }
 
@@ -286,6 +287,33 @@ class Dedup : public StreamKernel {
       id.text = std::to_string((*i)[row]);
     }
     return id;
+  }
+
+  // Every cluster with more than one document: its kept document and the others, in stream
+  // order, one JSON object per line.
+  Status SaveClusters() {
+    const std::string& path = ctx_.String("clusters");
+    if (path.empty()) return Status();
+    WEIR_ASSIGN_OR_RETURN(auto writer, AtomicFileWriter::Open(Out(path)));
+    auto quote = [&](const Id& id) {
+      return id.text == ShortestDouble(id.number) ? id.text : JsonQuote(id.text);
+    };
+    for (auto& [name, scope] : scopes_) {
+      std::map<int, std::vector<int>> members;
+      for (int d = 0; d < static_cast<int>(scope.ids.size()); ++d)
+        members[scope.Find(d)].push_back(d);
+      for (const auto& [root, docs] : members) {
+        if (docs.size() < 2) continue;
+        std::ostream& out = writer->stream();
+        out << "{\"kept\": " << quote(scope.ids[static_cast<size_t>(root)]);
+        if (!shard_.empty()) out << ", \"shard\": " << JsonQuote(name);
+        out << ", \"duplicates\": [";
+        for (size_t k = 1; k < docs.size(); ++k)
+          out << (k > 1 ? ", " : "") << quote(scope.ids[static_cast<size_t>(docs[k])]);
+        out << "]}\n";
+      }
+    }
+    return writer->Commit();
   }
 
   Status Save() {
@@ -364,6 +392,10 @@ void RegisterDedup(Registrar& r) {
                          "where to save the index when the stream ends (relative to `dir`), "
                          "written atomically")
       .Attr<std::string>("stats", "", "a JSON summary to write (relative to `dir`)")
+      .Attr<std::string>(
+          "clusters", "",
+          "a JSON Lines file of the duplicate clusters to write (relative to `dir`): "
+          "{kept, duplicates: [...]} per cluster of two or more")
       .Attr<std::string>("dir", ".",
                          "folder of `stats` and `save_index`: relative to the run's output "
                          "folder, or absolute")

@@ -188,6 +188,21 @@ TEST(Dedup, PlantedDuplicatesAreFoundAtTheDefaults) {
   EXPECT_EQ(run.stats.fields().at("documents").number_value(), 900);
   EXPECT_EQ(run.stats.fields().at("kept").number_value(), static_cast<double>(run.kept.size()));
   EXPECT_GE(run.stats.fields().at("removed_exact").number_value(), 50);  // every 5th planted
+  // The exported clusters hold every removed document once, under the id it duplicates.
+  std::ifstream clusters(run.out / "result" / "clusters.jsonl");
+  size_t listed = 0;
+  for (std::string line; std::getline(clusters, line);) {
+    auto c = ParseJsonObject(line);
+    ASSERT_TRUE(c.ok()) << line;
+    int kept = static_cast<int>(c->fields().at("kept").number_value());
+    EXPECT_TRUE(run.kept.count(kept)) << line;
+    for (const auto& v : c->fields().at("duplicates").list_value().values()) {
+      int id = static_cast<int>(v.number_value());
+      ASSERT_TRUE(run.removed.count(id)) << id << " in a cluster but not removed";
+      ++listed;
+    }
+  }
+  EXPECT_EQ(listed, run.removed.size());
 }
 
 TEST(Dedup, TheIndexCatchesDuplicatesArrivingInALaterRun) {
