@@ -66,7 +66,7 @@ check "ops suggests the op meant" grep -q "did you mean 'io.Sample'" "$work/err"
 # --- run: outputs
 run="$work/run1"
 check "run the tiny data graph" "$weir" run graphs/tiny/data.pbtxt --out "$run" --set max_tasks=50 --progress none
-for f in graph.resolved.pbtxt metrics.jsonl summary.json run.log tasks.jsonl stories.jsonl; do
+for f in graph.resolved.pbtxt metrics.jsonl summary.json run.log tasks.jsonl docs.jsonl; do
   check "run wrote $f" test -s "$run/$f"
 done
 check "the head bounds the sample" test "$(wc -l < "$run/tasks.jsonl")" -eq 50
@@ -116,9 +116,10 @@ check "resuming from a missing folder is refused" grep -q "is not a checkpoint f
 pipe="$work/pipeline"
 check "pipeline: data stage" "$weir" run graphs/tiny/data.pbtxt --out "$pipe/data" --progress none
 check "pipeline: the data stage trains a tokenizer" test -s "$pipe/data/tokenizer.json"
-check "pipeline: it removes repeated stories" grep -q '"removed_exact": [1-9]' "$pipe/data/dedup_stats.json"
+check "pipeline: it removes duplicate stories" grep -q '"removed_exact": 12' "$pipe/data/dedup_stats.json"
+check "pipeline: the filters say why" grep -q '"reason":"gopher_short_doc"' "$pipe/data/excluded_quality.jsonl"
 check "pipeline: shards stage" "$weir" run graphs/tiny/shards.pbtxt --out "$pipe/shards" \
-  --set tokenizer="$pipe/data/tokenizer.json" --set stories="$pipe/data/stories.jsonl" --progress none
+  --set tokenizer="$pipe/data/tokenizer.json" --set docs="$pipe/data/docs.jsonl" --progress none
 check "pipeline: train and val shards" test -s "$pipe/shards/shards/train-00000.tok" -a -s "$pipe/shards/shards/val-00000.tok"
 check "pipeline: pretraining on the shards" "$weir" run graphs/tiny/pretrain_shards.pbtxt \
   --out "$pipe/pretrain" --set shards="$pipe/shards/shards" --set steps=3 --progress none
