@@ -4,6 +4,7 @@
 #include <pcre2.h>
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -165,6 +166,11 @@ std::string PairKey(std::string_view a, std::string_view b) {
 }
 
 }  // namespace
+
+Tokenizer::Tokenizer() {
+  static std::atomic<uint64_t> next{0};
+  serial_ = next++;
+}
 
 Tokenizer::~Tokenizer() = default;
 
@@ -352,7 +358,25 @@ void Tokenizer::EncodePiece(std::string_view piece, std::vector<int64_t>& out) c
 }
 
 void Tokenizer::EncodeOrdinary(std::string_view text, std::vector<int64_t>& out) const {
-  for (std::string_view p : pre_.Split(text)) EncodePiece(p, out);
+  // Pieces (words) repeat: each thread remembers the ids of the pieces it encoded, per tokenizer
+  // (by serial number: an address may be reused by a later tokenizer), forgetting them when a
+  // memo grows past its bound.
+  thread_local std::unordered_map<uint64_t, std::unordered_map<std::string, std::vector<int64_t>>>
+      memos;
+  if (memos.size() > 8 && !memos.count(serial_)) memos.clear();
+  auto& memo = memos[serial_];
+  std::vector<int64_t> ids;
+  for (std::string_view p : pre_.Split(text)) {
+    std::string key(p);
+    auto it = memo.find(key);
+    if (it == memo.end()) {
+      ids.clear();
+      EncodePiece(p, ids);
+      if (memo.size() >= 200000) memo.clear();
+      it = memo.emplace(std::move(key), ids).first;
+    }
+    out.insert(out.end(), it->second.begin(), it->second.end());
+  }
 }
 
 std::vector<int64_t> Tokenizer::Encode(std::string_view text, bool specials) const {

@@ -63,7 +63,7 @@ class Tokenizer {
   int64_t vocab_size() const { return static_cast<int64_t>(tokens_.size()); }
 
  private:
-  Tokenizer() = default;
+  Tokenizer();
 
   void EncodeOrdinary(std::string_view text, std::vector<int64_t>& out) const;
   void EncodePiece(std::string_view piece, std::vector<int64_t>& out) const;
@@ -77,6 +77,7 @@ class Tokenizer {
   // a token, with its id as the rank.
   std::unordered_map<std::string, int64_t> merges_;
   std::vector<std::pair<std::string, int64_t>> specials_;  // longest first
+  uint64_t serial_;  // identifies this tokenizer's piece memos
 };
 
 }  // namespace weir::tokenizer
