@@ -99,6 +99,7 @@ class Train : public StreamKernel {
   Train(const NodeContext& ctx, PreTokenizer pre)
       : ctx_(ctx),
         column_(ctx.String("text_column")),
+        emit_(ctx.Bool("emit_encoded")),
         trainer_(std::move(pre), ctx.Int("vocab_size"), ctx.StringList("specials"),
                  static_cast<size_t>(ctx.Int("max_pieces"))) {}
 
@@ -106,22 +107,39 @@ class Train : public StreamKernel {
     WEIR_ASSIGN_OR_RETURN(const StringColumn* texts, batch.Get<StringColumn>(column_));
     for (const std::string& t : *texts) trainer_.Add(t);
     documents_ += texts->size();
+    if (emit_) held_.push_back(batch);
     return Status();
   }
 
-  Status Finish(Emitter&) override {
+  Status Finish(Emitter& out) override {
     trainer_.Train();
     ctx_.Metric(0, {{"documents", static_cast<double>(documents_)},
                     {"merges", static_cast<double>(trainer_.merges().size())},
                     {"piece_occurrences_dropped", static_cast<double>(trainer_.pieces_dropped())}});
-    return trainer_.Save(ctx_.OutputPath(ctx_.String("dir")) / ctx_.String("file"));
+    std::filesystem::path file = ctx_.OutputPath(ctx_.String("dir")) / ctx_.String("file");
+    WEIR_RETURN_IF_ERROR(trainer_.Save(file));
+    if (!emit_) return Status();
+    // The documents it learned from, encoded with what it learned: read back from the file
+    // just written, so they are exactly what a later tokenizer.Encode would give.
+    WEIR_ASSIGN_OR_RETURN(auto tokenizer, Tokenizer::Load(file));
+    for (Batch& batch : held_) {
+      WEIR_ASSIGN_OR_RETURN(const StringColumn* texts, batch.Get<StringColumn>(column_));
+      IntListColumn ids;
+      for (const std::string& t : *texts) ids.push_back(tokenizer->Encode(t));
+      WEIR_RETURN_IF_ERROR(batch.Set(ctx_.String("ids_column"), std::move(ids)));
+      out.Emit(std::move(batch));
+    }
+    held_.clear();
+    return Status();
   }
 
  private:
   const NodeContext& ctx_;
   std::string column_;
+  bool emit_;
   BpeTrainer trainer_;
   uint64_t documents_ = 0;
+  std::vector<Batch> held_;  // with emit_encoded, the rows to encode when training is done
 };
 
 template <typename K>
@@ -162,7 +180,14 @@ void Register(Registrar& r) {
           "special tokens. Pieces are counted in a table of at most max_pieces entries (the "
           "rarest are dropped when it fills), so memory stays bounded on any corpus.")
       .Input("in", "batch", "rows with a text column")
+      .Output("encoded", "batch",
+              "with emit_encoded: the same rows and an ids column, encoded with the trained "
+              "tokenizer when training is done")
       .Attr<std::string>("text_column", "text", "the text to learn from")
+      .Attr("emit_encoded", false,
+            "keep the rows and emit them encoded at the end (so one graph can train a tokenizer "
+            "and pack token shards; the rows are held in memory)")
+      .Attr<std::string>("ids_column", "ids", "with emit_encoded: the column of ids added")
       .RequiredAttr<int64_t>("vocab_size", "tokens in all, special tokens included", Min(257))
       .Attr("specials", std::vector<std::string>{}, "special tokens, given the last ids")
       .Attr<std::string>("pre_tokenizer", "deepseek",

@@ -112,17 +112,15 @@ check "the resumed run starts at step 5" grep -q '"node":"train","step":5,"loss"
 "$weir" run graphs/tiny/pretrain_dense.pbtxt --out "$work/train3" --resume "$work/nothing" 2> "$work/err"
 check "resuming from a missing folder is refused" grep -q "is not a checkpoint folder or a run's output folder" "$work/err"
 
-# --- the tiny pipeline of tools/run-demo: data (dedup, tokenizer), shards, pretraining on them
+# --- the tiny pipeline of tools/run-demo: data (filters, dedup, tokenizer, shards), pretraining
 pipe="$work/pipeline"
 check "pipeline: data stage" "$weir" run graphs/tiny/data.pbtxt --out "$pipe/data" --progress none
 check "pipeline: the data stage trains a tokenizer" test -s "$pipe/data/tokenizer.json"
 check "pipeline: it removes duplicate stories" grep -q '"removed_exact": 12' "$pipe/data/dedup_stats.json"
 check "pipeline: the filters say why" grep -q '"reason":"gopher_short_doc"' "$pipe/data/excluded_quality.jsonl"
-check "pipeline: shards stage" "$weir" run graphs/tiny/shards.pbtxt --out "$pipe/shards" \
-  --set tokenizer="$pipe/data/tokenizer.json" --set docs="$pipe/data/docs.jsonl" --progress none
-check "pipeline: train and val shards" test -s "$pipe/shards/shards/train-00000.tok" -a -s "$pipe/shards/shards/val-00000.tok"
+check "pipeline: train and val shards" test -s "$pipe/data/shards/train-00000.tok" -a -s "$pipe/data/shards/val-00000.tok"
 check "pipeline: pretraining on the shards" "$weir" run graphs/tiny/pretrain_shards.pbtxt \
-  --out "$pipe/pretrain" --set shards="$pipe/shards/shards" --set steps=3 --progress none
+  --out "$pipe/pretrain" --set shards="$pipe/data/shards" --set steps=3 --progress none
 check "pipeline: three losses" test "$(grep -c '"loss"' "$pipe/pretrain/metrics.jsonl")" -eq 3
 
 # --- a data job stopped early resumes where it stopped: rows 0-29, then 30-1999, each once
