@@ -1,0 +1,11 @@
+// The moe plugin's ops.
+#pragma once
+
+#include "weir/registrar.h"
+#include "weir/tensor_op.h"
+
+namespace weir::moe {
+
+void RegisterRouter(Registrar& r);
+
+}  // namespace weir::moe

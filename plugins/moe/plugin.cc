@@ -1,0 +1,11 @@
+#include "weir/plugin.h"
+
+#include "moe_ops.h"
+
+namespace {
+
+void RegisterMoe(weir::Registrar& r) { weir::moe::RegisterRouter(r); }
+
+}  // namespace
+
+WEIR_PLUGIN("moe", "0.1.0", RegisterMoe)
