@@ -7,5 +7,6 @@
 namespace weir::moe {
 
 void RegisterRouter(Registrar& r);
+void RegisterBalanceLoss(Registrar& r);
 
 }  // namespace weir::moe

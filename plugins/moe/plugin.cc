@@ -4,7 +4,10 @@
 
 namespace {
 
-void RegisterMoe(weir::Registrar& r) { weir::moe::RegisterRouter(r); }
+void RegisterMoe(weir::Registrar& r) {
+  weir::moe::RegisterRouter(r);
+  weir::moe::RegisterBalanceLoss(r);
+}
 
 }  // namespace
 

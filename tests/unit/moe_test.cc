@@ -13,6 +13,7 @@ namespace weir::testing {
 namespace {
 
 TensorType F64(Shape s) { return {DT_F64, std::move(s)}; }
+TensorType I64(Shape s) { return {DT_I64, std::move(s)}; }
 
 struct Routed {
   std::vector<double> weights;
@@ -136,6 +137,55 @@ TEST(MoeRouter, Bf16StaysCloseToF32) {
   EXPECT_EQ((*bf16)[1].ToVector(), (*f32)[1].ToVector());
   std::vector<double> a = (*f32)[0].ToVector(), b = (*bf16)[0].ToVector();
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], 0.01 * std::abs(a[i])) << i;
+}
+
+// Two sequences of three tokens, four experts, K = 2.
+const std::vector<double> kIndices = {0, 1, 0, 2, 0, 1, /* sequence 1 */ 3, 2, 1, 3, 2, 3};
+
+TEST(MoeBalanceLoss, MatchesTheFormula) {
+  OpCase c{"moe.BalanceLoss", "alpha=0.5", {F64({2, 3, 4}), I64({2, 3, 2})}, {{1, kIndices}}};
+  auto out = RunOp(c);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  std::vector<double> x = CaseInputs(c)[0].ToVector();
+  double want = 0;
+  for (int b = 0; b < 2; ++b) {
+    std::vector<double> f(4, 0.0), p(4, 0.0);
+    for (int t = 0; t < 6; ++t)
+      f[static_cast<size_t>(kIndices[static_cast<size_t>(b * 6 + t)])] += 4.0 / (2 * 3);
+    for (int t = 0; t < 3; ++t) {
+      double total = 0;
+      std::vector<double> s(4);
+      for (int e = 0; e < 4; ++e)
+        total += s[static_cast<size_t>(e)] =
+            1 / (1 + std::exp(-x[static_cast<size_t>((b * 3 + t) * 4 + e)]));
+      for (int e = 0; e < 4; ++e)
+        p[static_cast<size_t>(e)] += s[static_cast<size_t>(e)] / total / 3;
+    }
+    for (int e = 0; e < 4; ++e) want += 0.5 * f[static_cast<size_t>(e)] * p[static_cast<size_t>(e)];
+  }
+  EXPECT_NEAR((*out)[0].At(0), want / 2, 1e-12);
+}
+
+TEST(MoeBalanceLoss, ImbalanceCostsMore) {
+  // Balanced: every expert chosen equally, affinities uniform: the loss is alpha.
+  OpCase balanced{"moe.BalanceLoss",
+                  "alpha=1",
+                  {F64({1, 2, 4}), I64({1, 2, 2})},
+                  {{0, std::vector<double>(8, 0.0)}, {1, {0, 1, 2, 3}}}};
+  // Collapsed: both tokens to experts 0 and 1, which also hold the affinity.
+  OpCase collapsed{"moe.BalanceLoss",
+                   "alpha=1",
+                   {F64({1, 2, 4}), I64({1, 2, 2})},
+                   {{0, {6, 6, -6, -6, 6, 6, -6, -6}}, {1, {0, 1, 0, 1}}}};
+  auto a = RunOp(balanced), b = RunOp(collapsed);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_NEAR((*a)[0].At(0), 1.0, 1e-12);
+  EXPECT_GT((*b)[0].At(0), 1.9);
+}
+
+TEST(MoeBalanceLoss, GradientMatchesFiniteDifferences) {
+  OpCase c{"moe.BalanceLoss", "alpha=0.5", {F64({2, 3, 4}), I64({2, 3, 2})}, {{1, kIndices}}, {1}};
+  EXPECT_EQ(CheckGradients(c), 24);
 }
 
 TEST(MoeRouter, ImpossibleConfigurationsAreNamed) {
