@@ -8,5 +8,6 @@ namespace weir::moe {
 
 void RegisterRouter(Registrar& r);
 void RegisterBalanceLoss(Registrar& r);
+void RegisterBiasUpdate(Registrar& r);
 
 }  // namespace weir::moe

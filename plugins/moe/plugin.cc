@@ -7,6 +7,7 @@ namespace {
 void RegisterMoe(weir::Registrar& r) {
   weir::moe::RegisterRouter(r);
   weir::moe::RegisterBalanceLoss(r);
+  weir::moe::RegisterBiasUpdate(r);
 }
 
 }  // namespace

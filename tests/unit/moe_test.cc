@@ -188,6 +188,25 @@ TEST(MoeBalanceLoss, GradientMatchesFiniteDifferences) {
   EXPECT_EQ(CheckGradients(c), 24);
 }
 
+TEST(MoeBiasUpdate, OverloadedExpertsLoseBiasUnderloadedGain) {
+  // 4 experts, 6 choices: mean load 1.5; loads 3, 2, 1, 0.
+  OpCase c{"moe.BiasUpdate",
+           "gamma=0.001",
+           {{DT_F32, {4}}, I64({3, 2})},
+           {{0, {0.5, 0.0, -0.25, 0.0}}, {1, {0, 1, 0, 1, 0, 2}}}};
+  auto out = RunOp(c);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  std::vector<double> bias = (*out)[0].ToVector();
+  EXPECT_NEAR(bias[0], 0.5 - 0.001, 1e-7);
+  EXPECT_NEAR(bias[1], 0.0 - 0.001, 1e-7);
+  EXPECT_NEAR(bias[2], -0.25 + 0.001, 1e-7);
+  EXPECT_NEAR(bias[3], 0.0 + 0.001, 1e-7);
+  EXPECT_EQ((*out)[1].ToVector(), (std::vector<double>{3, 2, 1, 0}));
+  auto bad = RunOp({"moe.BiasUpdate", "", {{DT_F32, {4}}, I64({1, 2})}, {{1, {0, 9}}}});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("expert index 9 is outside [0, 4)"), std::string::npos);
+}
+
 TEST(MoeRouter, ImpossibleConfigurationsAreNamed) {
   auto groups = RunOp({"moe.Router", "num_experts_per_tok=2 n_group=3", {F64({2, 8})}});
   ASSERT_FALSE(groups.ok());
