@@ -97,6 +97,10 @@ class NodeContext {
   const std::filesystem::path& out_dir() const { return env_->out_dir; }
   // The checkpoint this run resumes from (weir run --resume), or empty.
   const std::filesystem::path& resume_dir() const { return env_->resume_dir; }
+  // How many batches the trainer of that checkpoint had consumed (its trainer_state.json's
+  // `data_position`; 0 when it records none), so a training-data reader continues with the next
+  // one. 0 when the run does not resume; an error naming the file when it cannot be read.
+  StatusOr<int64_t> ResumedDataPosition() const;
   const Graph& graph() const { return *env_->graph; }
   const OpRegistry& ops() const { return *env_->ops; }
 

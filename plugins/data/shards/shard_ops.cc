@@ -7,7 +7,6 @@
 #include "shards/token_shards.h"
 #include "weir/atomic_file.h"
 #include "weir/file_list.h"
-#include "weir/json.h"
 #include "weir/random.h"
 
 namespace weir::data {
@@ -133,12 +132,7 @@ class TokenShards : public StreamKernel {
     seq_len_ = static_cast<int64_t>(first.record_tokens) - 1;
     if (records_.empty()) return ctx.Error("the token shards hold no records");
     // Resuming: continue after the batches the trainer already consumed.
-    if (!ctx.resume_dir().empty()) {
-      auto state = ReadJsonFile(ctx.resume_dir() / "trainer_state.json");
-      if (!state.ok()) return ctx.Error("resume: " + state.status().message());
-      auto it = state->fields().find("data_position");
-      if (it != state->fields().end()) next_ = static_cast<int64_t>(it->second.number_value());
-    }
+    WEIR_ASSIGN_OR_RETURN(next_, ctx.ResumedDataPosition());
     return Status();
   }
 

@@ -6,7 +6,6 @@
 #include <sstream>
 
 #include "weir/file_list.h"
-#include "weir/json.h"
 #include "weir/registrar.h"
 
 namespace weir::train {
@@ -33,12 +32,9 @@ class ByteWindows : public StreamKernel {
                        std::to_string(region) +
                        " bytes, fewer than seq_len + 1 = " + std::to_string(seq_len_ + 1));
     }
-    // Resuming: skip the batches the trainer already consumed.
-    if (!ctx.resume_dir().empty() && !eval_) {
-      auto state = ReadJsonFile(ctx.resume_dir() / "trainer_state.json");
-      if (!state.ok()) return ctx.Error("resume: " + state.status().message());
-      auto it = state->fields().find("data_position");
-      if (it != state->fields().end()) next_ = static_cast<int64_t>(it->second.number_value());
+    // Resuming: skip the batches the trainer already consumed (eval always starts over).
+    if (!eval_) {
+      WEIR_ASSIGN_OR_RETURN(next_, ctx.ResumedDataPosition());
     }
     return Status();
   }
