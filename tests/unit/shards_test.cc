@@ -170,6 +170,11 @@ TEST_F(ShardsTest, AResumedReaderContinuesExactly) {
   ASSERT_EQ(whole.size(), 10u);
   ASSERT_EQ(resumed.size(), 6u);
   EXPECT_EQ(resumed, std::vector<std::vector<int64_t>>(whole.begin() + 4, whole.end()));
+  // An evaluation reader (another split) starts over: it must not skip the trainer's batches.
+  auto val = Read("split=val shuffle=false batches=3", "val");
+  auto val_resumed = Read("split=val shuffle=false batches=3", "val_resumed", dir_ / "ckpt");
+  ASSERT_EQ(val.size(), 3u);
+  EXPECT_EQ(val_resumed, val);
 }
 
 TEST_F(ShardsTest, ADamagedShardIsNamed) {

@@ -131,8 +131,11 @@ class TokenShards : public StreamKernel {
     }
     seq_len_ = static_cast<int64_t>(first.record_tokens) - 1;
     if (records_.empty()) return ctx.Error("the token shards hold no records");
-    // Resuming: continue after the batches the trainer already consumed.
-    WEIR_ASSIGN_OR_RETURN(next_, ctx.ResumedDataPosition());
+    // Resuming: the train split continues after the batches the trainer already consumed; other
+    // splits (evaluation) start over, as they do in every run.
+    if (ctx.String("split") == "train") {
+      WEIR_ASSIGN_OR_RETURN(next_, ctx.ResumedDataPosition());
+    }
     return Status();
   }
 
@@ -222,7 +225,7 @@ void RegisterShards(Registrar& r) {
           "[batch_size, seq_len]. Records are drawn in a permutation per epoch that depends only "
           "on (seed, epoch), so every record is read once per epoch and a resumed run "
           "(weir run --resume) continues with exactly the batches an uninterrupted run would "
-          "have seen.")
+          "have seen; readers of other splits than train (evaluation) start over.")
       .Output("out", "batch", "tokens and targets")
       .RequiredAttr<std::string>("path", "a folder of shards (or one shard); relative to the graph")
       .Attr<std::string>("split", "train", "which shards: <split>-*.tok")
