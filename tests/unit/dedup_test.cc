@@ -10,7 +10,6 @@
 
 #include "test_util.h"
 #include "weir/json.h"
-#include "weir/runtime/executor.h"
 
 namespace weir::testing {
 namespace {
@@ -113,6 +112,8 @@ std::string WriteCorpus(const std::vector<Doc>& docs, const std::string& name) {
   return path.string();
 }
 
+std::string DedupGraph() { return std::string(WEIR_SOURCE_DIR) + "/graphs/data/dedup.pbtxt"; }
+
 struct DedupRun {
   RunResult result;
   fs::path out;
@@ -128,12 +129,7 @@ DedupRun RunDedup(const std::string& input, const std::string& name,
   fs::remove_all(run.out);
   std::vector<std::string> sets = {"input=" + input, "out=result"};
   sets.insert(sets.end(), extra.begin(), extra.end());
-  auto g = LoadTestGraph(std::string(WEIR_SOURCE_DIR) + "/graphs/data/dedup.pbtxt", sets);
-  CHECK(g.ok()) << g.status().ToString();
-  RunOptions options;
-  options.out_dir = run.out;
-  options.ops = &TestRegistry();
-  run.result = RunGraph(*g, options);
+  run.result = RunGraphFile(DedupGraph(), run.out, sets);
   if (!run.result.status.ok()) return run;
   std::ifstream kept(run.out / "result" / "kept.jsonl");
   for (std::string line; std::getline(kept, line);) {
@@ -249,23 +245,18 @@ TEST(Dedup, AnIndexBuiltWithOtherSettingsIsRefused) {
   std::vector<Doc> docs = Corpus(10, 0, 3);
   DedupRun one = RunDedup(WriteCorpus(docs, "settings"), "settings");
   ASSERT_TRUE(one.result.status.ok());
-  auto g = LoadTestGraph(std::string(WEIR_SOURCE_DIR) + "/graphs/data/dedup.pbtxt",
-                         {"input=" + WriteCorpus(docs, "settings2"),
-                          "load_index=" + (one.out / "result" / "index.bin").string()});
-  ASSERT_TRUE(g.ok());
-  // Same graph, another band count: edit the node's attr through a resolved graph is not
-  // possible, so damage the index header instead (bands 14 -> 15).
+  // Same graph, another band count: the node's attrs are fixed in the graph file, so damage the
+  // index header instead (bands 14 -> 15).
   fs::path index = one.out / "result" / "index.bin";
   std::fstream f(index, std::ios::in | std::ios::out | std::ios::binary);
   f.seekp(8 + 4 + 4);  // magic, version, ngram
   int32_t bands = 15;
   f.write(reinterpret_cast<const char*>(&bands), 4);
   f.close();
-  RunOptions options;
-  options.out_dir =
-      fs::path(::testing::TempDir()) / ("dedup_refused_" + std::to_string(::getpid()));
-  options.ops = &TestRegistry();
-  RunResult r = RunGraph(*g, options);
+  RunResult r =
+      RunGraphFile(DedupGraph(),
+                   fs::path(::testing::TempDir()) / ("dedup_refused_" + std::to_string(::getpid())),
+                   {"input=" + WriteCorpus(docs, "settings2"), "load_index=" + index.string()});
   ASSERT_FALSE(r.status.ok());
   EXPECT_NE(r.status.ToString().find("built with ngram=5 bands=15 rows=8 seed=1; this node uses "
                                      "ngram=5 bands=14 rows=8 seed=1"),

@@ -7,7 +7,6 @@
 
 #include "test_util.h"
 #include "weir/json.h"
-#include "weir/runtime/executor.h"
 
 namespace weir::testing {
 namespace {
@@ -39,12 +38,7 @@ Outcome RunFilter(const std::string& op, const std::string& attrs,
           << "node { name: \"rejected\" op: \"io.JsonlSink\" input: \"filter:rejected\" "
              "attr: \"path=rejected.jsonl\" }\n";
   }
-  auto g = LoadTestGraph((dir / "filter.pbtxt").string());
-  CHECK(g.ok()) << g.status().ToString();
-  RunOptions options;
-  options.out_dir = dir / "out";
-  options.ops = &TestRegistry();
-  RunResult r = RunGraph(*g, options);
+  RunResult r = RunGraphFile(dir / "filter.pbtxt", dir / "out");
   CHECK(r.status.ok()) << r.status.ToString();
   Outcome out;
   out.reasons.assign(texts.size(), "?");

@@ -7,7 +7,6 @@
 
 #include "test_util.h"
 #include "weir/json.h"
-#include "weir/runtime/executor.h"
 
 namespace weir::testing {
 namespace {
@@ -35,13 +34,8 @@ class MixTest : public ::testing::Test {
   // Runs a graph; returns the rows of out/rows.jsonl.
   std::vector<google::protobuf::Struct> Run(const std::string& graph, Status* status = nullptr) {
     std::ofstream(dir_ / "g.pbtxt") << graph;
-    auto g = LoadTestGraph((dir_ / "g.pbtxt").string());
-    CHECK(g.ok()) << g.status().ToString();
-    RunOptions options;
-    options.out_dir = dir_ / "out";
-    options.ops = &TestRegistry();
-    fs::remove_all(options.out_dir);
-    RunResult r = RunGraph(*g, options);
+    fs::remove_all(dir_ / "out");
+    RunResult r = RunGraphFile(dir_ / "g.pbtxt", dir_ / "out");
     if (status != nullptr) *status = r.status;
     std::vector<google::protobuf::Struct> rows;
     if (!r.status.ok()) return rows;

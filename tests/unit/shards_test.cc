@@ -10,7 +10,6 @@
 
 #include "test_util.h"
 #include "weir/json.h"
-#include "weir/runtime/executor.h"
 
 namespace weir::testing {
 namespace {
@@ -47,13 +46,7 @@ class ShardsTest : public ::testing::Test {
 
   Status Run(const std::string& graph, const std::string& out, const fs::path& resume = {}) {
     std::ofstream(dir_ / "g.pbtxt") << graph;
-    auto g = LoadTestGraph((dir_ / "g.pbtxt").string());
-    if (!g.ok()) return g.status();
-    RunOptions options;
-    options.out_dir = dir_ / out;
-    options.ops = &TestRegistry();
-    options.resume_dir = resume;
-    return RunGraph(*g, options).status;
+    return RunGraphFile(dir_ / "g.pbtxt", dir_ / out, {}, resume).status;
   }
 
   Status Pack() {

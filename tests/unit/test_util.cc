@@ -17,4 +17,19 @@ std::string StripGraphDir(const std::string& text) {
   return out;
 }
 
+RunResult RunGraphFile(const std::filesystem::path& graph, const std::filesystem::path& out_dir,
+                       const std::vector<std::string>& sets, const std::filesystem::path& resume) {
+  auto g = LoadTestGraph(graph.string(), sets);
+  if (!g.ok()) {
+    RunResult failed;
+    failed.status = g.status();
+    return failed;
+  }
+  RunOptions options;
+  options.out_dir = out_dir;
+  options.ops = &TestRegistry();
+  options.resume_dir = resume;
+  return RunGraph(*g, options);
+}
+
 }  // namespace weir::testing

@@ -12,7 +12,6 @@
 #include "bpe.h"  // plugins/tokenizer, compiled into this test for byte-level checks
 #include "test_util.h"
 #include "weir/json.h"
-#include "weir/runtime/executor.h"
 
 namespace weir::testing {
 namespace {
@@ -84,12 +83,7 @@ Encoded RunTokenizer(const std::string& tokenizer_json, const std::vector<std::s
            "node { name: \"write\" op: \"io.JsonlSink\" input: \"dec\" attr: \"path=out.jsonl "
            "columns=[ids, decoded]\" }\n";
   }
-  auto g = LoadTestGraph((dir / "g.pbtxt").string());
-  CHECK(g.ok()) << g.status().ToString();
-  RunOptions options;
-  options.out_dir = dir / "out";
-  options.ops = &TestRegistry();
-  RunResult r = RunGraph(*g, options);
+  RunResult r = RunGraphFile(dir / "g.pbtxt", dir / "out");
   CHECK(r.status.ok()) << r.status.ToString();
   Encoded out;
   std::ifstream in(dir / "out" / "out.jsonl");
@@ -153,12 +147,7 @@ std::string TrainTokenizer(const std::vector<std::string>& texts, const std::str
            "node { name: \"train\" op: \"tokenizer.Train\" input: \"read\" attr: \""
         << attrs << "\" }\n";
   }
-  auto g = LoadTestGraph((dir / "train.pbtxt").string());
-  CHECK(g.ok()) << g.status().ToString();
-  RunOptions options;
-  options.out_dir = dir / "out";
-  options.ops = &TestRegistry();
-  RunResult r = RunGraph(*g, options);
+  RunResult r = RunGraphFile(dir / "train.pbtxt", dir / "out");
   CHECK(r.status.ok()) << r.status.ToString();
   std::ifstream in(dir / "out" / "tokenizer.json");
   std::stringstream s;
