@@ -46,15 +46,16 @@ StatusOr<Config> GetConfig(const Attrs& a, int64_t experts) {
   return c;
 }
 
-// The scores of one row: softmax or sigmoid of its logits.
-template <typename A>
-void Scores(const Config& c, const A* logits, A* s) {
+// The scores of one row: softmax or sigmoid of its logits, in the accumulator type A.
+template <typename T, typename A = AccumulatorOf<T>>
+void Scores(const Config& c, const T* logits, A* s) {
   if (c.sigmoid) {
-    for (int64_t e = 0; e < c.experts; ++e) s[e] = A(1) / (A(1) + std::exp(-logits[e]));
+    for (int64_t e = 0; e < c.experts; ++e) s[e] = A(1) / (A(1) + std::exp(-Widen(logits[e])));
     return;
   }
-  A m = *std::max_element(logits, logits + c.experts), sum = 0;
-  for (int64_t e = 0; e < c.experts; ++e) sum += s[e] = std::exp(logits[e] - m);
+  A m = -std::numeric_limits<A>::infinity(), sum = 0;
+  for (int64_t e = 0; e < c.experts; ++e) m = std::max(m, Widen(logits[e]));
+  for (int64_t e = 0; e < c.experts; ++e) sum += s[e] = std::exp(Widen(logits[e]) - m);
   for (int64_t e = 0; e < c.experts; ++e) s[e] /= sum;
 }
 
@@ -123,10 +124,9 @@ Status RouterCpu(KernelContext& ctx) {
     const T* x = logits.data<T>();
     T* w = ctx.output(0).data<T>();
     int64_t* ids = ctx.output(1).data<int64_t>();
-    std::vector<A> row(static_cast<size_t>(experts)), s(static_cast<size_t>(experts));
+    std::vector<A> s(static_cast<size_t>(experts));
     for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t e = 0; e < experts; ++e) row[static_cast<size_t>(e)] = Widen(x[r * experts + e]);
-      Scores(c, row.data(), s.data());
+      Scores(c, x + r * experts, s.data());
       std::vector<int64_t> idx = Select(c, s.data(), has_bias ? bias.data<float>() : nullptr);
       A total = 0;
       for (int64_t e : idx) total += s[static_cast<size_t>(e)];
@@ -155,12 +155,10 @@ Status RouterGradCpu(KernelContext& ctx) {
     const int64_t* ids = indices.data<int64_t>();
     const T* g = dw.data<T>();
     T* dx = ctx.output(0).data<T>();
-    std::vector<A> row(static_cast<size_t>(experts)), s(static_cast<size_t>(experts)),
-        ds(static_cast<size_t>(experts));
+    std::vector<A> s(static_cast<size_t>(experts)), ds(static_cast<size_t>(experts));
     A scale = static_cast<A>(c.scale);
     for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t e = 0; e < experts; ++e) row[static_cast<size_t>(e)] = Widen(x[r * experts + e]);
-      Scores(c, row.data(), s.data());
+      Scores(c, x + r * experts, s.data());
       std::fill(ds.begin(), ds.end(), A(0));
       const int64_t* idx = ids + r * c.k;
       A total = 0, dot = 0;  // Σ s_sel and Σ g·s_sel over the selected experts

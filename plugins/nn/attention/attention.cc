@@ -44,6 +44,20 @@ double Scale(const Attrs& a, int64_t d) {
   return s > 0 ? s : 1.0 / std::sqrt(static_cast<double>(d));
 }
 
+// The first error of tasks running in parallel; the others see failed() and stop early.
+class FirstError {
+ public:
+  void Record(const Status& s) {
+    if (!s.ok() && !failed_.exchange(true)) status_ = s;
+  }
+  bool failed() const { return failed_; }
+  const Status& status() const { return status_; }
+
+ private:
+  std::atomic<bool> failed_{false};
+  Status status_;
+};
+
 // The last key position query t may see.
 int64_t LastKey(const Dims& d, int64_t t, bool causal) {
   return causal ? t + (d.s - d.t) : d.s - 1;
@@ -114,14 +128,13 @@ Status AttentionCpu(KernelContext& ctx) {
     A* lse = static_cast<A*>(ctx.output(1).raw_data());
     int64_t group = d.heads / d.kv_heads, blocks = (d.t + kQueryBlock - 1) / kQueryBlock;
     A scale = static_cast<A>(pr.scale);
-    std::atomic<bool> failed{false};
-    Status error;
+    FirstError first;
     ParallelFor(d.batch * d.heads * blocks, 1, [&](int64_t begin, int64_t end) {
       SingleThreadedGemms one_thread;  // the tasks already fill the cores
       std::vector<A> s(kQueryBlock * kKeyBlock), acc(kQueryBlock * d.dv), m(kQueryBlock),
           l(kQueryBlock);
       std::vector<T> p(kQueryBlock * kKeyBlock);
-      for (int64_t task = begin; task < end && !failed; ++task) {
+      for (int64_t task = begin; task < end && !first.failed(); ++task) {
         int64_t b = task / (d.heads * blocks), h = task / blocks % d.heads, hk = h / group;
         int64_t q0 = task % blocks * kQueryBlock, nq = std::min(kQueryBlock, d.t - q0);
         std::fill(acc.begin(), acc.end(), A(0));
@@ -149,7 +162,7 @@ Status AttentionCpu(KernelContext& ctx) {
             st = GemmBlock(kT, kA, nq, d.dv, nk, MatrixRef{p.data(), nk}, v.At(b, k0, hk),
                            acc.data(), d.dv, /*accumulate=*/true);
           }
-          if (!st.ok() && !failed.exchange(true)) error = st;
+          first.Record(st);
         }
         for (int64_t i = 0; i < nq; ++i) {
           T* out = o.Row(b, q0 + i, h);
@@ -160,7 +173,7 @@ Status AttentionCpu(KernelContext& ctx) {
         }
       }
     });
-    return error;
+    return first.status();
   });
 }
 
@@ -186,8 +199,7 @@ Status AttentionGradCpu(KernelContext& ctx) {
     Heads<T> dv{ctx.output(2).data<T>(), d.s, d.kv_heads, d.dv};
     int64_t group = d.heads / d.kv_heads;
     A scale = static_cast<A>(pr.scale);
-    std::atomic<bool> failed{false};
-    Status error;
+    FirstError first;
     ParallelFor(d.batch * d.kv_heads, 1, [&](int64_t begin, int64_t end) {
       SingleThreadedGemms one_thread;
       std::vector<A> dk_acc(static_cast<size_t>(d.s * d.d)),
@@ -197,9 +209,7 @@ Status AttentionGradCpu(KernelContext& ctx) {
       std::vector<T> p(kQueryBlock * kKeyBlock), ds(kQueryBlock * kKeyBlock);
       auto gemm = [&](int64_t m, int64_t n, int64_t kk, MatrixRef a, MatrixRef bm, A* c,
                       int64_t ldc, bool accumulate) {
-        if (failed) return;
-        Status st = GemmBlock(kT, kA, m, n, kk, a, bm, c, ldc, accumulate);
-        if (!st.ok() && !failed.exchange(true)) error = st;
+        if (!first.failed()) first.Record(GemmBlock(kT, kA, m, n, kk, a, bm, c, ldc, accumulate));
       };
       for (int64_t task = begin; task < end; ++task) {
         int64_t b = task / d.kv_heads, hk = task % d.kv_heads;
@@ -221,7 +231,7 @@ Status AttentionGradCpu(KernelContext& ctx) {
               int64_t nk = std::min(kKeyBlock, last + 1 - k0);
               gemm(nq, nk, d.d, q.At(b, q0, h), k.At(b, k0, hk, true), s.data(), nk, false);
               gemm(nq, nk, d.dv, dout.At(b, q0, h), v.At(b, k0, hk, true), dp.data(), nk, false);
-              if (failed) break;
+              if (first.failed()) break;
               for (int64_t i = 0; i < nq; ++i) {
                 int64_t visible = VisibleKeys(d, causal, q0 + i, k0, nk), at = i * nk;
                 for (int64_t j = 0; j < visible; ++j) {
@@ -252,7 +262,7 @@ Status AttentionGradCpu(KernelContext& ctx) {
         }
       }
     });
-    return error;
+    return first.status();
   });
 }
 
