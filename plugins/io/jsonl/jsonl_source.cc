@@ -27,20 +27,15 @@ int ColumnKind(const Value& v) {
 
 class JsonlSource : public StreamKernel {
  public:
-  JsonlSource(const NodeContext& ctx, std::vector<std::filesystem::path> files, Sharding sharding)
+  JsonlSource(const NodeContext& ctx, std::vector<std::filesystem::path> files, SourceRows rows)
       : ctx_(ctx),
         files_(std::move(files)),
-        sharding_(sharding),
+        rows_(rows),
         batch_size_(ctx.Int("batch_size")),
         limit_(ctx.Int("limit")),
         fields_(ctx.StringList("fields")) {}
 
-  Status Resume() {
-    WEIR_ASSIGN_OR_RETURN(skip_, ReadPosition::Load(ctx_));
-    return Status();
-  }
-
-  Status Finish(Emitter&) override { return ReadPosition::Save(ctx_, row_index_); }
+  Status Finish(Emitter&) override { return rows_.Save(ctx_); }
 
   StatusOr<bool> Produce(Emitter& out) override {
     Batch batch;
@@ -50,11 +45,7 @@ class JsonlSource : public StreamKernel {
       std::string line;
       if (!NextLine(&line)) break;
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      if (row_index_ < skip_) {  // read by the run this one resumes
-        ++row_index_;
-        continue;
-      }
-      if (!sharding_.Keep(row_index_++)) continue;
+      if (!rows_.Next()) continue;
       SourceLoc where{files_[file_index_].string(), line_number_, 0};
       auto record = ParseJsonObject(line);
       if (!record.ok()) return Status(record.status()).At(where);
@@ -123,9 +114,7 @@ class JsonlSource : public StreamKernel {
 
   const NodeContext& ctx_;
   std::vector<std::filesystem::path> files_;
-  Sharding sharding_;
-  int64_t row_index_ = 0;  // records read, this shard's or not
-  int64_t skip_ = 0;
+  SourceRows rows_;
   int64_t batch_size_;
   int64_t limit_;
   std::vector<std::string> fields_;
@@ -157,10 +146,8 @@ void RegisterJsonlSource(Registrar& r) {
       .Factory([](const NodeContext& ctx) -> StatusOr<std::unique_ptr<StreamKernel>> {
         WEIR_ASSIGN_OR_RETURN(auto files,
                               ListInputFiles(ctx.InputPath(ctx.String("path")), ".jsonl"));
-        WEIR_ASSIGN_OR_RETURN(Sharding sharding, Sharding::Make(ctx, &files));
-        auto kernel = std::make_unique<JsonlSource>(ctx, std::move(files), sharding);
-        WEIR_RETURN_IF_ERROR(kernel->Resume());
-        return std::unique_ptr<StreamKernel>(std::move(kernel));
+        WEIR_ASSIGN_OR_RETURN(SourceRows rows, SourceRows::Make(ctx, &files));
+        return std::unique_ptr<StreamKernel>(new JsonlSource(ctx, std::move(files), rows));
       });
   ShardingAttrs(op);
 }

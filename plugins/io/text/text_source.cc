@@ -10,21 +10,16 @@ namespace {
 
 class TextSource : public StreamKernel {
  public:
-  TextSource(const NodeContext& ctx, std::vector<std::filesystem::path> files, Sharding sharding)
+  TextSource(const NodeContext& ctx, std::vector<std::filesystem::path> files, SourceRows rows)
       : ctx_(ctx),
         files_(std::move(files)),
-        sharding_(sharding),
+        rows_(rows),
         whole_files_(ctx.String("mode") == "files"),
         column_(ctx.String("column")),
         batch_size_(ctx.Int("batch_size")),
         skip_empty_(ctx.Bool("skip_empty")) {}
 
-  Status Resume() {
-    WEIR_ASSIGN_OR_RETURN(skip_, ReadPosition::Load(ctx_));
-    return Status();
-  }
-
-  Status Finish(Emitter&) override { return ReadPosition::Save(ctx_, row_index_); }
+  Status Finish(Emitter&) override { return rows_.Save(ctx_); }
 
   StatusOr<bool> Produce(Emitter& out) override {
     StringColumn texts;
@@ -35,11 +30,7 @@ class TextSource : public StreamKernel {
       WEIR_ASSIGN_OR_RETURN(bool more, Next(&text, &source));
       if (!more) break;
       if (skip_empty_ && text.find_first_not_of(" \t\r\n") == std::string::npos) continue;
-      if (row_index_ < skip_) {  // read by the run this one resumes
-        ++row_index_;
-        continue;
-      }
-      if (!sharding_.Keep(row_index_++)) continue;
+      if (!rows_.Next()) continue;
       texts.push_back(std::move(text));
       sources.push_back(std::move(source));
     }
@@ -83,9 +74,7 @@ class TextSource : public StreamKernel {
 
   const NodeContext& ctx_;
   std::vector<std::filesystem::path> files_;
-  Sharding sharding_;
-  int64_t row_index_ = 0;  // rows read, this shard's or not
-  int64_t skip_ = 0;
+  SourceRows rows_;
   bool whole_files_;
   std::string column_;
   int64_t batch_size_;
@@ -116,10 +105,8 @@ void RegisterTextSource(Registrar& r) {
       .Factory([](const NodeContext& ctx) -> StatusOr<std::unique_ptr<StreamKernel>> {
         WEIR_ASSIGN_OR_RETURN(
             auto files, ListInputFiles(ctx.InputPath(ctx.String("path")), ctx.String("suffix")));
-        WEIR_ASSIGN_OR_RETURN(Sharding sharding, Sharding::Make(ctx, &files));
-        auto kernel = std::make_unique<TextSource>(ctx, std::move(files), sharding);
-        WEIR_RETURN_IF_ERROR(kernel->Resume());
-        return std::unique_ptr<StreamKernel>(std::move(kernel));
+        WEIR_ASSIGN_OR_RETURN(SourceRows rows, SourceRows::Make(ctx, &files));
+        return std::unique_ptr<StreamKernel>(new TextSource(ctx, std::move(files), rows));
       });
   ShardingAttrs(op);
 }

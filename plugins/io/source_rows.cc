@@ -4,9 +4,29 @@
 
 namespace weir::io {
 
-StatusOr<Sharding> Sharding::Make(const NodeContext& ctx,
-                                  std::vector<std::filesystem::path>* files) {
-  Sharding s;
+namespace {
+std::filesystem::path StateFile(const std::filesystem::path& run, const NodeContext& ctx) {
+  return run / "state" / (ctx.node() + ".json");
+}
+
+// The rows the run being resumed had read: 0 without --resume, or when resuming from a training
+// checkpoint (its readers resume by the trainer's data position).
+StatusOr<int64_t> ResumedRows(const NodeContext& ctx) {
+  if (ctx.resume_dir().empty()) return 0;
+  std::filesystem::path file = StateFile(ctx.resume_dir(), ctx);
+  if (!std::filesystem::exists(file)) return 0;
+  auto state = ReadJsonFile(file);
+  if (!state.ok()) return ctx.Error("resume: " + state.status().message());
+  auto it = state->fields().find("rows_read");
+  if (it == state->fields().end())
+    return ctx.Error("resume: " + file.string() + " has no number 'rows_read'");
+  return static_cast<int64_t>(it->second.number_value());
+}
+}  // namespace
+
+StatusOr<SourceRows> SourceRows::Make(const NodeContext& ctx,
+                                      std::vector<std::filesystem::path>* files) {
+  SourceRows s;
   s.shards_ = ctx.Int("shards");
   s.shard_ = ctx.Int("shard");
   s.by_row_ = ctx.String("shard_by") == "row";
@@ -20,30 +40,13 @@ StatusOr<Sharding> Sharding::Make(const NodeContext& ctx,
       if (static_cast<int64_t>(i) % s.shards_ == s.shard_) mine.push_back((*files)[i]);
     *files = std::move(mine);
   }
+  WEIR_ASSIGN_OR_RETURN(s.skip_, ResumedRows(ctx));
   return s;
 }
 
-namespace {
-std::filesystem::path StateFile(const std::filesystem::path& run, const NodeContext& ctx) {
-  return run / "state" / (ctx.node() + ".json");
-}
-}  // namespace
-
-StatusOr<int64_t> ReadPosition::Load(const NodeContext& ctx) {
-  if (ctx.resume_dir().empty()) return 0;
-  std::filesystem::path file = StateFile(ctx.resume_dir(), ctx);
-  if (!std::filesystem::exists(file)) return 0;  // a training checkpoint: its readers resume
-  auto state = ReadJsonFile(file);
-  if (!state.ok()) return ctx.Error("resume: " + state.status().message());
-  auto it = state->fields().find("rows_read");
-  if (it == state->fields().end())
-    return ctx.Error("resume: " + file.string() + " has no number 'rows_read'");
-  return static_cast<int64_t>(it->second.number_value());
-}
-
-Status ReadPosition::Save(const NodeContext& ctx, int64_t rows) {
+Status SourceRows::Save(const NodeContext& ctx) const {
   return WriteFileAtomically(StateFile(ctx.out_dir(), ctx),
-                             "{\"rows_read\": " + std::to_string(rows) + "}\n");
+                             "{\"rows_read\": " + std::to_string(read_) + "}\n");
 }
 
 OpBuilder& ShardingAttrs(OpBuilder& op) {
