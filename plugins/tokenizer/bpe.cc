@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -189,9 +190,17 @@ std::string ByteLevelString(std::string_view bytes) {
   return out;
 }
 
-StatusOr<std::shared_ptr<Tokenizer>> Tokenizer::Load(
-    const std::filesystem::path& file, const std::string& tiktoken_pattern,
-    const std::map<std::string, int64_t>& tiktoken_specials) {
+Status Tokenizer::SetToken(int64_t id, std::string bytes, bool ordinary) {
+  if (id < 0 || id >= (int64_t{1} << 31))
+    return InvalidArgument("token id " + std::to_string(id) + " is out of range");
+  if (tokens_.size() <= static_cast<size_t>(id)) tokens_.resize(static_cast<size_t>(id) + 1);
+  if (ordinary) ids_[bytes] = id;
+  tokens_[static_cast<size_t>(id)] = std::move(bytes);
+  return Status();
+}
+
+StatusOr<std::shared_ptr<Tokenizer>> Tokenizer::Load(const std::filesystem::path& file,
+                                                     const std::string& tiktoken_pattern) {
   std::ifstream in(file, std::ios::binary);
   if (!in) return NotFound("cannot read tokenizer " + file.string());
   std::stringstream buffer;
@@ -212,12 +221,8 @@ StatusOr<std::shared_ptr<Tokenizer>> Tokenizer::Load(
     if (!model.count("vocab")) return fail("model has no vocab");
     for (const auto& [token, id] : model.at("vocab").struct_value().fields()) {
       WEIR_ASSIGN_OR_RETURN(std::string bytes, VocabBytes(token));
-      auto i = static_cast<int64_t>(id.number_value());
-      if (i < 0) return fail("negative id for '" + token + "'");
-      if (t->tokens_.size() <= static_cast<size_t>(i))
-        t->tokens_.resize(static_cast<size_t>(i) + 1);
-      t->tokens_[static_cast<size_t>(i)] = bytes;
-      t->ids_[bytes] = i;
+      Status set = t->SetToken(static_cast<int64_t>(id.number_value()), bytes, true);
+      if (!set.ok()) return fail("vocabulary token '" + token + "': " + set.message());
     }
     if (model.count("merges")) {
       const auto& merges = model.at("merges").list_value().values();
@@ -245,10 +250,9 @@ StatusOr<std::shared_ptr<Tokenizer>> Tokenizer::Load(
         const auto& a = v.struct_value().fields();
         std::string content = a.at("content").string_value();
         auto id = static_cast<int64_t>(a.at("id").number_value());
+        Status set = t->SetToken(id, content, false);
+        if (!set.ok()) return fail("added token '" + content + "': " + set.message());
         t->specials_.push_back({content, id});
-        if (t->tokens_.size() <= static_cast<size_t>(id))
-          t->tokens_.resize(static_cast<size_t>(id) + 1);
-        t->tokens_[static_cast<size_t>(id)] = content;
       }
     }
     // Pre-tokenizer: Split regexes in sequence, and ByteLevel's GPT-2 regex when use_regex.
@@ -284,23 +288,19 @@ StatusOr<std::shared_ptr<Tokenizer>> Tokenizer::Load(
       size_t space = line.find(' ');
       if (space == std::string::npos)
         return fail("line " + std::to_string(line_no) + " is not '<base64> <rank>'");
-      std::string bytes = Base64Decode(std::string_view(line).substr(0, space));
-      int64_t rank = std::stoll(line.substr(space + 1));
-      if (t->tokens_.size() <= static_cast<size_t>(rank))
-        t->tokens_.resize(static_cast<size_t>(rank) + 1);
-      t->tokens_[static_cast<size_t>(rank)] = bytes;
-      t->ids_[bytes] = rank;
+      std::string_view number = std::string_view(line).substr(space + 1);
+      int64_t rank = -1;
+      auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), rank);
+      Status set =
+          ec == std::errc() && end == number.data() + number.size()
+              ? t->SetToken(rank, Base64Decode(std::string_view(line).substr(0, space)), true)
+              : InvalidArgument("'" + std::string(number) + "' is not a rank");
+      if (!set.ok()) return fail("line " + std::to_string(line_no) + ": " + set.message());
     }
     std::string pattern = tiktoken_pattern == "cl100k" ? kCl100kPattern
                           : tiktoken_pattern == "gpt2" ? kGpt2Pattern
                                                        : tiktoken_pattern;
     WEIR_ASSIGN_OR_RETURN(t->pre_, PreTokenizer::Make({pattern}));
-    for (const auto& [content, id] : tiktoken_specials) {
-      t->specials_.push_back({content, id});
-      if (t->tokens_.size() <= static_cast<size_t>(id))
-        t->tokens_.resize(static_cast<size_t>(id) + 1);
-      t->tokens_[static_cast<size_t>(id)] = content;
-    }
   }
   std::sort(t->specials_.begin(), t->specials_.end(),
             [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });

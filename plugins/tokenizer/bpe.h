@@ -4,7 +4,6 @@
 #pragma once
 
 #include <filesystem>
-#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -49,11 +48,9 @@ std::string ByteLevelString(std::string_view bytes);
 class Tokenizer {
  public:
   // A tokenizer.json (the file starts with '{') or a tiktoken rank file, whose pre-tokenizer is
-  // `tiktoken_pattern` (a regex, or "cl100k" / "gpt2") and whose special tokens are
-  // `tiktoken_specials` (text -> id).
-  static StatusOr<std::shared_ptr<Tokenizer>> Load(
-      const std::filesystem::path& file, const std::string& tiktoken_pattern = "cl100k",
-      const std::map<std::string, int64_t>& tiktoken_specials = {});
+  // `tiktoken_pattern` (a regex, or "cl100k" / "gpt2").
+  static StatusOr<std::shared_ptr<Tokenizer>> Load(const std::filesystem::path& file,
+                                                   const std::string& tiktoken_pattern = "cl100k");
   ~Tokenizer();
 
   // Ids of `text`; special tokens written in the text become their ids when `specials`.
@@ -64,6 +61,9 @@ class Tokenizer {
 
  private:
   Tokenizer();
+  // Makes `bytes` token `id`; an ordinary token is also found by its bytes (special tokens are
+  // matched in the text instead).
+  Status SetToken(int64_t id, std::string bytes, bool ordinary);
 
   void EncodeOrdinary(std::string_view text, std::vector<int64_t>& out) const;
   void EncodePiece(std::string_view piece, std::vector<int64_t>& out) const;

@@ -228,6 +228,17 @@ TEST(Tokenizer, BadFilesAreNamed) {
   ASSERT_FALSE(t.ok());
   EXPECT_EQ(t.status().message(),
             "tokenizer " + file.string() + ": only BPE models are supported (model.type)");
+  std::ofstream(file, std::ios::trunc) << "QQ== zero\n";
+  t = tokenizer::Tokenizer::Load(file);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().message(), "tokenizer " + file.string() + ": line 1: 'zero' is not a rank");
+  std::ofstream(file, std::ios::trunc)
+      << "{\"added_tokens\": [{\"id\": -3, \"content\": \"<x>\"}], \"model\": {\"type\": \"BPE\", "
+         "\"vocab\": {}}}";
+  t = tokenizer::Tokenizer::Load(file);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().message(),
+            "tokenizer " + file.string() + ": added token '<x>': token id -3 is out of range");
   std::ofstream(file, std::ios::trunc) << "QQ== 0\n";  // one byte only: the others are missing
   t = tokenizer::Tokenizer::Load(file);
   ASSERT_FALSE(t.ok());
