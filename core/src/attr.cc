@@ -107,6 +107,19 @@ class LiteralParser {
       lit.kind = Literal::kParam;
       ++pos_;
       size_t begin = pos_;
+      if (pos_ < s_.size() && s_[pos_] == '(') {
+        // An arithmetic expression over params, "$(n_heads * (nope + rope))": kept as text,
+        // parentheses included, and evaluated where params are resolved.
+        int depth = 0;
+        do {
+          if (s_[pos_] == '(') ++depth;
+          if (s_[pos_] == ')') --depth;
+          ++pos_;
+        } while (depth > 0 && pos_ < s_.size());
+        if (depth > 0) return Error(begin, "unterminated expression: missing ')'");
+        lit.text = std::string(s_.substr(begin, pos_ - begin));
+        return lit;
+      }
       while (pos_ < s_.size() &&
              (std::isalnum(static_cast<unsigned char>(s_[pos_])) || s_[pos_] == '_'))
         ++pos_;

@@ -1,5 +1,7 @@
 // Resolving a loaded graph: function expansion, attr typing, edges, port types, order.
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
 #include <regex>
 #include <set>
 #include <tuple>
@@ -34,6 +36,137 @@ struct Scope {
     return out;
   }
 };
+
+// Evaluates "$(...)" expressions: + - * / and parentheses over numbers and params (int, float
+// or bool). Integers stay integers while every division is exact.
+class Expression {
+ public:
+  Expression(std::string_view text, const Scope& scope) : s_(text), scope_(scope) {}
+
+  StatusOr<AttrValue> Evaluate() {
+    WEIR_ASSIGN_OR_RETURN(Value v, Sum());
+    Skip();
+    if (pos_ != s_.size()) return Fail("unexpected '" + std::string(1, s_[pos_]) + "'");
+    AttrValue out;
+    if (v.is_int) {
+      out.set_i(v.i);
+    } else {
+      out.set_f(v.f);
+    }
+    return out;
+  }
+
+ private:
+  struct Value {
+    bool is_int = true;
+    int64_t i = 0;
+    double f = 0;
+    double d() const { return is_int ? static_cast<double>(i) : f; }
+  };
+  static Value Int(int64_t i) { return {true, i, 0}; }
+  static Value Float(double f) { return {false, 0, f}; }
+
+  Status Fail(const std::string& what) const {
+    return InvalidArgument("in expression $" + std::string(s_) + ": " + what);
+  }
+  void Skip() {
+    while (pos_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[pos_]))) ++pos_;
+  }
+  bool Eat(char c) {
+    Skip();
+    if (pos_ < s_.size() && s_[pos_] == c) {
+      ++pos_;
+      return true;
+    }
+    return false;
+  }
+  StatusOr<Value> Sum() {
+    WEIR_ASSIGN_OR_RETURN(Value v, Product());
+    while (true) {
+      bool plus = Eat('+');
+      if (!plus && !Eat('-')) return v;
+      WEIR_ASSIGN_OR_RETURN(Value r, Product());
+      if (v.is_int && r.is_int) {
+        v.i = plus ? v.i + r.i : v.i - r.i;
+      } else {
+        v = Float(plus ? v.d() + r.d() : v.d() - r.d());
+      }
+    }
+  }
+  StatusOr<Value> Product() {
+    WEIR_ASSIGN_OR_RETURN(Value v, Factor());
+    while (true) {
+      bool times = Eat('*');
+      if (!times && !Eat('/')) return v;
+      WEIR_ASSIGN_OR_RETURN(Value r, Factor());
+      if (times) {
+        v = v.is_int && r.is_int ? Int(v.i * r.i) : Float(v.d() * r.d());
+      } else if (r.d() == 0) {
+        return Fail("division by zero");
+      } else {
+        v = v.is_int && r.is_int && v.i % r.i == 0 ? Int(v.i / r.i) : Float(v.d() / r.d());
+      }
+    }
+  }
+  StatusOr<Value> Factor() {
+    Skip();
+    if (Eat('-')) {
+      WEIR_ASSIGN_OR_RETURN(Value v, Factor());
+      return v.is_int ? Int(-v.i) : Float(-v.f);
+    }
+    if (Eat('(')) {
+      WEIR_ASSIGN_OR_RETURN(Value v, Sum());
+      if (!Eat(')')) return Fail("missing ')'");
+      return v;
+    }
+    size_t begin = pos_;
+    if (pos_ < s_.size() && (std::isdigit(static_cast<unsigned char>(s_[pos_])) || s_[pos_] == '.')) {
+      while (pos_ < s_.size() && (std::isalnum(static_cast<unsigned char>(s_[pos_])) ||
+                                  s_[pos_] == '.' ||
+                                  ((s_[pos_] == '-' || s_[pos_] == '+') &&
+                                   (s_[pos_ - 1] == 'e' || s_[pos_ - 1] == 'E'))))
+        ++pos_;
+      std::string text(s_.substr(begin, pos_ - begin));
+      char* end = nullptr;
+      if (text.find_first_of(".eE") == std::string::npos) {
+        int64_t i = std::strtoll(text.c_str(), &end, 10);
+        if (*end == '\0') return Int(i);
+      } else {
+        double f = std::strtod(text.c_str(), &end);
+        if (*end == '\0') return Float(f);
+      }
+      return Fail("'" + text + "' is not a number");
+    }
+    while (pos_ < s_.size() &&
+           (std::isalnum(static_cast<unsigned char>(s_[pos_])) || s_[pos_] == '_'))
+      ++pos_;
+    if (pos_ == begin) {
+      return Fail(pos_ < s_.size() ? "unexpected '" + std::string(1, s_[pos_]) + "'"
+                                   : "it ends too early");
+    }
+    std::string name(s_.substr(begin, pos_ - begin));
+    const AttrValue* v = scope_.Find(name);
+    if (v == nullptr) return Fail("unknown param '" + name + "'" + SuggestClosest(name, scope_.Names()));
+    switch (v->value_case()) {
+      case AttrValue::kI:
+        return Int(v->i());
+      case AttrValue::kF:
+        return Float(v->f());
+      case AttrValue::kB:
+        return Int(v->b() ? 1 : 0);
+      default:
+        return Fail("param '" + name + "' is " + FormatAttrValue(*v) + ", not a number");
+    }
+  }
+
+  std::string_view s_;
+  const Scope& scope_;
+  size_t pos_ = 0;
+};
+
+bool IsExpression(const Literal& lit) {
+  return lit.kind == Literal::kParam && !lit.text.empty() && lit.text[0] == '(';
+}
 
 bool ValidDevice(const std::string& device) {
   static const std::regex kDevice(R"((cpu|cuda)(:\d+)?)");
@@ -86,6 +219,12 @@ class Resolver {
 
   // Types a written value for an attr of `type`, resolving $references in `scope`.
   StatusOr<AttrValue> TypeValue(const WrittenAttr& w, AttrType type, const Scope& scope) {
+    if (IsExpression(w.value)) {
+      auto v = Expression(w.value.text, scope).Evaluate();
+      if (v.ok()) v = ConvertValue(*v, type);
+      if (!v.ok()) return Status(v.status()).At(w.value_loc);
+      return v;
+    }
     if (w.value.kind == Literal::kParam) {
       const AttrValue* v = scope.Find(w.value.text);
       if (v == nullptr) {
@@ -110,6 +249,13 @@ class Resolver {
   // Replaces $references nested in lists ("shape=[0, 0, $n_heads, -1]") by their values.
   // `at` is where the attr string starts (literal offsets count from there).
   StatusOr<Literal> Substitute(const Literal& lit, const Scope& scope, const SourceLoc& at) {
+    if (IsExpression(lit)) {
+      auto v = Expression(lit.text, scope).Evaluate();
+      if (!v.ok()) return Status(v.status()).At(at.Shifted(lit.offset));
+      auto parsed = ParseLiteral(FormatAttrValue(*v));
+      if (!parsed.ok()) return Status(parsed.status()).At(at.Shifted(lit.offset));
+      return *parsed;
+    }
     if (lit.kind == Literal::kParam) {
       const AttrValue* v = scope.Find(lit.text);
       SourceLoc where = at.Shifted(lit.offset);
@@ -332,9 +478,26 @@ class Resolver {
       first[s.name] = &s;
       siblings.insert(s.name);
     }
-    for (const NodeSpec& s : specs) {
-      if (first[s.name] != &s) continue;
-      std::string name = Qualified(prefix, s.name);
+    for (const NodeSpec& written : specs) {
+      if (first[written.name] != &written) continue;
+      std::string name = Qualified(prefix, written.name);
+      // `op: "$ffn"`: the op or function to call is a string param (a model's dense or MoE
+      // feed-forward, its low-rank or direct query projection).
+      NodeSpec chosen;
+      if (written.op.starts_with("$")) {
+        const AttrValue* v = scope.Find(written.op.substr(1));
+        if (v == nullptr || v->value_case() != AttrValue::kS) {
+          Fail(InvalidArgument("op " + written.op + " needs a string param naming an op or a " +
+                               "function" + (v == nullptr ? "; there is none" : ", it is " +
+                               FormatAttrValue(*v)))
+                   .At(written.op_loc)
+                   .InNode(name, written.op));
+          continue;
+        }
+        chosen = written;
+        chosen.op = v->s();
+      }
+      const NodeSpec& s = written.op.starts_with("$") ? chosen : written;
       std::vector<Endpoint> inputs;
       for (const Endpoint& e : s.inputs) {
         if (!prefix.empty() && !siblings.count(e.node) && !args.count(e.node)) {

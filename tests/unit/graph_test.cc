@@ -195,5 +195,53 @@ TEST(Functions, RepeatCountFromAParam) {
   }
 }
 
+TEST(Params, ExpressionsComputeAttrValues) {
+  auto g = LoadTestGraph(TestGraph("good/expressions.pbtxt"));
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  EXPECT_EQ(Attr(FindNode(*g, "src"), "n"), "96");
+  EXPECT_EQ(Attr(FindNode(*g, "src"), "rows"), "2");
+  const Node& k = FindNode(*g, "k");
+  EXPECT_EQ(Attr(k, "k"), "2");
+  EXPECT_EQ(Attr(k, "ratio"), "0.75");
+  EXPECT_EQ(Attr(k, "sizes"), "[4, 6, 1]");
+  auto overridden = LoadTestGraph(TestGraph("good/expressions.pbtxt"), {"heads=8"});
+  ASSERT_TRUE(overridden.ok()) << overridden.status().ToString();
+  EXPECT_EQ(Attr(FindNode(*overridden, "src"), "n"), "192");
+  // An inexact division is a float, which an int attr refuses; unknown names are named.
+  auto inexact = LoadTestGraph(TestGraph("good/expressions.pbtxt"), {"heads=3"});
+  ASSERT_FALSE(inexact.ok());
+  EXPECT_NE(inexact.status().ToString().find("expressions.pbtxt:6:17: node 'k' (op 'test.Knobs'): attr 'k' expects int, got 1.5"), std::string::npos)
+      << inexact.status().ToString();
+}
+
+TEST(Params, BadExpressionsAreNamed) {
+  for (auto [text, error] : std::vector<std::pair<std::string, std::string>>{
+           {"n=$(heads * nops)", "unknown param 'nops'; did you mean 'nope'?"},
+           {"n=$(heads * (nope + 1)", "missing ')'"},
+           {"n=$(heads / 0)", "division by zero"},
+           {"n=$(heads +)", "unexpected ')'"}}) {
+    std::string graph = "param: \"heads=4 nope=2\"\nnode { name: \"src\" op: \"test.Count\" attr: \"" + text + "\" }\n";
+    std::string path = ::testing::TempDir() + "/bad_expression.pbtxt";
+    std::ofstream(path) << graph;
+    auto g = LoadTestGraph(path);
+    ASSERT_FALSE(g.ok()) << text;
+    EXPECT_NE(g.status().ToString().find(error), std::string::npos) << g.status().ToString();
+    EXPECT_NE(g.status().ToString().find("bad_expression.pbtxt:2:"), std::string::npos)
+        << g.status().ToString();
+  }
+}
+
+TEST(Functions, TheOpOfANodeCanBeAParam) {
+  auto g = LoadTestGraph(TestGraph("good/op_param.pbtxt"));
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  EXPECT_EQ(FindNode(*g, "plain.body").op, "test.Jitter");
+  EXPECT_EQ(FindNode(*g, "nested.body.second").op, "test.Fail");
+  auto bad = LoadTestGraph(TestGraph("good/op_param.pbtxt"), {"inner=Stag"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().ToString().find("unknown op 'Stag'; did you mean 'Stage'?"),
+            std::string::npos)
+      << bad.status().ToString();
+}
+
 }  // namespace
 }  // namespace weir::testing
