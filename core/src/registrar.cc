@@ -220,12 +220,35 @@ OpBuilder& OpBuilder::Gradient(GradientFn fn) {
 OpBuilder& OpBuilder::Param(const std::string& name, ParamShapeFn shape, ParamInitFn init) {
   if (!RequireTensorOp("parameters")) return *this;
   def_->add_param(name);
-  parts_.params.push_back({name, std::move(shape), std::move(init)});
+  ParamDef param;
+  param.name = name;
+  param.shape = std::move(shape);
+  param.init = std::move(init);
+  parts_.params.push_back(std::move(param));
   return *this;
 }
 
 OpBuilder& OpBuilder::Param(const std::string& name, ParamShapeFn shape, Init init) {
   return Param(name, std::move(shape), [init](const Attrs&, const weir::Shape&) { return init; });
+}
+
+OpBuilder& OpBuilder::State(const std::string& name, ParamShapeFn shape, Init init,
+                            const std::string& statistic, const std::string& update_op,
+                            const std::string& enabled_by) {
+  if (!RequireTensorOp("state parameters")) return *this;
+  bool has_output = false;
+  for (const PortDef& o : def_->output()) has_output = has_output || o.name() == statistic;
+  if (!has_output) {
+    errors_->push_back("op '" + def_->name() + "': state '" + name +
+                       "' names statistic output '" + statistic +
+                       "', which is not declared (declare outputs first)");
+  }
+  Param(name, std::move(shape), init);
+  ParamDef& param = parts_.params.back();
+  param.statistic = statistic;
+  param.update_op = update_op;
+  param.enabled_by = enabled_by;
+  return *this;
 }
 
 OpBuilder& OpBuilder::Cheap() {

@@ -9,5 +9,6 @@ namespace weir::moe {
 void RegisterRouter(Registrar& r);
 void RegisterBalanceLoss(Registrar& r);
 void RegisterBiasUpdate(Registrar& r);
+void RegisterExperts(Registrar& r);
 
 }  // namespace weir::moe

@@ -8,6 +8,7 @@ void RegisterMoe(weir::Registrar& r) {
   weir::moe::RegisterRouter(r);
   weir::moe::RegisterBalanceLoss(r);
   weir::moe::RegisterBiasUpdate(r);
+  weir::moe::RegisterExperts(r);
 }
 
 }  // namespace

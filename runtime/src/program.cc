@@ -182,12 +182,24 @@ class ProgramBuilder {
       return fail(Internal("a gradient builder added op '" + entry->def.name() +
                            "', which owns parameters"));
     }
+    std::vector<std::pair<std::string, std::string>> states;  // parameter, statistic output
     for (const ParamDef& pd : entry->params) {
+      if (!pd.enabled_by.empty() && !n.attrs.Bool(pd.enabled_by)) continue;
       ShapeContext sc(&types, &n.attrs, 0);
       auto shape = pd.shape(sc);
       if (!shape.ok()) return fail(Status(shape.status()).Prepend("parameter '" + pd.name + "'"));
-      DataType dtype = n.attrs.Has("T") ? n.attrs.Type("T") : DT_F32;
-      ParamInfo info{name + "." + pd.name, {dtype, *shape}, pd.init(n.attrs, *shape)};
+      // State parameters keep their own dtype (f32): they are not computed with in T.
+      DataType dtype = n.attrs.Has("T") && pd.trainable() ? n.attrs.Type("T") : DT_F32;
+      ParamInfo info;
+      info.name = name + "." + pd.name;
+      info.type = {dtype, *shape};
+      info.init = pd.init(n.attrs, *shape);
+      if (!pd.trainable()) {
+        info.update_op = pd.update_op;
+        info.statistic = name + "." + pd.statistic;
+        info.node_attrs = n.attrs.values();
+        states.emplace_back(info.name, pd.statistic);
+      }
       Program::Node leaf;
       leaf.kind = Program::Node::kParam;
       leaf.name = info.name;
@@ -223,7 +235,13 @@ class ProgramBuilder {
                            " (registered: " + (have.empty() ? "none" : have) + ")"));
     }
     n.inputs = std::move(inputs);
-    return Add(std::move(n));
+    const OpDef& def = entry->def;
+    ValueRef added = Add(std::move(n));
+    for (const auto& [param, statistic] : states) {
+      for (int o = 0; o < def.output_size(); ++o)
+        if (def.output(o).name() == statistic) p_.statistics_[param] = {added.node, o};
+    }
+    return added;
   }
 
   class GradBuilder : public GradContext {
@@ -322,7 +340,9 @@ class ProgramBuilder {
     std::vector<bool> requires_grad(forward_end, false);
     for (size_t i = 0; i < forward_end; ++i) {
       const Program::Node& n = p_.nodes_[i];
-      if (n.kind == Program::Node::kParam) requires_grad[i] = IsFloating(n.outputs[0].dtype);
+      if (n.kind == Program::Node::kParam)
+        requires_grad[i] = IsFloating(n.outputs[0].dtype) &&
+                           p_.params_[static_cast<size_t>(n.index)].trainable();
       if (n.kind == Program::Node::kInput) requires_grad[i] = wanted_args.count(n.index) > 0;
       if (n.kind == Program::Node::kOp)
         for (ValueRef v : n.inputs)
@@ -385,7 +405,8 @@ class ProgramBuilder {
     }
     for (size_t i = 0; i < forward_end; ++i) {
       const Program::Node& n = p_.nodes_[i];
-      if (n.kind != Program::Node::kParam) continue;
+      if (n.kind != Program::Node::kParam || !p_.params_[static_cast<size_t>(n.index)].trainable())
+        continue;
       std::string name = n.name;
       TensorType type = n.outputs[0];
       auto pit = pending.find({static_cast<int>(i), 0});
@@ -450,6 +471,7 @@ class ProgramBuilder {
   void Recompute() {
     size_t forward_end = backward_start_;
     std::set<ValueRef> kept(p_.outputs_.begin(), p_.outputs_.end());
+    for (const auto& [name, v] : p_.statistics_) kept.insert(v);
     std::vector<int> clones;
     for (size_t i = forward_end; i-- > 0;) {
       const Program::Node& f = p_.nodes_[i];
@@ -552,6 +574,7 @@ class ProgramBuilder {
     }
     std::vector<ValueRef> kept(p_.outputs_.begin(), p_.outputs_.end());
     for (const auto& [name, v] : p_.param_grads_) kept.push_back(v);
+    for (const auto& [name, v] : p_.statistics_) kept.push_back(v);
     kept.insert(kept.end(), p_.input_grads_.begin(), p_.input_grads_.end());
     for (ValueRef v : kept) last_use[v] = n;
     // A view's bytes belong to the value it views (its root), which lives as long as the view.
@@ -731,6 +754,7 @@ StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
   Outputs result;
   for (ValueRef v : outputs_) result.values.push_back(value(v));
   for (const auto& [name, v] : param_grads_) result.param_grads[name] = value(v);
+  for (const auto& [name, v] : statistics_) result.statistics[name] = value(v);
   for (ValueRef v : input_grads_) result.input_grads.push_back(value(v));
   return result;
 }

@@ -191,9 +191,9 @@ TEST(MoeBalanceLoss, GradientMatchesFiniteDifferences) {
 TEST(MoeBiasUpdate, OverloadedExpertsLoseBiasUnderloadedGain) {
   // 4 experts, 6 choices: mean load 1.5; loads 3, 2, 1, 0.
   OpCase c{"moe.BiasUpdate",
-           "gamma=0.001",
-           {{DT_F32, {4}}, I64({3, 2})},
-           {{0, {0.5, 0.0, -0.25, 0.0}}, {1, {0, 1, 0, 1, 0, 2}}}};
+           "bias_update_speed=0.001",
+           {{DT_F32, {4}}, {DT_F32, {4}}},
+           {{0, {0.5, 0.0, -0.25, 0.0}}, {1, {3, 2, 1, 0}}}};
   auto out = RunOp(c);
   ASSERT_TRUE(out.ok()) << out.status().ToString();
   std::vector<double> bias = (*out)[0].ToVector();
@@ -201,10 +201,20 @@ TEST(MoeBiasUpdate, OverloadedExpertsLoseBiasUnderloadedGain) {
   EXPECT_NEAR(bias[1], 0.0 - 0.001, 1e-7);
   EXPECT_NEAR(bias[2], -0.25 + 0.001, 1e-7);
   EXPECT_NEAR(bias[3], 0.0 + 0.001, 1e-7);
-  EXPECT_EQ((*out)[1].ToVector(), (std::vector<double>{3, 2, 1, 0}));
-  auto bad = RunOp({"moe.BiasUpdate", "", {{DT_F32, {4}}, I64({1, 2})}, {{1, {0, 9}}}});
+  EXPECT_NEAR((*out)[1].At(0), 3 / 1.5, 1e-6);
+  auto bad = RunOp({"moe.BiasUpdate", "", {{DT_F32, {4}}, {DT_F32, {4}}}, {{1, {0, -1, 0, 0}}}});
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("expert index 9 is outside [0, 4)"), std::string::npos);
+  EXPECT_NE(bad.status().message().find("the load of expert 1 is -1"), std::string::npos)
+      << bad.status().ToString();
+}
+
+TEST(MoeRouter, ReportsTheLoadOfEachExpert) {
+  OpCase c{"moe.Router", "num_experts_per_tok=2", {F64({3, 4})},
+           {{0, {3, 2, 1, 0, 0, 3, 2, 1, 3, 0, 1, 2}}}};
+  auto out = RunOp(c);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  // Rows choose {0, 1}, {1, 2}, {0, 3}.
+  EXPECT_EQ((*out)[2].ToVector(), (std::vector<double>{2, 2, 1, 1}));
 }
 
 TEST(MoeRouter, ImpossibleConfigurationsAreNamed) {

@@ -103,6 +103,22 @@ TEST(NnGrad, ShapeOps) {
   OpCase part{"nn.Split", "num=3 sizes=[1, 4, 1] axis=1", {F64({2, 6, 2})}};
   part.output = 1;
   EXPECT_EQ(CheckGradients(part), 24);
+  EXPECT_EQ(CheckGradients({"nn.Expand", "axis=-2 size=3", {F64({2, 2, 1, 4})}}), 16);
+}
+
+TEST(NnReference, ExpandRepeatsTheSizeOneDim) {
+  OpCase c{"nn.Expand", "axis=1 size=3", {F64({2, 1, 2})}};
+  auto y = RunOp(c);
+  ASSERT_TRUE(y.ok()) << y.status().ToString();
+  std::vector<double> x = CaseInputs(c)[0].ToVector();
+  EXPECT_EQ((*y)[0].shape(), (Shape{2, 3, 2}));
+  EXPECT_EQ((*y)[0].ToVector(),
+            (std::vector<double>{x[0], x[1], x[0], x[1], x[0], x[1], x[2], x[3], x[2], x[3], x[2],
+                                 x[3]}));
+  auto bad = RunOp({"nn.Expand", "axis=1 size=3", {F64({2, 2, 2})}});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("axis 1 of [2, 2, 2] is not one"), std::string::npos)
+      << bad.status().ToString();
 }
 
 TEST(NnReference, SplitPartsAreTheSlices) {

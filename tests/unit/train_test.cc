@@ -2,10 +2,12 @@
 // resumed from its checkpoint gives exactly the losses and parameters of an uninterrupted run.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
 #include "test_util.h"
+#include "weir/json.h"
 #include "weir/runtime/executor.h"
 #include "weir/safetensors.h"
 
@@ -138,6 +140,62 @@ TEST(Training, BadOptimizerIsNamed) {
                 "node 'train' (op 'train.Step'): optimizer 'optim.Adam' is not an update op"),
             std::string::npos)
       << r.status.ToString();
+}
+
+// A state parameter (moe.Router's selection bias) is not trained but moved by its update rule
+// after every optimizer step from the load summed over the step's micro-batches.
+TEST(Training, StateParametersFollowTheirUpdateRule) {
+  fs::path out = fs::path(::testing::TempDir()) / "train_router";
+  fs::remove_all(out);
+  auto g = LoadTestGraph(TestGraph("good/train_router.pbtxt"), {});
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  CapturedMetrics metrics;
+  RunOptions options;
+  options.out_dir = out;
+  options.metrics = &metrics;
+  options.ops = &TestRegistry();
+  RunResult result = RunGraph(*g, options);
+  ASSERT_TRUE(result.status.ok()) << result.status.ToString();
+
+  // Every step: 2 micro-batches x 4 x 16 tokens x 2 experts each = 256 routed slots.
+  std::ifstream stats(out / "statistics.jsonl");
+  std::string line;
+  int rows = 0;
+  while (std::getline(stats, line)) {
+    auto row = ParseJsonObject(line);
+    ASSERT_TRUE(row.ok()) << line;
+    const auto& load = row->fields().at("router.load").list_value();
+    ASSERT_EQ(load.values_size(), 8);
+    double total = 0;
+    for (const auto& v : load.values()) total += v.number_value();
+    EXPECT_EQ(total, 256) << line;
+    ++rows;
+  }
+  EXPECT_EQ(rows, 6);
+
+  // Only whole multiples of the update speed: no optimizer step touched the bias, and an
+  // expert's bias moved by at most 0.01 per step.
+  auto params = Params(out / "checkpoints" / "step-000006");
+  ASSERT_TRUE(params.count("router.bias"));
+  double moved = 0;
+  for (double b : params["router.bias"]) {
+    EXPECT_NEAR(b / 0.01, std::round(b / 0.01), 1e-3) << b;
+    EXPECT_LE(std::abs(b), 0.06 + 1e-6);
+    moved += std::abs(b);
+  }
+  EXPECT_GT(moved, 0);
+  auto states = ReadSafetensorsSharded(out / "checkpoints" / "step-000006", "optimizer");
+  ASSERT_TRUE(states.ok());
+  EXPECT_FALSE(states->count("router.bias.m")) << "the optimizer kept state for a state parameter";
+
+  int logged = 0;
+  for (const MetricRow& r : metrics.rows()) {
+    if (r.node != "train" || r.Get("loss") < 0) continue;
+    EXPECT_GE(r.Get("router.load_max_over_mean"), 1.0);
+    EXPECT_GT(r.Get("route_sum"), 0);  // a scalar model output besides the loss is logged
+    ++logged;
+  }
+  EXPECT_EQ(logged, 6);
 }
 
 }  // namespace

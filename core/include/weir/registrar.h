@@ -162,6 +162,12 @@ class OpBuilder {
   // A parameter the op owns; it becomes an extra input after the data inputs.
   OpBuilder& Param(const std::string& name, ParamShapeFn shape, ParamInitFn init);
   OpBuilder& Param(const std::string& name, ParamShapeFn shape, Init init);
+  // A state parameter (see ParamDef): not trained, but set after every optimizer step by
+  // `update_op` from the sum of the op's output `statistic` over the step's batches. Created only
+  // when the bool attr `enabled_by` is true.
+  OpBuilder& State(const std::string& name, ParamShapeFn shape, Init init,
+                   const std::string& statistic, const std::string& update_op,
+                   const std::string& enabled_by);
   // Cheap to recompute (norms, elementwise ops): the memory planner may recompute it in the
   // backward pass instead of keeping its output alive.
   OpBuilder& Cheap();

@@ -9,7 +9,8 @@
 //       .Gradient(RmsNormGrad);
 //
 // Parameters are inputs the op declares and the model creates: they follow the data inputs,
-// are named "<node>.<param>", and receive gradients like any input. A gradient builder emits one
+// are named "<node>.<param>", and receive gradients like any input, except state parameters
+// (OpBuilder::State), which are updated by a rule after each optimizer step instead. A gradient builder emits one
 // group of nodes per input; nodes whose results feed only parameter gradients become "W" (weight
 // gradient) nodes, the rest "B" (input gradient) nodes, so pipeline schedules can run them apart.
 #pragma once
@@ -133,6 +134,15 @@ struct ParamDef {
   std::string name;
   ParamShapeFn shape;
   ParamInitFn init;
+  // A state parameter is not trained: it takes no gradient and the optimizer skips it. Its op
+  // output `statistic` is summed over every batch of an optimizer step; after the step the op
+  // `update_op` (inputs: the current value and that sum; attrs: the owning node's attrs where
+  // the names match) gives its new value. Further scalar outputs of the update op are metrics.
+  std::string statistic;
+  std::string update_op;
+  // The bool attr that creates the parameter; empty: always created.
+  std::string enabled_by;
+  bool trainable() const { return update_op.empty(); }
 };
 
 }  // namespace weir

@@ -97,6 +97,10 @@ Status RouterShape(ShapeContext& ctx) {
   if (logits.shape.empty()) return InvalidArgument("logits need an expert dim");
   int64_t experts = logits.shape.back();
   WEIR_RETURN_IF_ERROR(GetConfig(ctx.attrs(), experts).status());
+  if (ctx.num_inputs() > 2) {
+    return InvalidArgument(
+        "the bias is given twice: as an input and as the state of correction_bias=true");
+  }
   if (ctx.num_inputs() > 1) {
     const TensorType& bias = ctx.input(1);
     if (bias.dtype != DT_F32 || bias.shape != Shape{experts}) {
@@ -108,6 +112,7 @@ Status RouterShape(ShapeContext& ctx) {
   out.back() = ctx.attrs().Int("num_experts_per_tok");
   ctx.set_output(0, {logits.dtype, out});
   ctx.set_output(1, {DT_I64, out});
+  ctx.set_output(2, {DT_F32, {experts}});
   return Status();
 }
 
@@ -124,6 +129,8 @@ Status RouterCpu(KernelContext& ctx) {
     const T* x = logits.data<T>();
     T* w = ctx.output(0).data<T>();
     int64_t* ids = ctx.output(1).data<int64_t>();
+    float* load = ctx.output(2).data<float>();
+    std::fill(load, load + experts, 0.0f);
     std::vector<A> s(static_cast<size_t>(experts));
     for (int64_t r = 0; r < rows; ++r) {
       Scores(c, x + r * experts, s.data());
@@ -135,6 +142,7 @@ Status RouterCpu(KernelContext& ctx) {
         if (c.normalize) v /= total;
         w[r * c.k + k] = Narrow<T>(v * static_cast<A>(c.scale));
         ids[r * c.k + k] = idx[static_cast<size_t>(k)];
+        load[idx[static_cast<size_t>(k)]] += 1.0f;
       }
     }
     return Status();
@@ -232,6 +240,20 @@ void RegisterRouter(Registrar& r) {
       .OptionalInput("bias", "f32", "[experts] correction bias (e_score_correction_bias)")
       .Output("weights", "T", "[..., K] routing weights")
       .Output("indices", "i64", "[..., K] chosen experts, best first")
+      .Output("load", "f32", "[experts] tokens routed to each expert in this batch")
+      .Attr("correction_bias", false,
+            "own the bias as a state parameter `bias` (f32 [experts], zeros), moved by "
+            "moe.BiasUpdate from the load after every optimizer step (DeepSeek-V3's "
+            "auxiliary-loss-free balancing; HF topk_method noaux_tc)")
+      .Attr<double>("bias_update_speed", 0.001, "gamma of the bias update (V3: 0.001, then 0)",
+                    Min(0.0))
+      .State(
+          "bias",
+          [](const ShapeContext& c) -> StatusOr<weir::Shape> {
+            if (c.input(0).shape.empty()) return InvalidArgument("logits need an expert dim");
+            return weir::Shape{c.input(0).shape.back()};
+          },
+          Init::Zeros(), "load", "moe.BiasUpdate", "correction_bias")
       .Shape(RouterShape)
       .Kernel("cpu", RouterCpu, KernelFloatTypes())
       .Gradient(RouterGrad);

@@ -1,4 +1,5 @@
-// Shape ops: nn.Reshape, nn.Transpose, nn.Concat, nn.Split, nn.Slice (and nn.SliceGrad).
+// Shape ops: nn.Reshape, nn.Transpose, nn.Concat, nn.Split, nn.Slice (and nn.SliceGrad),
+// nn.Expand (and nn.ExpandGrad).
 #include <numeric>
 
 #include "nn_common.h"
@@ -256,6 +257,78 @@ Status SliceGradCpu(KernelContext& ctx) {
   return Status();
 }
 
+// nn.Expand repeats a dim of size 1; seen as [outer, 1, inner] -> [outer, size, inner].
+struct ExpandPlan {
+  int axis;
+  int64_t outer = 1, inner = 1;
+};
+
+StatusOr<ExpandPlan> PlanExpand(const Attrs& a, const Shape& x) {
+  ExpandPlan p{Axis(a.Int("axis"), x.size())};
+  if (p.axis < 0 || p.axis >= static_cast<int>(x.size()) || x[static_cast<size_t>(p.axis)] != 1) {
+    return InvalidArgument("nn.Expand repeats a dim of size 1; axis " +
+                           std::to_string(a.Int("axis")) + " of " + ShapeString(x) + " is not one");
+  }
+  for (int d = 0; d < p.axis; ++d) p.outer *= x[static_cast<size_t>(d)];
+  for (size_t d = static_cast<size_t>(p.axis) + 1; d < x.size(); ++d) p.inner *= x[d];
+  return p;
+}
+
+Status ExpandShape(ShapeContext& ctx) {
+  WEIR_ASSIGN_OR_RETURN(ExpandPlan p, PlanExpand(ctx.attrs(), ctx.input(0).shape));
+  Shape out = ctx.input(0).shape;
+  out[static_cast<size_t>(p.axis)] = ctx.attrs().Int("size");
+  ctx.set_output(0, {ctx.input(0).dtype, out});
+  return Status();
+}
+
+Status ExpandCpu(KernelContext& ctx) {
+  Tensor x = ctx.input(0).Contiguous();
+  WEIR_ASSIGN_OR_RETURN(ExpandPlan p, PlanExpand(ctx.attrs(), x.shape()));
+  int64_t size = ctx.attrs().Int("size");
+  size_t row = static_cast<size_t>(p.inner) * DataTypeSize(x.dtype());
+  const char* in = static_cast<const char*>(x.raw_data());
+  char* out = static_cast<char*>(ctx.output(0).raw_data());
+  for (int64_t o = 0; o < p.outer; ++o)
+    for (int64_t r = 0; r < size; ++r)
+      std::memcpy(out + static_cast<size_t>(o * size + r) * row,
+                  in + static_cast<size_t>(o) * row, row);
+  return Status();
+}
+
+Status ExpandGrad(GradContext& g) {
+  WEIR_ASSIGN_OR_RETURN(ValueRef d, g.Op1("nn.ExpandGrad", {g.grad(0)},
+                                          {{"axis", Int(g.attrs().Int("axis"))}}));
+  g.set_input_grad(0, d);
+  return Status();
+}
+
+// Sums dy over the expanded dim, in the accumulator type, in a fixed order.
+Status ExpandGradCpu(KernelContext& ctx) {
+  Tensor dy = ctx.input(0).Contiguous();
+  Shape kept = dy.shape();
+  int axis = Axis(ctx.attrs().Int("axis"), kept.size());
+  int64_t size = dy.dim(axis);
+  kept[static_cast<size_t>(axis)] = 1;
+  WEIR_ASSIGN_OR_RETURN(ExpandPlan p, PlanExpand(ctx.attrs(), kept));
+  return DispatchFloat(dy.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    using A = AccumulatorOf<T>;
+    const T* d = dy.data<T>();
+    T* dx = ctx.output(0).data<T>();
+    std::vector<A> sum(static_cast<size_t>(p.inner));
+    for (int64_t o = 0; o < p.outer; ++o) {
+      std::fill(sum.begin(), sum.end(), A(0));
+      for (int64_t r = 0; r < size; ++r) {
+        const T* src = d + (o * size + r) * p.inner;
+        for (int64_t i = 0; i < p.inner; ++i) sum[static_cast<size_t>(i)] += Widen(src[i]);
+      }
+      for (int64_t i = 0; i < p.inner; ++i) dx[o * p.inner + i] = Narrow<T>(sum[static_cast<size_t>(i)]);
+    }
+    return Status();
+  });
+}
+
 // nn.Split's axis and part sizes for input shape x: `sizes` when given (they must add up to the
 // axis), else `num` equal parts.
 struct SplitPlan {
@@ -404,6 +477,33 @@ void RegisterShapeOps(Registrar& r) {
       .Shape(SliceShape)
       .Kernel("cpu", SliceCpu)
       .Gradient(SliceGrad);
+  r.TensorOp("nn.Expand")
+      .Doc(
+          "Repeats a dim of size 1 `size` times (a broadcast made explicit): MLA's one shared "
+          "RoPE key [batch, time, 1, d] becomes one per head.")
+      .Input("x", "T", "a tensor whose dim `axis` is 1")
+      .Output("y", "T", "x with dim `axis` = size")
+      .Attr<int64_t>("axis", -2, "the dim to repeat (negative counts from the end)")
+      .RequiredAttr<int64_t>("size", "how many copies", Min(1))
+      .Shape(ExpandShape)
+      .Kernel("cpu", ExpandCpu)
+      .Gradient(ExpandGrad);
+  r.TensorOp("nn.ExpandGrad")
+      .Doc("Gradient of nn.Expand: dy summed over dim `axis`, which becomes 1.")
+      .Input("dy", "T")
+      .Output("dx", "T")
+      .Attr<int64_t>("axis", -2, "the expanded dim")
+      .Shape([](ShapeContext& c) {
+        Shape s = c.input(0).shape;
+        int axis = Axis(c.attrs().Int("axis"), s.size());
+        if (axis < 0 || axis >= static_cast<int>(s.size()))
+          return InvalidArgument("axis " + std::to_string(c.attrs().Int("axis")) +
+                                 " is outside " + c.input(0).ToString());
+        s[static_cast<size_t>(axis)] = 1;
+        c.set_output(0, {c.input(0).dtype, s});
+        return Status();
+      })
+      .Kernel("cpu", ExpandGradCpu, KernelFloatTypes());
   r.TensorOp("nn.SliceGrad")
       .Doc(
           "Gradient of nn.Slice: dy placed at [begin, begin + len) of a zero tensor whose sliced "

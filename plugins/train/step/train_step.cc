@@ -90,7 +90,8 @@ class TrainStep : public StreamKernel {
       WEIR_ASSIGN_OR_RETURN(result, program->Run(inputs, model_->params()));
     }
     Accumulate(result.param_grads);
-    loss_sum_ += result.values[0].At(0);
+    AccumulateStatistics(*program, result);
+    program_ = program;
     tokens_ += inputs.empty() ? 0 : inputs[0].numel();
     busy_ += std::chrono::duration<double>(Clock::now() - t0).count();
     if (++micro_ < accumulate_) return Status();
@@ -118,6 +119,79 @@ class TrainStep : public StreamKernel {
     std::vector<TensorType> types;
     for (const Tensor& t : inputs) types.push_back({t.dtype(), t.shape()});
     return types;
+  }
+
+  // The loss, every other scalar output of the model (auxiliary losses, which are logged) and
+  // the statistics of state parameters are summed over the micro-batches of a step.
+  void AccumulateStatistics(const Program& program, const Program::Outputs& result) {
+    for (size_t o = 0; o < result.values.size(); ++o) {
+      const Tensor& v = result.values[o];
+      if (v.numel() == 1 && IsFloating(v.dtype()))
+        scalar_sums_[program.output_names()[o]] += v.At(0);
+    }
+    for (const auto& [param, value] : result.statistics) {
+      Tensor add = value.To(DT_F32);
+      auto [it, fresh] = statistics_.try_emplace(param, add);
+      if (fresh) continue;
+      float* acc = it->second.data<float>();
+      const float* p = add.data<float>();
+      for (int64_t i = 0; i < add.numel(); ++i) acc[i] += p[i];
+    }
+  }
+
+  // After the optimizer step: each state parameter takes the value its update op computes from
+  // the step's summed statistic; the update op's scalar outputs become metrics, and the
+  // statistics go to statistics.jsonl (one row per step).
+  Status UpdateStates(std::vector<std::pair<std::string, double>>& metrics) {
+    if (statistics_.empty()) return Status();
+    std::string row = "{\"step\": " + std::to_string(step_);
+    for (const ParamInfo& info : program_->params()) {
+      auto stat = statistics_.find(info.name);
+      if (info.trainable() || stat == statistics_.end()) continue;
+      const OpEntry* op = ctx_.ops().Find(info.update_op);
+      if (op == nullptr || !op->shape)
+        return ctx_.Error("state '" + info.name + "': no tensor op '" + info.update_op + "'");
+      std::map<std::string, AttrValue> values;
+      for (const AttrDef& d : op->def.attr()) {
+        auto given = info.node_attrs.find(d.name());
+        values[d.name()] = given != info.node_attrs.end() ? given->second : d.default_value();
+      }
+      Attrs attrs(values, "op '" + info.update_op + "'");
+      Tensor* param = model_->params().Find(info.name);
+      if (param == nullptr) return ctx_.Error("state '" + info.name + "' is not in the model");
+      std::vector<TensorType> types = {{param->dtype(), param->shape()},
+                                       {stat->second.dtype(), stat->second.shape()}};
+      ShapeContext sc(&types, &attrs, op->def.output_size());
+      Status shaped = op->shape(sc);
+      if (!shaped.ok()) return ctx_.Error("state '" + info.name + "': " + shaped.message());
+      const KernelFn* kernel = op->FindKernel("cpu", sc.outputs()[0].dtype);
+      if (kernel == nullptr) return ctx_.Error(info.update_op + " has no cpu kernel");
+      std::vector<Tensor> outs;
+      std::vector<Tensor*> out_ptrs;
+      for (const TensorType& t : sc.outputs()) outs.push_back(Tensor::Zeros(t.dtype, t.shape));
+      for (Tensor& t : outs) out_ptrs.push_back(&t);
+      KernelContext kc({param, &stat->second}, out_ptrs, &attrs);
+      Status ran = (*kernel)(kc);
+      if (!ran.ok()) return ctx_.Error("state '" + info.name + "': " + ran.message());
+      *param = outs[0];
+      std::string node = info.name.substr(0, info.name.rfind('.'));
+      for (size_t o = 1; o < outs.size(); ++o)
+        if (outs[o].numel() == 1) metrics.emplace_back(node + "." + op->def.output(static_cast<int>(o)).name(), outs[o].At(0));
+      row += ", " + JsonQuote(info.statistic) + ": [";
+      for (int64_t i = 0; i < stat->second.numel(); ++i)
+        row += (i ? ", " : "") + JsonNumber(stat->second.At(i));
+      row += "]";
+    }
+    statistics_.clear();
+    if (!statistics_file_.is_open()) {
+      fs::path path = ctx_.OutputPath("statistics.jsonl");
+      std::error_code ec;
+      fs::create_directories(path.parent_path(), ec);
+      statistics_file_.open(path, std::ios::app);
+      if (!statistics_file_) return ctx_.Error("cannot write " + path.string());
+    }
+    statistics_file_ << row << "}\n" << std::flush;
+    return Status();
   }
 
   // Sums micro-batch gradients in f32.
@@ -162,10 +236,10 @@ class TrainStep : public StreamKernel {
       }));
     }
     double grad_norm = std::sqrt(sumsq) * scale;
+    double loss = scalar_sums_[loss_] / static_cast<double>(micro_);
     if (!std::isfinite(grad_norm)) {
       return ctx_.Error("the gradient norm is " + std::to_string(grad_norm) + " at step " +
-                        std::to_string(step_) + " (loss " +
-                        std::to_string(loss_sum_ / static_cast<double>(micro_)) + ")");
+                        std::to_string(step_) + " (loss " + std::to_string(loss) + ")");
     }
     if (clip_ > 0 && grad_norm > clip_) scale *= clip_ / grad_norm;
     Attrs attrs = opt_attrs_;
@@ -200,21 +274,28 @@ class TrainStep : public StreamKernel {
         WEIR_RETURN_IF_ERROR((*kernel)(kc));
       }
     }
-    busy_ += std::chrono::duration<double>(Clock::now() - t0).count();
-    double loss = loss_sum_ / static_cast<double>(micro_);
     std::vector<std::pair<std::string, double>> values = {
         {"loss", loss},
         {"grad_norm", grad_norm},
         {"lr", lr},
-        {"tokens_per_s", busy_ > 0 ? static_cast<double>(tokens_) / busy_ : 0},
-        {"step_time_s", busy_}};
+        {"tokens_per_s", 0},
+        {"step_time_s", 0}};
+    for (const auto& [name, sum] : scalar_sums_)
+      if (name != loss_) values.emplace_back(name, sum / static_cast<double>(micro_));
+    {
+      std::lock_guard<std::mutex> lock(model_->mutex());
+      WEIR_RETURN_IF_ERROR(UpdateStates(values));
+    }
+    busy_ += std::chrono::duration<double>(Clock::now() - t0).count();
+    values[3].second = busy_ > 0 ? static_cast<double>(tokens_) / busy_ : 0;
+    values[4].second = busy_;
     ctx_.Metric(step_, values);
     Batch metrics;
     WEIR_RETURN_IF_ERROR(metrics.Set("step", IntColumn{step_}));
     for (const auto& [k, v] : values) WEIR_RETURN_IF_ERROR(metrics.Set(k, FloatColumn{v}));
     out.Emit(std::move(metrics));
     micro_ = 0;
-    loss_sum_ = 0;
+    scalar_sums_.clear();
     tokens_ = 0;
     busy_ = 0;
     if (eval_every_ > 0 && step_ % eval_every_ == 0 && !eval_.empty())
@@ -297,7 +378,11 @@ class TrainStep : public StreamKernel {
   double clip_;
   Schedule schedule_;
   int64_t step_ = 0, micro_ = 0, data_position_ = 0, last_checkpoint_ = 0, last_eval_ = -1;
-  double loss_sum_ = 0, busy_ = 0;
+  double busy_ = 0;
+  std::map<std::string, double> scalar_sums_;  // by model output name, over the micro-batches
+  std::map<std::string, Tensor> statistics_;   // by state parameter, over the micro-batches
+  std::shared_ptr<const Program> program_;     // the last one run, for its parameter list
+  std::ofstream statistics_file_;
   int64_t tokens_ = 0;
   std::map<std::string, Tensor> grads_;
   std::map<std::string, std::vector<Tensor>> states_;

@@ -25,6 +25,12 @@ struct ParamInfo {
   std::string name;  // "layers.3.attn.wq.weight"
   TensorType type;   // as the op computes with it; masters are kept in f32
   Init init;
+  // State parameters (OpBuilder::State) only: the op that sets the value after an optimizer
+  // step, and the attrs of the node that owns it (the update op takes those it declares).
+  std::string update_op;
+  std::string statistic;  // the value the update sums: "<node>.<output>"
+  std::map<std::string, AttrValue> node_attrs;
+  bool trainable() const { return update_op.empty(); }
 };
 
 struct ProgramOptions {
@@ -92,6 +98,9 @@ class Program {
     std::vector<Tensor> values;                 // the function's outputs, in order
     std::map<std::string, Tensor> param_grads;  // by parameter name (compute dtype)
     std::vector<Tensor> input_grads;            // for options.input_grads, in order
+    // For every state parameter, by its name: the statistic its update sums over the batches
+    // of an optimizer step.
+    std::map<std::string, Tensor> statistics;
   };
 
   // Runs forward (and backward when built with a loss). Inputs must match the build's types.
@@ -117,6 +126,7 @@ class Program {
   std::vector<std::string> output_names_;
   std::vector<ValueRef> outputs_;
   std::map<std::string, ValueRef> param_grads_;
+  std::map<std::string, ValueRef> statistics_;
   std::vector<ValueRef> input_grads_;
   std::vector<TensorType> input_types_;
   // Memory plan: byte offset in the arena of every planned value (-1: not planned).
