@@ -1,6 +1,7 @@
 // Resolving a loaded graph: function expansion, attr typing, edges, port types, order.
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdlib>
 #include <regex>
 #include <set>
@@ -37,8 +38,8 @@ struct Scope {
   }
 };
 
-// Evaluates "$(...)" expressions: + - * / and parentheses over numbers and params (int, float
-// or bool). Integers stay integers while every division is exact.
+// Evaluates "$(...)" expressions: + - * /, parentheses, sqrt() and ln() over numbers and params
+// (int, float or bool). Integers stay integers while every division is exact.
 class Expression {
  public:
   Expression(std::string_view text, const Scope& scope) : s_(text), scope_(scope) {}
@@ -145,6 +146,14 @@ class Expression {
                                    : "it ends too early");
     }
     std::string name(s_.substr(begin, pos_ - begin));
+    if (Eat('(')) {
+      WEIR_ASSIGN_OR_RETURN(Value arg, Sum());
+      if (!Eat(')')) return Fail("missing ')'");
+      if (name == "sqrt" && arg.d() >= 0) return Float(std::sqrt(arg.d()));
+      if (name == "ln" && arg.d() > 0) return Float(std::log(arg.d()));
+      if (name == "sqrt" || name == "ln") return Fail(name + " of " + std::to_string(arg.d()));
+      return Fail("unknown function '" + name + "' (there are sqrt and ln)");
+    }
     const AttrValue* v = scope_.Find(name);
     if (v == nullptr) return Fail("unknown param '" + name + "'" + SuggestClosest(name, scope_.Names()));
     switch (v->value_case()) {
@@ -603,6 +612,7 @@ class Resolver {
     // `repeat: N` in the node, or `attr: "repeat=$n_layers"` to take the count from a param.
     int64_t repeat = s.repeat;
     SourceLoc repeat_loc = s.repeat_loc;
+    bool none = false;  // attr repeat=0: no copies, the call's outputs are its inputs
     for (const WrittenAttr& w : s.attrs) {
       if (w.key != "repeat") continue;
       if (s.repeat != 0) {
@@ -610,9 +620,10 @@ class Resolver {
         return;
       }
       auto v = TypeValue(w, ATTR_INT, scope);
-      if (v.ok() && v->i() < 1) {
-        v = InvalidArgument("expects int >= 1, got " + std::to_string(v->i())).At(w.value_loc);
+      if (v.ok() && v->i() < 0) {
+        v = InvalidArgument("expects int >= 0, got " + std::to_string(v->i())).At(w.value_loc);
       }
+      if (v.ok() && v->i() == 0) none = true;
       if (!v.ok()) {
         fail(Status(v.status()).InAttr("repeat"));
         return;
@@ -633,7 +644,7 @@ class Resolver {
                .At(s.loc));
       return;
     }
-    if (repeat > 0 && f.outputs.size() < f.inputs.size()) {
+    if ((repeat > 0 || none) && f.outputs.size() < f.inputs.size()) {
       fail(InvalidArgument("repeat feeds each copy's outputs into the next copy's inputs, but "
                            "function '" +
                            f.name + "' has " + std::to_string(f.inputs.size()) + " inputs and " +
@@ -677,6 +688,15 @@ class Resolver {
       it->second = *v;
     }
     expanded_.insert(f.name);
+    if (none) {
+      CallOutputs outs;
+      for (size_t i = 0; i < f.outputs.size(); ++i) {
+        outs.names.push_back(f.outputs[i].name);
+        if (i < data.size()) outs.sources.push_back(data[i]);
+      }
+      calls_[name] = outs;
+      return;
+    }
     int64_t copies = repeat > 0 ? repeat : 1;
     if (copies > kMaxRepeat) {
       fail(InvalidArgument("repeat " + std::to_string(copies) + " exceeds the limit of " +

@@ -351,18 +351,20 @@ class ProgramBuilder {
     std::map<ValueRef, std::vector<ValueRef>> pending;
     pending[loss].push_back(Constant(lt, 1.0, options_.loss + "/grad.seed"));
     for (size_t i = forward_end; i-- > 0;) {
-      const Program::Node& n = p_.nodes_[i];
-      if (n.kind != Program::Node::kOp || !requires_grad[i]) continue;
+      if (p_.nodes_[i].kind != Program::Node::kOp || !requires_grad[i]) continue;
       std::vector<ValueRef> grads;
       bool any = false;
-      for (size_t o = 0; o < n.outputs.size(); ++o) {
+      // Sum adds nodes, so nodes_ may move: no reference into it lives across the loop.
+      const std::string name = p_.nodes_[i].name;
+      for (size_t o = 0; o < p_.nodes_[i].outputs.size(); ++o) {
         auto pit = pending.find({static_cast<int>(i), static_cast<int>(o)});
-        ValueRef g = pit == pending.end() ? ValueRef{} : Sum(pit->second, n.name);
+        ValueRef g = pit == pending.end() ? ValueRef{} : Sum(pit->second, name);
         if (g.valid()) activation_grads_.insert(g);
         grads.push_back(g);
         any = any || pit != pending.end();
       }
       if (!any) continue;
+      const Program::Node& n = p_.nodes_[i];
       std::vector<bool> needs;
       for (ValueRef v : n.inputs)
         needs.push_back(requires_grad[static_cast<size_t>(v.node)] && IsFloating(TypeOf(v).dtype));

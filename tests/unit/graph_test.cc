@@ -193,6 +193,11 @@ TEST(Functions, RepeatCountFromAParam) {
     ASSERT_GE(g->FindNode(last), 0);
     EXPECT_EQ(g->nodes[g->nodes[g->FindNode("sink")].inputs[0].node].name, last);
   }
+  // repeat=0: no copies, the call passes its inputs through.
+  auto none = LoadTestGraph(TestGraph("good/repeat_param.pbtxt"), {"layers=0"});
+  ASSERT_TRUE(none.ok()) << none.status().ToString();
+  EXPECT_EQ(none->nodes.size(), 2u);
+  EXPECT_EQ(none->nodes[none->nodes[none->FindNode("sink")].inputs[0].node].name, "src");
 }
 
 TEST(Params, ExpressionsComputeAttrValues) {
@@ -219,7 +224,9 @@ TEST(Params, BadExpressionsAreNamed) {
            {"n=$(heads * nops)", "unknown param 'nops'; did you mean 'nope'?"},
            {"n=$(heads * (nope + 1)", "missing ')'"},
            {"n=$(heads / 0)", "division by zero"},
-           {"n=$(heads +)", "unexpected ')'"}}) {
+           {"n=$(heads +)", "unexpected ')'"},
+           {"n=$(sqrt(0 - heads))", "sqrt of -4"},
+           {"n=$(log(heads))", "unknown function 'log' (there are sqrt and ln)"}}) {
     std::string graph = "param: \"heads=4 nope=2\"\nnode { name: \"src\" op: \"test.Count\" attr: \"" + text + "\" }\n";
     std::string path = ::testing::TempDir() + "/bad_expression.pbtxt";
     std::ofstream(path) << graph;

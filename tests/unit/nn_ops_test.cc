@@ -96,6 +96,10 @@ TEST(NnGrad, ShapeOps) {
   EXPECT_GT(CheckGradients({"nn.Transpose", "perm=[2, 0, 1]", {F64({2, 3, 4})}}), 0);
   EXPECT_GT(CheckGradients({"nn.Concat", "axis=1", {F64({2, 1, 3}), F64({2, 2, 3})}}), 0);
   EXPECT_GT(CheckGradients({"nn.Slice", "axis=1 begin=1 end=3", {F64({2, 4, 2})}}), 0);
+  // Negative bounds count from the end: all time steps but the last.
+  EXPECT_EQ(CheckGradients({"nn.Slice", "axis=1 begin=0 end=-1", {F64({2, 4, 2})}}), 16);
+  EXPECT_EQ(CheckGradients({"nn.Slice", "axis=1 begin=1", {F64({2, 4, 2})}}), 16);
+  EXPECT_EQ(CheckGradients({"nn.Slice", "axis=1 begin=-1", {F64({2, 4, 2})}}), 16);
   // Every part used (the gradient is a Concat) and only one used (zeros elsewhere).
   OpCase split{"nn.Split", "num=3 axis=1", {F64({2, 6, 2})}};
   split.output = -1;

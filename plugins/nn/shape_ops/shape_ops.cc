@@ -201,12 +201,22 @@ Status ConcatGrad(GradContext& g) {
   return Status();
 }
 
+// nn.Slice's default end.
+constexpr int64_t kToTheEnd = std::numeric_limits<int64_t>::max();
+
+// [begin, end) of a dim of length n; negative values count from the end (-1: n - 1).
+std::pair<int64_t, int64_t> SliceRange(const Attrs& a, int64_t n) {
+  int64_t begin = a.Int("begin"), end = a.Int("end");
+  if (end == kToTheEnd) end = n;
+  return {begin < 0 ? begin + n : begin, end < 0 ? end + n : end};
+}
+
 Status SliceShape(ShapeContext& ctx) {
   const TensorType& x = ctx.input(0);
   int axis = Axis(ctx.attrs().Int("axis"), x.shape.size());
-  int64_t begin = ctx.attrs().Int("begin"), end = ctx.attrs().Int("end");
-  if (axis < 0 || axis >= static_cast<int>(x.shape.size()) || begin < 0 || end < begin ||
-      end > x.shape[static_cast<size_t>(axis)]) {
+  bool in_range = axis >= 0 && axis < static_cast<int>(x.shape.size());
+  auto [begin, end] = SliceRange(ctx.attrs(), in_range ? x.shape[static_cast<size_t>(axis)] : 0);
+  if (!in_range || begin < 0 || end < begin || end > x.shape[static_cast<size_t>(axis)]) {
     return InvalidArgument("slice [" + std::to_string(begin) + ", " + std::to_string(end) +
                            ") of axis " + std::to_string(ctx.attrs().Int("axis")) +
                            " does not fit " + x.ToString());
@@ -220,16 +230,18 @@ Status SliceShape(ShapeContext& ctx) {
 Status SliceCpu(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   int axis = Axis(ctx.attrs().Int("axis"), static_cast<size_t>(x.rank()));
-  CopyDense(x.Slice(axis, ctx.attrs().Int("begin"), ctx.attrs().Int("end")), ctx.output(0));
+  auto [begin, end] = SliceRange(ctx.attrs(), x.dim(axis));
+  CopyDense(x.Slice(axis, begin, end), ctx.output(0));
   return Status();
 }
 
 Status SliceGrad(GradContext& g) {
   const Shape& in = g.input_type(0).shape;
   int axis = Axis(g.attrs().Int("axis"), in.size());
+  int64_t begin = SliceRange(g.attrs(), in[static_cast<size_t>(axis)]).first;
   WEIR_ASSIGN_OR_RETURN(ValueRef d, g.Op1("nn.SliceGrad", {g.grad(0)},
                                           {{"axis", Int(axis)},
-                                           {"begin", Int(g.attrs().Int("begin"))},
+                                           {"begin", Int(begin)},
                                            {"size", Int(in[static_cast<size_t>(axis)])}}));
   g.set_input_grad(0, d);
   return Status();
@@ -472,8 +484,10 @@ void RegisterShapeOps(Registrar& r) {
       .Input("x", "T")
       .Output("y", "T")
       .Attr<int64_t>("axis", -1, "the dim to slice (negative counts from the end)")
-      .RequiredAttr<int64_t>("begin", "first index kept", Min(0))
-      .RequiredAttr<int64_t>("end", "one past the last index kept", Min(0))
+      .RequiredAttr<int64_t>("begin", "first index kept (negative counts from the end)")
+      .Attr<int64_t>("end", kToTheEnd,
+                     "one past the last index kept (negative counts from the end; default: the "
+                     "end)")
       .Shape(SliceShape)
       .Kernel("cpu", SliceCpu)
       .Gradient(SliceGrad);

@@ -305,17 +305,26 @@ class TrainStep : public StreamKernel {
     return Status();
   }
 
+  // eval_loss, and eval_<name> for every other scalar output of the model (eval_lm_loss).
   Status Evaluate() {
-    double total = 0;
+    std::map<std::string, double> totals;
     for (const Batch& b : eval_) {
       WEIR_ASSIGN_OR_RETURN(auto inputs, Inputs(b));
       WEIR_ASSIGN_OR_RETURN(auto program, model_->GetProgram(Types(inputs), ""));
       std::lock_guard<std::mutex> lock(model_->mutex());
       WEIR_ASSIGN_OR_RETURN(auto result, program->Run(inputs, model_->params()));
-      auto it = std::find(program->output_names().begin(), program->output_names().end(), loss_);
-      total += result.values[static_cast<size_t>(it - program->output_names().begin())].At(0);
+      for (size_t o = 0; o < result.values.size(); ++o) {
+        const Tensor& v = result.values[o];
+        if (v.numel() == 1 && IsFloating(v.dtype())) {
+          const std::string& name = program->output_names()[o];
+          totals[name == loss_ ? "eval_loss" : "eval_" + name] += v.At(0);
+        }
+      }
     }
-    ctx_.Metric(step_, {{"eval_loss", total / static_cast<double>(eval_.size())}});
+    std::vector<std::pair<std::string, double>> values;
+    for (const auto& [name, total] : totals)
+      values.emplace_back(name, total / static_cast<double>(eval_.size()));
+    ctx_.Metric(step_, values);
     last_eval_ = step_;
     return Status();
   }
