@@ -137,6 +137,7 @@ Status OpRegistry::Commit(Registrar& staged, const std::string& plugin) {
     entry->kernels = std::move(parts.kernels);
     entry->gradient = std::move(parts.gradient);
     entry->params = std::move(parts.params);
+    entry->cost = std::move(parts.cost);
     ops_[entry->def.name()] = std::move(entry);
   }
   for (auto& kind : staged.resource_kinds()) {

@@ -251,6 +251,11 @@ OpBuilder& OpBuilder::State(const std::string& name, ParamShapeFn shape, Init in
   return *this;
 }
 
+OpBuilder& OpBuilder::Cost(CostFn fn) {
+  if (RequireTensorOp("a cost function")) parts_.cost = std::move(fn);
+  return *this;
+}
+
 OpBuilder& OpBuilder::Cheap() {
   if (RequireTensorOp("Cheap()")) def_->set_cheap(true);
   return *this;

@@ -110,8 +110,29 @@ class ProgramBuilder {
       n.outputs = {input_types[i]};
       args.push_back(Add(std::move(n)));
     }
+    // The nodes the requested outputs need (all of them when none are named).
+    std::vector<bool> needed(fn.nodes.size(), options_.outputs.empty());
+    std::vector<const FunctionInstance::Output*> kept_outputs;
+    for (const FunctionInstance::Output& out : fn.outputs) {
+      bool wanted = options_.outputs.empty() || out.name == options_.loss ||
+                    std::count(options_.outputs.begin(), options_.outputs.end(), out.name);
+      if (!wanted) continue;
+      kept_outputs.push_back(&out);
+      if (out.node >= 0) needed[static_cast<size_t>(out.node)] = true;
+    }
+    for (const std::string& name : options_.outputs) {
+      bool found = false;
+      for (const FunctionInstance::Output& out : fn.outputs) found = found || out.name == name;
+      if (!found) return InvalidArgument("function '" + function + "' has no output '" + name + "'");
+    }
+    for (size_t k = fn.nodes.size(); k-- > 0;) {
+      if (!needed[k]) continue;
+      for (const weir::Node::Input& in : fn.nodes[k].inputs)
+        if (in.node >= 0) needed[static_cast<size_t>(in.node)] = true;
+    }
     std::vector<int> index(fn.nodes.size(), -1);
     for (size_t k = 0; k < fn.nodes.size(); ++k) {
+      if (!needed[k]) continue;
       const weir::Node& node = fn.nodes[k];
       std::vector<ValueRef> inputs;
       for (const weir::Node::Input& in : node.inputs) {
@@ -124,11 +145,11 @@ class ProgramBuilder {
       if (!added.ok()) return added.status();
       index[k] = added->node;
     }
-    for (const FunctionInstance::Output& out : fn.outputs) {
-      p_.output_names_.push_back(out.name);
-      p_.outputs_.push_back(out.node < 0
-                                ? args.at(static_cast<size_t>(-1 - out.node))
-                                : ValueRef{index.at(static_cast<size_t>(out.node)), out.port});
+    for (const FunctionInstance::Output* out : kept_outputs) {
+      p_.output_names_.push_back(out->name);
+      p_.outputs_.push_back(out->node < 0
+                                ? args.at(static_cast<size_t>(-1 - out->node))
+                                : ValueRef{index.at(static_cast<size_t>(out->node)), out->port});
     }
     if (!options_.loss.empty()) WEIR_RETURN_IF_ERROR(Backward(function, args, fn.inputs));
     LabelBackward();
@@ -194,6 +215,7 @@ class ProgramBuilder {
       info.name = name + "." + pd.name;
       info.type = {dtype, *shape};
       info.init = pd.init(n.attrs, *shape);
+      info.op = entry->def.name();
       if (!pd.trainable()) {
         info.update_op = pd.update_op;
         info.statistic = name + "." + pd.statistic;
@@ -759,6 +781,25 @@ StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
   for (const auto& [name, v] : statistics_) result.statistics[name] = value(v);
   for (ValueRef v : input_grads_) result.input_grads.push_back(value(v));
   return result;
+}
+
+ProgramCost Program::Cost() const {
+  ProgramCost cost;
+  for (const ParamInfo& p : params_) cost.active_share[p.name] = 1.0;
+  for (const Node& n : nodes_) {
+    if (n.kind != Node::kOp || n.phase != Node::kForward || !n.entry->cost) continue;
+    std::vector<TensorType> inputs;
+    for (ValueRef v : n.inputs)
+      inputs.push_back(nodes_[static_cast<size_t>(v.node)].outputs[static_cast<size_t>(v.port)]);
+    OpCost c = n.entry->cost(inputs, n.outputs, n.attrs);
+    cost.forward_flops += c.flops;
+    cost.cached_elements_per_token += c.cached_elements_per_token;
+    for (ValueRef v : n.inputs) {
+      const Node& in = nodes_[static_cast<size_t>(v.node)];
+      if (in.kind == Node::kParam) cost.active_share[in.name] = c.active_params;
+    }
+  }
+  return cost;
 }
 
 std::string Program::DebugString() const {

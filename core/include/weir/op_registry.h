@@ -24,6 +24,7 @@ struct OpEntry {
   std::map<std::string, std::pair<KernelFn, std::vector<DataType>>> kernels;  // by device
   GradientFn gradient;
   std::vector<ParamDef> params;
+  CostFn cost;  // may be empty: costs nothing worth planning for
 
   // The kernel for `device` that handles `dtype`, or null.
   const KernelFn* FindKernel(const std::string& device, DataType dtype) const;

@@ -171,6 +171,9 @@ class OpBuilder {
   // Cheap to recompute (norms, elementwise ops): the memory planner may recompute it in the
   // backward pass instead of keeping its output alive.
   OpBuilder& Cheap();
+  // What a run costs (FLOPs, the share of parameters a token uses, cached elements per token),
+  // for `weir plan`.
+  OpBuilder& Cost(CostFn fn);
   // Output 0 holds input 0's elements in the same order and dtype, only shaped differently
   // (a reshape): programs make it a view of the input instead of running the kernel. The kernel
   // (a copy) still serves where a view cannot be used.
@@ -183,6 +186,7 @@ class OpBuilder {
     std::map<std::string, std::pair<KernelFn, std::vector<DataType>>> kernels;
     GradientFn gradient;
     std::vector<ParamDef> params;
+    CostFn cost;
   };
   Parts& parts() { return parts_; }
 

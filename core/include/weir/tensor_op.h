@@ -114,6 +114,18 @@ class GradContext {
 
 using GradientFn = std::function<Status(GradContext& ctx)>;
 
+// What one run of an op costs, for planning (`weir plan`), from its input and output types
+// (parameters included, after the data inputs) and attrs.
+struct OpCost {
+  double flops = 0;  // multiply-adds count two
+  // The share of the op's parameters that one token uses (routed experts: K of E).
+  double active_params = 1.0;
+  // Elements per token that incremental decoding keeps for later tokens (a KV cache).
+  double cached_elements_per_token = 0;
+};
+using CostFn = std::function<OpCost(const std::vector<TensorType>& inputs,
+                                    const std::vector<TensorType>& outputs, const Attrs& attrs)>;
+
 // How a parameter starts.
 struct Init {
   enum Kind { kZeros, kOnes, kNormal, kUniform };

@@ -295,7 +295,17 @@ void RegisterAttention(Registrar& r) {
       .Attr<double>("scale", 0.0, "score scale; 0 means 1/sqrt(d)", Min(0.0))
       .Shape(AttentionShape)
       .Kernel("cpu", AttentionCpu, KernelFloatTypes())
-      .Gradient(AttentionGrad);
+      .Gradient(AttentionGrad)
+      .Cost([](const std::vector<TensorType>& in, const std::vector<TensorType>&,
+               const Attrs& a) {
+        // q [b, t, h, d], k [b, tk, hk, d], v [b, tk, hk, dv]; a causal query t of the last t
+        // sees tk - t_total + t + 1 keys.
+        const Shape &q = in[0].shape, &k = in[1].shape, &v = in[2].shape;
+        double t = static_cast<double>(q[1]), tk = static_cast<double>(k[1]);
+        double pairs = a.Bool("causal") ? t * (tk - t) + t * (t + 1) / 2 : t * tk;
+        return OpCost{2.0 * static_cast<double>(q[0] * q[2]) * pairs *
+                      static_cast<double>(q[3] + v[3])};
+      });
   r.TensorOp("nn.AttentionGrad")
       .Doc(
           "Gradient of nn.Attention from the saved log-sum-exp (probabilities are recomputed, "

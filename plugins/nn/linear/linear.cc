@@ -62,7 +62,47 @@ void RegisterLinear(Registrar& r) {
           [](const Attrs& a, const weir::Shape&) { return Init::Normal(a.Float("init_std")); })
       .Shape(LinearShape)
       .Kernel("cpu", LinearCpu, KernelFloatTypes())
-      .Gradient(LinearGrad);
+      .Gradient(LinearGrad)
+      .Cost([](const std::vector<TensorType>& in, const std::vector<TensorType>& out,
+               const Attrs&) {
+        return OpCost{2.0 * static_cast<double>(NumElements(out[0].shape)) *
+                      static_cast<double>(in[0].shape.back())};
+      });
+  // A parameter as a value, for weights that several nodes share (DeepSeek-V3's output head,
+  // used by the main model and by multi-token prediction).
+  r.TensorOp("nn.Weight")
+      .Doc(
+          "Outputs its parameter `weight` of shape `shape` (N(0, init_std²)), so that several "
+          "nodes can use one weight: nn.MatMul(x, head, transpose_b=true) is a Linear with a "
+          "shared weight.")
+      .Output("y", "T", "the parameter")
+      .AttrOfType("shape", ATTR_INT_LIST, std::nullopt, "the parameter's shape")
+      .Attr<double>("init_std", 0.02, "standard deviation of the initial weights", Min(0.0))
+      .AttrOfType("T", ATTR_TYPE, "f32", "compute dtype")
+      .Param(
+          "weight",
+          [](const ShapeContext& c) -> StatusOr<weir::Shape> {
+            weir::Shape shape = c.attrs().IntList("shape");
+            for (int64_t d : shape)
+              if (d < 1) return InvalidArgument("shape " + ShapeString(shape) + " has a dim < 1");
+            return shape;
+          },
+          [](const Attrs& a, const weir::Shape&) { return Init::Normal(a.Float("init_std")); })
+      .View()
+      .Shape([](ShapeContext& c) {
+        c.set_output(0, c.input(0));
+        return Status();
+      })
+      .Kernel("cpu",
+              [](KernelContext& ctx) {
+                Tensor src = ctx.input(0).Contiguous();
+                std::memcpy(ctx.output(0).raw_data(), src.raw_data(), src.nbytes());
+                return Status();
+              })
+      .Gradient([](GradContext& g) {
+        if (g.needs_grad(0)) g.set_input_grad(0, g.grad(0));
+        return Status();
+      });
 }
 
 }  // namespace weir::nn

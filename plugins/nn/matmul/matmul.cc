@@ -69,7 +69,13 @@ void RegisterMatMul(Registrar& r) {
       .Attr("transpose_b", false, "use b transposed")
       .Shape(MatMulShape)
       .Kernel("cpu", MatMulCpu, KernelFloatTypes())
-      .Gradient(MatMulGrad);
+      .Gradient(MatMulGrad)
+      .Cost([](const std::vector<TensorType>& in, const std::vector<TensorType>& out,
+               const Attrs& a) {
+        const Shape& s = in[0].shape;
+        double k = static_cast<double>(s[s.size() - (a.Bool("transpose_a") ? 2 : 1)]);
+        return OpCost{2.0 * static_cast<double>(NumElements(out[0].shape)) * k};
+      });
 }
 
 }  // namespace weir::nn

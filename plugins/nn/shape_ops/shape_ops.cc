@@ -518,6 +518,34 @@ void RegisterShapeOps(Registrar& r) {
         return Status();
       })
       .Kernel("cpu", ExpandGradCpu, KernelFloatTypes());
+  r.TensorOp("nn.Cached")
+      .Doc(
+          "The identity, marking a per-token tensor [batch, time, ...] that incremental decoding "
+          "keeps for later tokens (MLA's latent c_KV and its RoPE key): `weir plan` counts its "
+          "elements as the KV cache.")
+      .Input("x", "T", "[batch, time, ...]")
+      .Output("y", "T", "x")
+      .Cheap()
+      .View()
+      .Shape([](ShapeContext& c) {
+        if (c.input(0).shape.size() < 2)
+          return InvalidArgument("nn.Cached needs [batch, time, ...], got " +
+                                 c.input(0).ToString());
+        c.set_output(0, c.input(0));
+        return Status();
+      })
+      .Kernel("cpu", CopyKernel)
+      .Gradient([](GradContext& g) {
+        if (g.needs_grad(0)) g.set_input_grad(0, g.grad(0));
+        return Status();
+      })
+      .Cost([](const std::vector<TensorType>& in, const std::vector<TensorType>&, const Attrs&) {
+        const Shape& s = in[0].shape;
+        OpCost cost;
+        cost.cached_elements_per_token =
+            static_cast<double>(NumElements(s)) / static_cast<double>(s[0] * s[1]);
+        return cost;
+      });
   r.TensorOp("nn.SliceGrad")
       .Doc(
           "Gradient of nn.Slice: dy placed at [begin, begin + len) of a zero tensor whose sliced "

@@ -27,6 +27,7 @@ struct ParamInfo {
   Init init;
   // State parameters (OpBuilder::State) only: the op that sets the value after an optimizer
   // step, and the attrs of the node that owns it (the update op takes those it declares).
+  std::string op;  // the op that owns it
   std::string update_op;
   std::string statistic;  // the value the update sums: "<node>.<output>"
   std::map<std::string, AttrValue> node_attrs;
@@ -37,6 +38,10 @@ struct ProgramOptions {
   std::string device = "cpu";
   // Build the backward pass from this function output (a scalar loss); empty: inference only.
   std::string loss;
+  // The function outputs to compute (with `loss`); empty: all. Nodes that none of them needs
+  // are left out, with their parameters: an inference program of a model asks for "logits" and
+  // skips the training-only parts (a multi-token-prediction module).
+  std::vector<std::string> outputs;
   // Function inputs that also need gradients (tests, input-gradient checks).
   std::vector<std::string> input_grads;
   // Prefix for node (and so parameter) names.
@@ -59,6 +64,14 @@ struct MemoryPlanStats {
   int64_t arena_bytes = 0;      // peak of the plan: what one run allocates for intermediates
   int64_t unplanned_bytes = 0;  // what the same values would take without reuse
   int num_values = 0;
+};
+
+// What a program's forward pass costs, from its ops' cost functions (OpBuilder::Cost).
+struct ProgramCost {
+  double forward_flops = 0;
+  double cached_elements_per_token = 0;  // what incremental decoding keeps per token
+  // The share of each parameter one token uses (1 unless an op says otherwise: routed experts).
+  std::map<std::string, double> active_share;
 };
 
 struct ProgramStats {
@@ -109,6 +122,7 @@ class Program {
   const std::vector<ParamInfo>& params() const { return params_; }
   const std::vector<std::string>& output_names() const { return output_names_; }
   const ProgramStats& stats() const { return stats_; }
+  ProgramCost Cost() const;
   // One line per node: "B  layers.0.mlp.w1/grad_x = nn.MatMul(...)", for debugging and docs.
   std::string DebugString() const;
 

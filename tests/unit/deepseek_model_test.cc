@@ -1,0 +1,219 @@
+// The DeepSeek-V3 model file (graphs/models/deepseek_v3.pbtxt) through Programs: a tiny model with
+// MLA, a dense and a MoE layer (groups, correction bias, shared expert) and MTP in f64 against
+// finite differences; the V2-Lite query and softmax gating; a dense-only model; parameter names.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "test_util.h"
+#include "weir/runtime/program.h"
+
+namespace weir::testing {
+namespace {
+
+std::map<std::string, AttrValue> TinyV3(const std::string& dtype) {
+  std::map<std::string, AttrValue> a;
+  auto i = [&](const char* k, int64_t v) { a[k].set_i(v); };
+  auto f = [&](const char* k, double v) { a[k].set_f(v); };
+  i("vocab_size", 13);
+  i("hidden_size", 8);
+  i("intermediate_size", 12);
+  i("moe_intermediate_size", 4);
+  i("num_hidden_layers", 2);
+  i("first_k_dense_replace", 1);
+  i("num_attention_heads", 2);
+  i("q_lora_rank", 6);
+  i("kv_lora_rank", 4);
+  i("qk_nope_head_dim", 4);
+  i("qk_rope_head_dim", 4);
+  i("v_head_dim", 3);
+  i("n_routed_experts", 4);
+  i("n_shared_experts", 1);
+  i("num_experts_per_tok", 2);
+  i("n_group", 2);
+  i("topk_group", 1);
+  i("num_nextn_predict_layers", 1);
+  f("rope_factor", 4.0);
+  i("original_max_position_embeddings", 4);
+  f("aux_loss_alpha", 0.01);
+  f("init_std", 0.4);
+  a["T"].set_type(*ParseDataType(dtype));
+  a["loss_dtype"].set_type(dtype == "f64" ? DT_F64 : DT_F32);
+  return a;
+}
+
+std::vector<Tensor> Tokens(int64_t batch, int64_t time, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<double> tokens, targets;
+  for (int64_t k = 0; k < batch * time; ++k) {
+    tokens.push_back(static_cast<double>(rng() % static_cast<uint64_t>(vocab)));
+    targets.push_back(static_cast<double>(rng() % static_cast<uint64_t>(vocab)));
+  }
+  return {Tensor::FromValues(DT_I64, {batch, time}, tokens),
+          Tensor::FromValues(DT_I64, {batch, time}, targets)};
+}
+
+StatusOr<std::shared_ptr<const Program>> Build(std::map<std::string, AttrValue> attrs,
+                                               int64_t batch, int64_t time,
+                                               const std::string& loss = "loss") {
+  WEIR_ASSIGN_OR_RETURN(Graph g, LoadTestGraph(TestGraph("good/deepseek_import.pbtxt")));
+  ProgramOptions options;
+  options.loss = loss;
+  std::vector<TensorType> types = {{DT_I64, {batch, time}}, {DT_I64, {batch, time}}};
+  return Program::Build(g, "DeepseekV3", attrs, types, TestRegistry(), options);
+}
+
+// Central differences of the loss against the analytic gradient of up to `per_param` elements of
+// every trained parameter; returns how many were checked.
+int CheckModelGradients(const Program& p, ParamStore& params, const std::vector<Tensor>& inputs,
+                        int per_param) {
+  auto analytic = p.Run(inputs, params);
+  EXPECT_TRUE(analytic.ok()) << analytic.status().ToString();
+  if (!analytic.ok()) return 0;
+  auto loss = [&] { return p.Run(inputs, params)->values[0].At(0); };
+  const double eps = 1e-6;
+  int checked = 0;
+  std::mt19937_64 rng(5);
+  for (auto& [name, t] : params.mutable_values()) {
+    auto g = analytic->param_grads.find(name);
+    if (g == analytic->param_grads.end()) continue;  // a state parameter: no gradient
+    for (int n = 0; n < std::min<int64_t>(per_param, t.numel()); ++n) {
+      int64_t k = static_cast<int64_t>(rng() % static_cast<uint64_t>(t.numel()));
+      double x = t.At(k);
+      StoreFromDouble(t.raw_data(), DT_F64, k, x + eps);
+      double up = loss();
+      StoreFromDouble(t.raw_data(), DT_F64, k, x - eps);
+      double down = loss();
+      StoreFromDouble(t.raw_data(), DT_F64, k, x);
+      double numeric = (up - down) / (2 * eps);
+      EXPECT_NEAR(g->second.At(k), numeric, 1e-6 * std::max(1.0, std::abs(numeric)))
+          << name << "[" << k << "]";
+      ++checked;
+    }
+  }
+  return checked;
+}
+
+TEST(TinyDeepseekV3, ParametersFollowTheModelPyNames) {
+  auto p = Build(TinyV3("f32"), 2, 6);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  std::map<std::string, Shape> shapes;
+  for (const ParamInfo& info : (*p)->params()) shapes[info.name] = info.type.shape;
+  std::map<std::string, Shape> expected = {
+      {"embed.weight", {13, 8}},
+      {"dense_layers.0.attn.q.wq_a.weight", {6, 8}},
+      {"dense_layers.0.attn.q.q_norm.weight", {6}},
+      {"dense_layers.0.attn.q.wq_b.weight", {2 * (4 + 4), 6}},
+      {"dense_layers.0.attn.wkv_a.weight", {4 + 4, 8}},
+      {"dense_layers.0.attn.kv_norm.weight", {4}},
+      {"dense_layers.0.attn.wkv_b.weight", {2 * (4 + 3), 4}},
+      {"dense_layers.0.attn.wo.weight", {8, 2 * 3}},
+      {"dense_layers.0.ffn.w1.weight", {12, 8}},
+      {"moe_layers.0.ffn.gate.weight", {4, 8}},
+      {"moe_layers.0.ffn.router.bias", {4}},
+      {"moe_layers.0.ffn.experts.w1", {4, 4, 8}},
+      {"moe_layers.0.ffn.experts.w2", {4, 8, 4}},
+      {"moe_layers.0.ffn.shared_experts.w1.weight", {4, 8}},
+      {"mtp.0.eh_proj.weight", {8, 16}},
+      {"mtp.0.block.ffn.experts.w3", {4, 4, 8}},
+      {"norm.weight", {8}},
+      {"head.weight", {13, 8}}};
+  for (const auto& [name, shape] : expected) {
+    ASSERT_TRUE(shapes.count(name)) << name;
+    EXPECT_EQ(shapes[name], shape) << name;
+  }
+  for (const ParamInfo& info : (*p)->params())
+    EXPECT_EQ(info.trainable(), !info.name.ends_with("router.bias")) << info.name;
+}
+
+TEST(TinyDeepseekV3, WholeModelGradientMatchesFiniteDifferences) {
+  auto p = Build(TinyV3("f64"), 2, 6);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  ParamStore params;
+  params.Initialize((*p)->params(), 3);
+  // A bias that steers the selection: it must not change the gradients' agreement.
+  Tensor* bias = params.Find("moe_layers.0.ffn.router.bias");
+  ASSERT_NE(bias, nullptr);
+  for (int64_t e = 0; e < bias->numel(); ++e)
+    StoreFromDouble(bias->raw_data(), bias->dtype(), e, 0.05 * static_cast<double>(e));
+  EXPECT_GT(CheckModelGradients(**p, params, Tokens(2, 6, 13, 4), 6), 250);
+}
+
+TEST(TinyDeepseekV3, V2LiteQueryAndSoftmaxGatingTrain) {
+  std::map<std::string, AttrValue> a = TinyV3("f64");
+  a["query"].set_s("MlaQueryDirect");
+  a["q_lora_rank"].set_i(0);
+  a["scoring_func"].set_s("softmax");
+  a["norm_topk_prob"].set_b(false);
+  a["correction_bias"].set_b(false);
+  a["n_group"].set_i(1);
+  a["routed_scaling_factor"].set_f(1.0);
+  a["num_nextn_predict_layers"].set_i(0);
+  auto p = Build(a, 2, 5);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  bool direct = false;
+  for (const ParamInfo& info : (*p)->params()) {
+    direct = direct || info.name == "dense_layers.0.attn.q.wq.weight";
+    EXPECT_EQ(info.name.find("router.bias"), std::string::npos);
+    EXPECT_EQ(info.name.find("mtp."), std::string::npos);
+  }
+  EXPECT_TRUE(direct);
+  ParamStore params;
+  params.Initialize((*p)->params(), 8);
+  EXPECT_GT(CheckModelGradients(**p, params, Tokens(2, 5, 13, 9), 4), 100);
+}
+
+// An inference program asks only for the logits: multi-token prediction drops out, with its
+// parameters, and the logits stay the same.
+TEST(TinyDeepseekV3, AnInferenceProgramLeavesOutTheMtpModule) {
+  auto full = Build(TinyV3("f32"), 2, 6, "");
+  auto loaded = LoadTestGraph(TestGraph("good/deepseek_import.pbtxt"));
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  const Graph& g = *loaded;
+  ProgramOptions options;
+  options.outputs = {"logits"};
+  std::vector<TensorType> types = {{DT_I64, {2, 6}}, {DT_I64, {2, 6}}};
+  auto logits_only = Program::Build(g, "DeepseekV3", TinyV3("f32"), types, TestRegistry(), options);
+  ASSERT_TRUE(full.ok() && logits_only.ok()) << logits_only.status().ToString();
+  EXPECT_EQ((*logits_only)->output_names(), std::vector<std::string>{"logits"});
+  size_t mtp = 0;
+  for (const ParamInfo& info : (*full)->params()) mtp += info.name.starts_with("mtp.");
+  EXPECT_GT(mtp, 10u);
+  EXPECT_EQ((*logits_only)->params().size(), (*full)->params().size() - mtp);
+  for (const ParamInfo& info : (*logits_only)->params()) EXPECT_FALSE(info.name.starts_with("mtp."));
+  ParamStore params;
+  params.Initialize((*full)->params(), 2);
+  std::vector<Tensor> inputs = Tokens(2, 6, 13, 3);
+  auto a = (*full)->Run(inputs, params);
+  auto b = (*logits_only)->Run(inputs, params);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->values[1].ToVector(), b->values[0].ToVector());
+  options.outputs = {"logitz"};
+  auto bad = Program::Build(g, "DeepseekV3", TinyV3("f32"), types, TestRegistry(), options);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("function 'DeepseekV3' has no output 'logitz'"),
+            std::string::npos);
+}
+
+TEST(TinyDeepseekV3, DenseOnlyModelHasNoMoeLayers) {
+  std::map<std::string, AttrValue> a = TinyV3("f32");
+  a["first_k_dense_replace"].set_i(2);
+  a["num_nextn_predict_layers"].set_i(0);
+  auto p = Build(a, 1, 4);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  int dense = 0;
+  for (const ParamInfo& info : (*p)->params()) {
+    EXPECT_EQ(info.name.find("moe_layers"), std::string::npos) << info.name;
+    dense += info.name.ends_with("ffn.w1.weight");
+  }
+  EXPECT_EQ(dense, 2);
+  ParamStore params;
+  params.Initialize((*p)->params(), 1);
+  auto out = (*p)->Run(Tokens(1, 4, 13, 2), params);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_TRUE(std::isfinite(out->values[0].At(0)));
+  EXPECT_EQ(out->values[1].shape(), (Shape{1, 4, 13}));  // logits
+}
+
+}  // namespace
+}  // namespace weir::testing
