@@ -25,7 +25,7 @@ check() {  # check NAME COMMAND...: the command must succeed
 # --- help and usage
 check "weir --help" "$weir" --help > "$work/help"
 check "help lists run" grep -q "run GRAPH" "$work/help"
-for cmd in run check ops tokenize; do
+for cmd in run check ops tokenize plan; do
   check "weir $cmd --help" "$weir" $cmd --help > "$work/help_$cmd"
   check "weir $cmd --help shows usage" grep -q "usage: weir $cmd" "$work/help_$cmd"
 done
@@ -159,6 +159,21 @@ check "SIGINT exits 130" test $? -eq 130
 check "summary says interrupted" grep -q '"status": "interrupted"' "$sig/summary.json"
 check "the sink was finished" grep -q '"finished":1' "$sig/metrics.jsonl"
 check "the user is told" grep -q "interrupted" "$work/err"
+
+# --- plan: the DeepSeek presets' parameters, activated parameters and KV cache (spec §1.1, §2.3)
+check "plan 671B" "$weir" plan graphs/models/deepseek_v3_671b.pbtxt > "$work/plan_v3"
+check "671B: 671.03B parameters, 37.55B per token" grep -q \
+  "parameters (671,026,419,200 total, 37,552,297,472 activated per token at inference)" "$work/plan_v3"
+check "671B: the MTP module (11.6B) is training-only" grep -Eq "^ +mtp +11.61B +- +-" "$work/plan_v3"
+check "671B: KV cache 70,272 bytes per token in bf16" grep -q \
+  "KV cache per token: 35,136 elements = 70,272 bytes in bf16" "$work/plan_v3"
+check "plan V2-Lite" "$weir" plan graphs/models/deepseek_v2_lite.pbtxt > "$work/plan_lite"
+check "V2-Lite: 15.7B parameters, 2.66B per token, 31,104 cache bytes" grep -q \
+  "parameters (15,706,484,224 total, 2,661,150,208 activated per token at inference)" "$work/plan_lite"
+check "V2-Lite: KV cache" grep -q "= 31,104 bytes in bf16" "$work/plan_lite"
+"$weir" plan graphs/tiny/data.pbtxt > /dev/null 2> "$work/err"
+check "plan of a graph without a model exits 1" test $? -eq 1
+check "plan says there is no model" grep -q "no model resource to plan" "$work/err"
 
 echo "cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -10,5 +10,8 @@ int RunCommand(const std::vector<std::string>& args);
 int CheckCommand(const std::vector<std::string>& args);
 int OpsCommand(const std::vector<std::string>& args);
 int TokenizeCommand(const std::vector<std::string>& args);
+int PlanCommand(const std::vector<std::string>& args);
+int LogitsCommand(const std::vector<std::string>& args);
+int HfCommand(const std::vector<std::string>& args);
 
 }  // namespace weir::cli

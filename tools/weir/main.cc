@@ -16,6 +16,9 @@ Commands:
   check GRAPH [--set k=v]...             parse and validate a graph; exit 1 on errors
   ops [--json|--markdown] [OP]           list ops with their plugin, ports, attrs and kernels
   tokenize --tokenizer FILE [--decode]   text on stdin to token ids (or ids to text)
+  plan GRAPH [--set k=v]... [--seq-len N]  parameters, FLOPs, activation and KV-cache bytes
+  logits --hf DIR --tokens FILE --out F  a Hugging Face DeepSeek checkpoint's logits, as .npy
+  hf import|export DIR --out DIR         Hugging Face DeepSeek checkpoints to weir and back
 
 Run 'weir COMMAND --help' for a command's options.
 Plugins load from the plugin folder beside libweir_core, then $WEIR_PLUGIN_PATH (':'-separated),
@@ -43,6 +46,9 @@ int main(int argc, char** argv) {
   if (command == "check") return weir::cli::CheckCommand(args);
   if (command == "ops") return weir::cli::OpsCommand(args);
   if (command == "tokenize") return weir::cli::TokenizeCommand(args);
+  if (command == "plan") return weir::cli::PlanCommand(args);
+  if (command == "logits") return weir::cli::LogitsCommand(args);
+  if (command == "hf") return weir::cli::HfCommand(args);
   std::cerr << "weir: unknown command '" << command << "'\n\n" << kUsage;
   return 2;
 }

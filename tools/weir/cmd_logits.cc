@@ -1,0 +1,203 @@
+// weir logits: a Hugging Face DeepSeek checkpoint's logits for token sequences, computed by the
+// DeepseekV3 graph function (graphs/models/deepseek_v3.pbtxt) in f32 and written as a .npy file.
+// The checkpoint goes through the DeepSeek converter (plugins/deepseek); the graph's ops come
+// from the default plugins, as in any run.
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <sstream>
+
+#include "args.h"
+#include "commands.h"
+#include "hf_config.h"
+#include "hf_weights.h"
+#include "weir/runtime/prepare.h"
+#include "weir/runtime/program.h"
+
+namespace weir::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr char kHelp[] = R"(usage: weir logits --hf DIR --tokens FILE --out FILE.npy [--graph FILE]
+
+Runs a Hugging Face DeepSeek-V2/V3 checkpoint (DIR/config.json and DIR/model.safetensors or its
+sharded index; F32, BF16 or block-FP8 weights) on token sequences and writes the logits of every
+position as float32 [batch, position, vocab] in a NumPy .npy file. The forward pass is the graph
+function DeepseekV3 of graphs/models/deepseek_v3.pbtxt, computed in f32.
+
+Options:
+  --hf DIR        the Hugging Face checkpoint folder
+  --tokens FILE   one sequence per line, space-separated token ids, every line the same length
+  --out FILE      the .npy file to write
+  --graph FILE    the model graph file (default: graphs/models/deepseek_v3.pbtxt, found beside
+                  the weir binary's share/weir folder or in the source tree above it)
+)";
+
+constexpr char kModelGraph[] = "graphs/models/deepseek_v3.pbtxt";
+
+// The shipped model graph: <prefix>/share/weir/<kModelGraph>, else the first folder above the
+// binary that holds it (the source tree of a build folder).
+StatusOr<fs::path> FindModelGraph() {
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) return NotFound(std::string("cannot find ") + kModelGraph + "; pass --graph FILE");
+  fs::path bin = exe.parent_path();
+  fs::path installed = bin.parent_path() / "share" / "weir" / kModelGraph;
+  if (fs::exists(installed, ec)) return installed;
+  for (fs::path dir = bin; !dir.empty(); dir = dir.parent_path()) {
+    if (fs::exists(dir / kModelGraph, ec)) return dir / kModelGraph;
+    if (dir == dir.parent_path()) break;
+  }
+  return NotFound(std::string("cannot find ") + kModelGraph + " near " + exe.string() +
+                  "; pass --graph FILE");
+}
+
+// One sequence per line; errors name the file and the line.
+StatusOr<std::vector<std::vector<int64_t>>> ReadTokens(const fs::path& file, int64_t vocab) {
+  std::ifstream in(file);
+  if (!in) return NotFound("cannot read " + file.string());
+  std::vector<std::vector<int64_t>> rows;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    std::string where = file.string() + ":" + std::to_string(number) + ": ";
+    std::istringstream words(line);
+    std::vector<int64_t> row;
+    std::string word;
+    while (words >> word) {
+      if (word.find_first_not_of("0123456789") != std::string::npos || word.size() > 18)
+        return InvalidArgument(where + "'" + word + "' is not a token id");
+      int64_t id = std::stoll(word);
+      if (id >= vocab)
+        return InvalidArgument(where + "token " + word + " is outside the vocabulary (" +
+                               std::to_string(vocab) + " ids)");
+      row.push_back(id);
+    }
+    if (row.empty()) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos && in.peek() == EOF) break;
+      return InvalidArgument(where + "an empty line; every line holds one sequence");
+    }
+    if (!rows.empty() && row.size() != rows[0].size())
+      return InvalidArgument(where + "has " + std::to_string(row.size()) + " tokens, line 1 has " +
+                             std::to_string(rows[0].size()) +
+                             "; every sequence must have the same length");
+    rows.push_back(std::move(row));
+  }
+  if (rows.empty()) return InvalidArgument(file.string() + ": no token sequences");
+  return rows;
+}
+
+// A float32 .npy file (format 1.0): magic, header length, a Python dict literal padded so the
+// data starts on a 64-byte boundary, then the little-endian values in C order.
+Status WriteNpy(const fs::path& path, const Tensor& t) {
+  Tensor f = t.To(DT_F32);
+  std::string shape;
+  for (int d = 0; d < f.rank(); ++d) shape += std::to_string(f.dim(d)) + ", ";
+  if (f.rank() > 1) shape.resize(shape.size() - 1);
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + shape + "), }";
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  std::ofstream out(path, std::ios::binary);
+  if (!out) return InvalidArgument("cannot write " + path.string());
+  out.write("\x93NUMPY\x01\x00", 8);
+  uint16_t n = static_cast<uint16_t>(header.size());
+  char len[2] = {static_cast<char>(n & 0xff), static_cast<char>(n >> 8)};
+  out.write(len, 2);
+  out << header;
+  out.write(static_cast<const char*>(f.raw_data()), static_cast<std::streamsize>(f.nbytes()));
+  out.close();
+  if (!out) return InvalidArgument("cannot write " + path.string());
+  return Status();
+}
+
+Status Logits(const fs::path& hf, const fs::path& tokens_file, const fs::path& out,
+              const std::optional<std::string>& graph_flag) {
+  WEIR_ASSIGN_OR_RETURN(deepseek::HfConfig config, deepseek::ReadHfConfig(hf));
+  WEIR_ASSIGN_OR_RETURN(auto rows, ReadTokens(tokens_file, config.vocab_size));
+  const int64_t batch = static_cast<int64_t>(rows.size());
+  const int64_t time = static_cast<int64_t>(rows[0].size());
+  WEIR_ASSIGN_OR_RETURN(auto weights, deepseek::ImportHfWeights(hf, config));
+
+  fs::path graph_file;
+  if (graph_flag) {
+    graph_file = *graph_flag;
+  } else {
+    WEIR_ASSIGN_OR_RETURN(graph_file, FindModelGraph());
+  }
+  WEIR_ASSIGN_OR_RETURN(Graph graph, PrepareGraph(graph_file, {}));
+  std::vector<TensorType> types = {{DT_I64, {batch, time}}, {DT_I64, {batch, time}}};
+  WEIR_ASSIGN_OR_RETURN(auto program,
+                        Program::Build(graph, "DeepseekV3", config.Attrs(DT_F32), types,
+                                       OpRegistry::Global(), ProgramOptions()));
+
+  // The converter's names and the graph's must agree exactly.
+  ParamStore params;
+  std::vector<std::string> problems;
+  std::set<std::string> wanted;
+  for (const ParamInfo& p : program->params()) {
+    wanted.insert(p.name);
+    auto it = weights.find(p.name);
+    if (it == weights.end()) {
+      problems.push_back("the graph's parameter '" + p.name + "' has no HF tensor");
+    } else if (it->second.shape() != p.type.shape) {
+      problems.push_back("parameter '" + p.name + "' is " + ShapeString(p.type.shape) +
+                         " in the graph, " + ShapeString(it->second.shape()) + " from HF");
+    } else {
+      params.Set(p.name, it->second);
+    }
+  }
+  for (const auto& [name, t] : weights)
+    if (!wanted.count(name)) problems.push_back("the graph has no parameter '" + name + "'");
+  if (!problems.empty()) {
+    std::string message = graph_file.string() + " and the HF converter disagree:";
+    for (const std::string& p : problems) message += "\n  " + p;
+    return InvalidArgument(message);
+  }
+
+  std::vector<double> ids, targets;
+  for (const auto& row : rows)
+    for (size_t i = 0; i < row.size(); ++i) {
+      ids.push_back(static_cast<double>(row[i]));
+      targets.push_back(static_cast<double>(i + 1 < row.size() ? row[i + 1] : 0));
+    }
+  std::vector<Tensor> inputs = {Tensor::FromValues(DT_I64, {batch, time}, ids),
+                                Tensor::FromValues(DT_I64, {batch, time}, targets)};
+  WEIR_ASSIGN_OR_RETURN(auto outputs, program->Run(inputs, params));
+  const auto& names = program->output_names();
+  auto it = std::find(names.begin(), names.end(), "logits");
+  if (it == names.end())
+    return InvalidArgument(graph_file.string() + ": DeepseekV3 has no output 'logits'");
+  return WriteNpy(out, outputs.values[it - names.begin()]);
+}
+
+}  // namespace
+
+int LogitsCommand(const std::vector<std::string>& argv) {
+  Args args;
+  if (auto exit = ParseCommand("logits", argv,
+                               {{"hf", true, false},
+                                {"tokens", true, false},
+                                {"out", true, false},
+                                {"graph", true, false}},
+                               kHelp, 0, 0, &args))
+    return *exit;
+  for (const char* flag : {"hf", "tokens", "out"}) {
+    if (!args.Has(flag)) {
+      std::cerr << "weir logits: --" << flag << " is required\n";
+      return 2;
+    }
+  }
+  Status s = Logits(*args.Get("hf"), *args.Get("tokens"), *args.Get("out"), args.Get("graph"));
+  if (!s.ok()) {
+    std::cerr << "weir logits: " << s.ToString() << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace weir::cli
