@@ -30,17 +30,18 @@ check() {  # check NAME COMMAND...: the command must succeed
   fi
 }
 
-compare() {  # compare NAME WEIR.npy REF.npy: relative max error within 1e-4
-  "$py" - "$1" "$2" "$3" << 'EOF'
+compare() {  # compare NAME WEIR.npy REF.npy [BOUND]: relative max error within BOUND (1e-4)
+  "$py" - "$1" "$2" "$3" "${4:-1e-4}" << 'EOF'
 import sys
 import numpy as np
 name, a, b = sys.argv[1], np.load(sys.argv[2]), np.load(sys.argv[3])
+bound = float(sys.argv[4])
 if a.shape != b.shape or a.dtype != np.float32:
     print(f"{name}: weir {a.dtype}{a.shape} vs reference {b.dtype}{b.shape}")
     sys.exit(1)
 err = float(np.max(np.abs(a.astype(np.float64) - b)) / np.max(np.abs(b)))
 print(f"{name}: shape {a.shape}, max|weir-ref|/max|ref| = {err:.3e}")
-sys.exit(0 if err <= 1e-4 else 1)
+sys.exit(0 if err <= bound else 1)
 EOF
 }
 
@@ -55,6 +56,15 @@ run_case() {  # run_case NAME MAKE_FIXTURE_ARGS...
   check "$name: weir logits runs" "$weir" logits --hf "$dir" --tokens "$dir/tokens.txt" \
     --out "$dir/weir.npy"
   check "$name: logits match the reference" compare "$name" "$dir/weir.npy" "$dir/ref.npy"
+  # Prefill 5 tokens, then one at a time through the latent cache (absorbed MLA).
+  "$py" "$ref/deepseek_ref.py" --hf "$dir" --tokens "$dir/tokens.txt" --prefill 5 \
+    --out "$dir/ref_decode.npy" > /dev/null || { check "$name reference decode" false; return; }
+  check "$name: weir logits --prefill runs" "$weir" logits --hf "$dir" --tokens "$dir/tokens.txt" \
+    --prefill 5 --out "$dir/weir_decode.npy"
+  check "$name: decoding matches the reference's" compare "$name decode" "$dir/weir_decode.npy" \
+    "$dir/ref_decode.npy"
+  check "$name: decoding matches the full forward within 1e-5" compare "$name decode vs full" \
+    "$dir/weir_decode.npy" "$dir/weir.npy" 1e-5
 }
 run_case dense_qlora_f32 --layout dense_qlora --dtype f32
 run_case v3_moe_f32 --layout v3_moe --dtype f32

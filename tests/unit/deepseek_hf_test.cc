@@ -9,8 +9,8 @@
 #include <fstream>
 #include <set>
 
-#include "../../plugins/deepseek/hf_config.h"
-#include "../../plugins/deepseek/hf_weights.h"
+#include "hf_config.h"
+#include "hf_weights.h"
 #include "test_util.h"
 #include "weir/half.h"
 #include "weir/json.h"

@@ -5,6 +5,7 @@
 
 #include <random>
 
+#include "decoder.h"
 #include "test_util.h"
 #include "weir/runtime/program.h"
 
@@ -193,6 +194,61 @@ TEST(TinyDeepseekV3, AnInferenceProgramLeavesOutTheMtpModule) {
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("function 'DeepseekV3' has no output 'logitz'"),
             std::string::npos);
+}
+
+// Prefill then one token at a time over the latent cache (absorbed MLA) gives the logits of one
+// full forward pass (decompressed MLA), in f64.
+void ExpectDecodingMatchesTheFullForward(std::map<std::string, AttrValue> attrs) {
+  const int64_t batch = 2, time = 7, prefill = 3;
+  auto full = Build(attrs, batch, time, "");
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  ParamStore params;
+  params.Initialize((*full)->params(), 11);
+  if (Tensor* bias = params.Find("moe_layers.0.ffn.router.bias"))
+    for (int64_t e = 0; e < bias->numel(); ++e)
+      StoreFromDouble(bias->raw_data(), bias->dtype(), e, 0.03 * static_cast<double>(e % 3));
+  std::vector<Tensor> inputs = Tokens(batch, time, 13, 12);
+  auto reference = (*full)->Run(inputs, params);
+  ASSERT_TRUE(reference.ok()) << reference.status().ToString();
+  Tensor logits = reference->values[1];  // [batch, time, vocab]
+
+  auto loaded = LoadTestGraph(TestGraph("good/deepseek_import.pbtxt"));
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  deepseek::LatentDecoder decoder(*loaded, attrs, TestRegistry(), params);
+  int64_t vocab = logits.dim(2);
+  double worst = 0;
+  for (int64_t begin = 0; begin < time;) {
+    int64_t end = begin == 0 ? prefill : begin + 1;
+    Tensor step = inputs[0].Slice(1, begin, end).Contiguous();
+    auto out = decoder.Feed(step);
+    ASSERT_TRUE(out.ok()) << out.status().ToString();
+    ASSERT_EQ(out->shape(), (Shape{batch, end - begin, vocab}));
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t t = begin; t < end; ++t)
+        for (int64_t v = 0; v < vocab; ++v) {
+          double want = logits.At((b * time + t) * vocab + v);
+          double got = out->At((b * (end - begin) + (t - begin)) * vocab + v);
+          worst = std::max(worst, std::abs(want - got));
+        }
+    begin = end;
+  }
+  EXPECT_EQ(decoder.position(), time);
+  EXPECT_LT(worst, 1e-10);
+}
+
+TEST(TinyDeepseekV3, DecodingOverTheLatentCacheMatchesTheFullForward) {
+  ExpectDecodingMatchesTheFullForward(TinyV3("f64"));
+}
+
+TEST(TinyDeepseekV3, DecodingMatchesWithTheDirectQueryAndSoftmaxGating) {
+  std::map<std::string, AttrValue> a = TinyV3("f64");
+  a["query"].set_s("MlaQueryDirect");
+  a["q_lora_rank"].set_i(0);
+  a["scoring_func"].set_s("softmax");
+  a["correction_bias"].set_b(false);
+  a["n_group"].set_i(1);
+  a["mscale_all_dim"].set_f(0.707);
+  ExpectDecodingMatchesTheFullForward(a);
 }
 
 TEST(TinyDeepseekV3, DenseOnlyModelHasNoMoeLayers) {

@@ -95,6 +95,7 @@ TEST(NnGrad, ShapeOps) {
   EXPECT_GT(CheckGradients({"nn.Reshape", "shape=[0, -1]", {F64({2, 3, 2})}}), 0);
   EXPECT_GT(CheckGradients({"nn.Transpose", "perm=[2, 0, 1]", {F64({2, 3, 4})}}), 0);
   EXPECT_GT(CheckGradients({"nn.Concat", "axis=1", {F64({2, 1, 3}), F64({2, 2, 3})}}), 0);
+  EXPECT_EQ(CheckGradients({"nn.Concat", "axis=1", {F64({2, 0, 3}), F64({2, 2, 3})}}), 12);
   EXPECT_GT(CheckGradients({"nn.Slice", "axis=1 begin=1 end=3", {F64({2, 4, 2})}}), 0);
   // Negative bounds count from the end: all time steps but the last.
   EXPECT_EQ(CheckGradients({"nn.Slice", "axis=1 begin=0 end=-1", {F64({2, 4, 2})}}), 16);
@@ -108,6 +109,35 @@ TEST(NnGrad, ShapeOps) {
   part.output = 1;
   EXPECT_EQ(CheckGradients(part), 24);
   EXPECT_EQ(CheckGradients({"nn.Expand", "axis=-2 size=3", {F64({2, 2, 1, 4})}}), 16);
+}
+
+TEST(NnGrad, HeadMatMul) {
+  EXPECT_EQ(CheckGradients({"nn.HeadMatMul", "", {F64({2, 3, 2, 4}), F64({2, 4, 5})}}), 48 + 40);
+  EXPECT_EQ(CheckGradients({"nn.HeadMatMul", "transpose_w=true", {F64({3, 2, 4}), F64({2, 5, 4})}}),
+            24 + 40);
+}
+
+TEST(NnReference, HeadMatMulMultipliesEachHeadByItsMatrix) {
+  OpCase c{"nn.HeadMatMul", "", {F64({2, 2, 3}), F64({2, 3, 2})}};
+  auto y = RunOp(c);
+  ASSERT_TRUE(y.ok()) << y.status().ToString();
+  std::vector<Tensor> in = CaseInputs(c);
+  std::vector<double> x = in[0].ToVector(), w = in[1].ToVector(), out = (*y)[0].ToVector();
+  for (int r = 0; r < 2; ++r)
+    for (int h = 0; h < 2; ++h)
+      for (int j = 0; j < 2; ++j) {
+        double expect = 0;
+        for (int k = 0; k < 3; ++k) expect += x[(r * 2 + h) * 3 + k] * w[(h * 3 + k) * 2 + j];
+        EXPECT_NEAR(out[(r * 2 + h) * 2 + j], expect, 1e-12);
+      }
+  auto f32 = RunOp({"nn.HeadMatMul", "", {{DT_F32, {5, 2, 3}}, {DT_F32, {2, 3, 4}}}});
+  auto bf16 = RunOp({"nn.HeadMatMul", "", {{DT_BF16, {5, 2, 3}}, {DT_BF16, {2, 3, 4}}}});
+  ASSERT_TRUE(f32.ok() && bf16.ok());
+  std::vector<double> a = (*f32)[0].ToVector(), b = (*bf16)[0].ToVector();
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 0.03 * (1 + std::abs(a[i])));
+  auto bad = RunOp({"nn.HeadMatMul", "", {F64({2, 2, 3}), F64({3, 3, 2})}});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("does not multiply per head"), std::string::npos);
 }
 
 TEST(NnReference, ExpandRepeatsTheSizeOneDim) {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -12,6 +13,7 @@
 #include <sstream>
 
 #include "args.h"
+#include "decoder.h"
 #include "commands.h"
 #include "hf_config.h"
 #include "hf_weights.h"
@@ -24,17 +26,21 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr char kHelp[] = R"(usage: weir logits --hf DIR --tokens FILE --out FILE.npy [--graph FILE]
+constexpr char kHelp[] = R"(usage: weir logits --hf DIR --tokens FILE --out FILE.npy [--prefill N] [--graph FILE]
 
 Runs a Hugging Face DeepSeek-V2/V3 checkpoint (DIR/config.json and DIR/model.safetensors or its
 sharded index; F32, BF16 or block-FP8 weights) on token sequences and writes the logits of every
 position as float32 [batch, position, vocab] in a NumPy .npy file. The forward pass is the graph
-function DeepseekV3 of graphs/models/deepseek_v3.pbtxt, computed in f32.
+function DeepseekV3 of graphs/models/deepseek_v3.pbtxt, computed in f32. With --prefill N, the
+first N tokens of every sequence go through the model at once, then the others one at a time
+through the MLA latent cache in the absorbed form (the graph's *Decode functions, as generation
+runs them); the logits of every position are written either way.
 
 Options:
   --hf DIR        the Hugging Face checkpoint folder
   --tokens FILE   one sequence per line, space-separated token ids, every line the same length
   --out FILE      the .npy file to write
+  --prefill N     decode incrementally after a prefill of N tokens (1 <= N <= length)
   --graph FILE    the model graph file (default: graphs/models/deepseek_v3.pbtxt, found beside
                   the weir binary's share/weir folder or in the source tree above it)
 )";
@@ -115,12 +121,37 @@ Status WriteNpy(const fs::path& path, const Tensor& t) {
   return Status();
 }
 
+// Prefill, then one token at a time; the logits of all steps joined along time.
+StatusOr<Tensor> DecodeLogits(const Graph& graph, const deepseek::HfConfig& config,
+                              const ParamStore& params, const Tensor& tokens, int64_t prefill) {
+  deepseek::LatentDecoder decoder(graph, config.Attrs(DT_F32), OpRegistry::Global(), params);
+  int64_t batch = tokens.dim(0), time = tokens.dim(1);
+  Tensor all = Tensor::Zeros(DT_F32, {batch, time, config.vocab_size});
+  for (int64_t begin = 0; begin < time;) {
+    int64_t end = begin == 0 ? prefill : begin + 1;
+    WEIR_ASSIGN_OR_RETURN(Tensor step, decoder.Feed(tokens.Slice(1, begin, end).Contiguous()));
+    Tensor dense = step.Contiguous();
+    size_t row = static_cast<size_t>(config.vocab_size) * sizeof(float);
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t t = begin; t < end; ++t)
+        std::memcpy(all.data<float>() + (b * time + t) * config.vocab_size,
+                    dense.data<float>() + (b * (end - begin) + t - begin) * config.vocab_size, row);
+    begin = end;
+  }
+  return all;
+}
+
 Status Logits(const fs::path& hf, const fs::path& tokens_file, const fs::path& out,
-              const std::optional<std::string>& graph_flag) {
+              const std::optional<std::string>& graph_flag, int64_t prefill) {
   WEIR_ASSIGN_OR_RETURN(deepseek::HfConfig config, deepseek::ReadHfConfig(hf));
   WEIR_ASSIGN_OR_RETURN(auto rows, ReadTokens(tokens_file, config.vocab_size));
   const int64_t batch = static_cast<int64_t>(rows.size());
   const int64_t time = static_cast<int64_t>(rows[0].size());
+  if (prefill > time) {
+    return InvalidArgument("--prefill " + std::to_string(prefill) + " exceeds the " +
+                           std::to_string(time) + " tokens of each sequence in " +
+                           tokens_file.string());
+  }
   WEIR_ASSIGN_OR_RETURN(auto weights, deepseek::ImportHfWeights(hf, config));
 
   fs::path graph_file;
@@ -167,6 +198,10 @@ Status Logits(const fs::path& hf, const fs::path& tokens_file, const fs::path& o
     }
   std::vector<Tensor> inputs = {Tensor::FromValues(DT_I64, {batch, time}, ids),
                                 Tensor::FromValues(DT_I64, {batch, time}, targets)};
+  if (prefill > 0) {
+    WEIR_ASSIGN_OR_RETURN(Tensor logits, DecodeLogits(graph, config, params, inputs[0], prefill));
+    return WriteNpy(out, logits);
+  }
   WEIR_ASSIGN_OR_RETURN(auto outputs, program->Run(inputs, params));
   const auto& names = program->output_names();
   auto it = std::find(names.begin(), names.end(), "logits");
@@ -183,7 +218,8 @@ int LogitsCommand(const std::vector<std::string>& argv) {
                                {{"hf", true, false},
                                 {"tokens", true, false},
                                 {"out", true, false},
-                                {"graph", true, false}},
+                                {"graph", true, false},
+                                {"prefill", true, false}},
                                kHelp, 0, 0, &args))
     return *exit;
   for (const char* flag : {"hf", "tokens", "out"}) {
@@ -192,7 +228,13 @@ int LogitsCommand(const std::vector<std::string>& argv) {
       return 2;
     }
   }
-  Status s = Logits(*args.Get("hf"), *args.Get("tokens"), *args.Get("out"), args.Get("graph"));
+  auto prefill = args.GetInt("prefill", 0);
+  if (!prefill.ok() || (args.Has("prefill") && *prefill < 1)) {
+    std::cerr << "weir logits: --prefill takes a number of tokens >= 1\n";
+    return 2;
+  }
+  Status s = Logits(*args.Get("hf"), *args.Get("tokens"), *args.Get("out"), args.Get("graph"),
+                    *prefill);
   if (!s.ok()) {
     std::cerr << "weir logits: " << s.ToString() << "\n";
     return 1;

@@ -166,6 +166,7 @@ Status ConcatCpu(KernelContext& ctx) {
   for (int i = 0; i < ctx.num_inputs(); ++i) {
     const Tensor& in = ctx.input(i);
     int64_t n = in.dim(axis);
+    if (n == 0) continue;  // an empty part (a decoding cache before the first token)
     Tensor dst = out.Slice(axis, offset, offset + n);
     // dst is a strided view of the output: copy through the dense copy of the input.
     Tensor src = in.Contiguous();
