@@ -122,6 +122,12 @@ check "pipeline: train and val shards" test -s "$pipe/data/shards/train-00000.to
 check "pipeline: pretraining on the shards" "$weir" run graphs/tiny/pretrain_shards.pbtxt \
   --out "$pipe/pretrain" --set shards="$pipe/data/shards" --set steps=3 --progress none
 check "pipeline: three losses" test "$(grep -c '"loss"' "$pipe/pretrain/metrics.jsonl")" -eq 3
+check "pipeline: the DeepSeek-V3-style model" "$weir" run graphs/tiny/pretrain.pbtxt \
+  --out "$pipe/v3" --set shards="$pipe/data/shards" --set steps=3 --progress none
+check "pipeline: MTP loss, acceptance and expert load logged" grep -q \
+  '"mtp_acceptance":.*"moe_layers.1.ffn.router.load_max_over_mean"' "$pipe/v3/metrics.jsonl"
+check "pipeline: a load histogram per step and router" \
+  test "$(grep -c '"mtp.0.block.ffn.router.load": \[' "$pipe/v3/statistics.jsonl")" -eq 3
 
 # --- a data job stopped early resumes where it stopped: rows 0-29, then 30-1999, each once
 "$weir" run graphs/tiny/data.pbtxt --out "$work/part1" --set max_tasks=100000 --set sample_rate=1.0 \

@@ -109,6 +109,8 @@ TEST(NnGrad, ShapeOps) {
   part.output = 1;
   EXPECT_EQ(CheckGradients(part), 24);
   EXPECT_EQ(CheckGradients({"nn.Expand", "axis=-2 size=3", {F64({2, 2, 1, 4})}}), 16);
+  EXPECT_EQ(CheckGradients({"nn.Cached", "", {F64({2, 3, 2})}}), 12);
+  EXPECT_EQ(CheckGradients({"nn.Weight", "shape=[3, 2] T=f64", {}}), 6);
 }
 
 TEST(NnGrad, HeadMatMul) {
@@ -138,6 +140,18 @@ TEST(NnReference, HeadMatMulMultipliesEachHeadByItsMatrix) {
   auto bad = RunOp({"nn.HeadMatMul", "", {F64({2, 2, 3}), F64({3, 3, 2})}});
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("does not multiply per head"), std::string::npos);
+}
+
+TEST(NnReference, ArgmaxMatchCountsAgreeingRows) {
+  // Rows agree at 2, disagree (0 vs 1), agree at 0 (a tie goes to the first).
+  OpCase c{"nn.ArgmaxMatch", "", {F64({3, 3}), F64({3, 3})},
+           {{0, {0.1, 0.2, 0.9, 0.5, 0.4, 0.0, 1.0, 1.0, 0.0}},
+            {1, {0.0, 0.0, 3.0, 0.1, 0.7, 0.2, 2.0, 0.5, 0.5}}}};
+  auto y = RunOp(c);
+  ASSERT_TRUE(y.ok()) << y.status().ToString();
+  EXPECT_NEAR((*y)[0].At(0), 2.0 / 3.0, 1e-7);
+  auto bad = RunOp({"nn.ArgmaxMatch", "", {F64({3, 3}), F64({3, 4})}});
+  ASSERT_FALSE(bad.ok());
 }
 
 TEST(NnReference, ExpandRepeatsTheSizeOneDim) {

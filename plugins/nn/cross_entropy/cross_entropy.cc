@@ -130,9 +130,46 @@ Status CrossEntropyGrad(GradContext& g) {
   return Status();
 }
 
+// The share of rows whose largest entry sits at the same index in a and b (ties: the first).
+Status ArgmaxMatchCpu(KernelContext& ctx) {
+  Tensor a = ctx.input(0).Contiguous(), b = ctx.input(1).Contiguous();
+  int64_t width = a.dim(-1), rows = width > 0 ? a.numel() / width : 0;
+  return DispatchFloat(a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    auto argmax = [&](const T* row) {
+      int64_t best = 0;
+      for (int64_t j = 1; j < width; ++j)
+        if (Widen(row[j]) > Widen(row[best])) best = j;
+      return best;
+    };
+    int64_t same = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      same += argmax(a.data<T>() + r * width) == argmax(b.data<T>() + r * width);
+    ctx.output(0).data<float>()[0] =
+        rows > 0 ? static_cast<float>(static_cast<double>(same) / static_cast<double>(rows)) : 0.f;
+    return Status();
+  });
+}
+
 }  // namespace
 
 void RegisterCrossEntropy(Registrar& r) {
+  r.TensorOp("nn.ArgmaxMatch")
+      .Doc(
+          "The share of rows [..., classes] whose largest entry is at the same index in a and b: "
+          "how often two predictions agree (a multi-token-prediction draft accepted by the main "
+          "model). A metric, not differentiable.")
+      .Input("a", "T", "[..., classes]")
+      .Input("b", "T", "[..., classes], a's shape")
+      .Output("share", "f32", "scalar in [0, 1]")
+      .Shape([](ShapeContext& c) {
+        if (c.input(0).shape.empty() || c.input(0) != c.input(1))
+          return InvalidArgument("a " + c.input(0).ToString() + " and b " +
+                                 c.input(1).ToString() + " must have one type with a class dim");
+        c.set_output(0, {DT_F32, {}});
+        return Status();
+      })
+      .Kernel("cpu", ArgmaxMatchCpu, KernelFloatTypes());
   r.TensorOp("nn.CrossEntropy")
       .Doc(
           "Mean negative log-likelihood of integer targets under softmax(logits) over the last "
