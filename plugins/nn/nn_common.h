@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "weir/dispatch.h"
+#include "weir/parallel.h"
 #include "weir/registrar.h"
 #include "weir/tensor_op.h"
 #include "weir/vec_math.h"
@@ -50,17 +51,6 @@ inline AttrValue Ints(const std::vector<int64_t>& v) { return ToAttrValue(v); }
 
 // Rows of a [..., d] tensor.
 inline int64_t Rows(const Shape& s) { return s.empty() ? 1 : NumElements(s) / s.back(); }
-
-// Runs f(begin, end) over [0, n) in parallel chunks of at least `grain`.
-template <typename F>
-void ParallelFor(int64_t n, int64_t grain, F&& f) {
-  if (n <= grain) {
-    f(int64_t{0}, n);
-    return;
-  }
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n, static_cast<size_t>(grain)),
-                    [&](const tbb::blocked_range<int64_t>& r) { f(r.begin(), r.end()); });
-}
 
 // Row reductions in eight partial results, so the loops vectorize: one running max or sum is a
 // serial dependency the compiler may not reorder.

@@ -43,17 +43,6 @@ std::map<std::string, AttrValue> TinyV3(const std::string& dtype) {
   return a;
 }
 
-std::vector<Tensor> Tokens(int64_t batch, int64_t time, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<double> tokens, targets;
-  for (int64_t k = 0; k < batch * time; ++k) {
-    tokens.push_back(static_cast<double>(rng() % static_cast<uint64_t>(vocab)));
-    targets.push_back(static_cast<double>(rng() % static_cast<uint64_t>(vocab)));
-  }
-  return {Tensor::FromValues(DT_I64, {batch, time}, tokens),
-          Tensor::FromValues(DT_I64, {batch, time}, targets)};
-}
-
 StatusOr<std::shared_ptr<const Program>> Build(std::map<std::string, AttrValue> attrs,
                                                int64_t batch, int64_t time,
                                                const std::string& loss = "loss") {
@@ -62,37 +51,6 @@ StatusOr<std::shared_ptr<const Program>> Build(std::map<std::string, AttrValue> 
   options.loss = loss;
   std::vector<TensorType> types = {{DT_I64, {batch, time}}, {DT_I64, {batch, time}}};
   return Program::Build(g, "DeepseekV3", attrs, types, TestRegistry(), options);
-}
-
-// Central differences of the loss against the analytic gradient of up to `per_param` elements of
-// every trained parameter; returns how many were checked.
-int CheckModelGradients(const Program& p, ParamStore& params, const std::vector<Tensor>& inputs,
-                        int per_param) {
-  auto analytic = p.Run(inputs, params);
-  EXPECT_TRUE(analytic.ok()) << analytic.status().ToString();
-  if (!analytic.ok()) return 0;
-  auto loss = [&] { return p.Run(inputs, params)->values[0].At(0); };
-  const double eps = 1e-6;
-  int checked = 0;
-  std::mt19937_64 rng(5);
-  for (auto& [name, t] : params.mutable_values()) {
-    auto g = analytic->param_grads.find(name);
-    if (g == analytic->param_grads.end()) continue;  // a state parameter: no gradient
-    for (int n = 0; n < std::min<int64_t>(per_param, t.numel()); ++n) {
-      int64_t k = static_cast<int64_t>(rng() % static_cast<uint64_t>(t.numel()));
-      double x = t.At(k);
-      StoreFromDouble(t.raw_data(), DT_F64, k, x + eps);
-      double up = loss();
-      StoreFromDouble(t.raw_data(), DT_F64, k, x - eps);
-      double down = loss();
-      StoreFromDouble(t.raw_data(), DT_F64, k, x);
-      double numeric = (up - down) / (2 * eps);
-      EXPECT_NEAR(g->second.At(k), numeric, 1e-6 * std::max(1.0, std::abs(numeric)))
-          << name << "[" << k << "]";
-      ++checked;
-    }
-  }
-  return checked;
 }
 
 TEST(TinyDeepseekV3, ParametersFollowTheModelPyNames) {
@@ -137,7 +95,7 @@ TEST(TinyDeepseekV3, WholeModelGradientMatchesFiniteDifferences) {
   ASSERT_NE(bias, nullptr);
   for (int64_t e = 0; e < bias->numel(); ++e)
     StoreFromDouble(bias->raw_data(), bias->dtype(), e, 0.05 * static_cast<double>(e));
-  EXPECT_GT(CheckModelGradients(**p, params, Tokens(2, 6, 13, 4), 6), 250);
+  EXPECT_GT(CheckModelGradients(**p, params, RandomTokens(2, 6, 13, 4), 6, 1e-6), 250);
 }
 
 TEST(TinyDeepseekV3, V2LiteQueryAndSoftmaxGatingTrain) {
@@ -161,7 +119,7 @@ TEST(TinyDeepseekV3, V2LiteQueryAndSoftmaxGatingTrain) {
   EXPECT_TRUE(direct);
   ParamStore params;
   params.Initialize((*p)->params(), 8);
-  EXPECT_GT(CheckModelGradients(**p, params, Tokens(2, 5, 13, 9), 4), 100);
+  EXPECT_GT(CheckModelGradients(**p, params, RandomTokens(2, 5, 13, 9), 4, 1e-6), 100);
 }
 
 // An inference program asks only for the logits: multi-token prediction drops out, with its
@@ -184,7 +142,7 @@ TEST(TinyDeepseekV3, AnInferenceProgramLeavesOutTheMtpModule) {
   for (const ParamInfo& info : (*logits_only)->params()) EXPECT_FALSE(info.name.starts_with("mtp."));
   ParamStore params;
   params.Initialize((*full)->params(), 2);
-  std::vector<Tensor> inputs = Tokens(2, 6, 13, 3);
+  std::vector<Tensor> inputs = RandomTokens(2, 6, 13, 3);
   auto a = (*full)->Run(inputs, params);
   auto b = (*logits_only)->Run(inputs, params);
   ASSERT_TRUE(a.ok() && b.ok());
@@ -207,7 +165,7 @@ void ExpectDecodingMatchesTheFullForward(std::map<std::string, AttrValue> attrs)
   if (Tensor* bias = params.Find("moe_layers.0.ffn.router.bias"))
     for (int64_t e = 0; e < bias->numel(); ++e)
       StoreFromDouble(bias->raw_data(), bias->dtype(), e, 0.03 * static_cast<double>(e % 3));
-  std::vector<Tensor> inputs = Tokens(batch, time, 13, 12);
+  std::vector<Tensor> inputs = RandomTokens(batch, time, 13, 12);
   auto reference = (*full)->Run(inputs, params);
   ASSERT_TRUE(reference.ok()) << reference.status().ToString();
   Tensor logits = reference->values[1];  // [batch, time, vocab]
@@ -265,7 +223,7 @@ TEST(TinyDeepseekV3, DenseOnlyModelHasNoMoeLayers) {
   EXPECT_EQ(dense, 2);
   ParamStore params;
   params.Initialize((*p)->params(), 1);
-  auto out = (*p)->Run(Tokens(1, 4, 13, 2), params);
+  auto out = (*p)->Run(RandomTokens(1, 4, 13, 2), params);
   ASSERT_TRUE(out.ok()) << out.status().ToString();
   EXPECT_TRUE(std::isfinite(out->values[0].At(0)));
   EXPECT_EQ(out->values[1].shape(), (Shape{1, 4, 13}));  // logits

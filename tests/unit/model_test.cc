@@ -29,17 +29,6 @@ std::map<std::string, AttrValue> TinyGpt(const std::string& dtype) {
   return a;
 }
 
-std::vector<Tensor> Tokens(int64_t batch, int64_t time, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<double> tokens, targets;
-  for (int64_t k = 0; k < batch * time; ++k) {
-    tokens.push_back(static_cast<double>(rng() % static_cast<uint64_t>(vocab)));
-    targets.push_back(static_cast<double>(rng() % static_cast<uint64_t>(vocab)));
-  }
-  return {Tensor::FromValues(DT_I64, {batch, time}, tokens),
-          Tensor::FromValues(DT_I64, {batch, time}, targets)};
-}
-
 StatusOr<std::shared_ptr<const Program>> BuildGpt(const std::string& dtype, int64_t batch,
                                                   int64_t time, ProgramOptions options) {
   WEIR_ASSIGN_OR_RETURN(Graph g, LoadTestGraph(TestGraph("good/gpt_import.pbtxt")));
@@ -76,31 +65,9 @@ TEST(TinyGpt, WholeModelGradientMatchesFiniteDifferences) {
   ASSERT_TRUE(p.ok()) << p.status().ToString();
   ParamStore params;
   params.Initialize((*p)->params(), 3);
-  std::vector<Tensor> inputs = Tokens(2, 5, 11, 4);
-  auto analytic = (*p)->Run(inputs, params);
-  ASSERT_TRUE(analytic.ok()) << analytic.status().ToString();
-  auto loss = [&] { return (*p)->Run(inputs, params)->values[0].At(0); };
-  const double eps = 1e-6;
-  int checked = 0;
-  std::mt19937_64 rng(5);
-  for (auto& [name, t] : params.mutable_values()) {
-    const Tensor& g = analytic->param_grads.at(name);
-    // Up to 12 elements of every parameter, spread over it.
-    for (int n = 0; n < std::min<int64_t>(12, t.numel()); ++n) {
-      int64_t k = static_cast<int64_t>(rng() % static_cast<uint64_t>(t.numel()));
-      double x = t.At(k);
-      StoreFromDouble(t.raw_data(), DT_F64, k, x + eps);
-      double up = loss();
-      StoreFromDouble(t.raw_data(), DT_F64, k, x - eps);
-      double down = loss();
-      StoreFromDouble(t.raw_data(), DT_F64, k, x);
-      double numeric = (up - down) / (2 * eps);
-      EXPECT_NEAR(g.At(k), numeric, 1e-7 * std::max(1.0, std::abs(numeric)))
-          << name << "[" << k << "]";
-      ++checked;
-    }
-  }
-  EXPECT_GT(checked, 200);
+  std::vector<Tensor> inputs = RandomTokens(2, 5, 11, 4);
+  // Up to 12 elements of every parameter.
+  EXPECT_GT(CheckModelGradients(**p, params, inputs, 12, 1e-7), 200);
 }
 
 TEST(TinyGpt, WeightGradientsCanRunAfterAllInputGradients) {
@@ -114,7 +81,7 @@ TEST(TinyGpt, WeightGradientsCanRunAfterAllInputGradients) {
   EXPECT_GT(stats.backward_w_nodes, 0);
   ParamStore params;
   params.Initialize((*in_order)->params(), 7);
-  std::vector<Tensor> inputs = Tokens(2, 6, 11, 8);
+  std::vector<Tensor> inputs = RandomTokens(2, 6, 11, 8);
   auto a = (*in_order)->Run(inputs, params), b = (*split)->Run(inputs, params);
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_EQ(a->values[0].At(0), b->values[0].At(0));
@@ -140,7 +107,7 @@ TEST(TinyGpt, ConcurrentNodesComputeTheSameGradients) {
   EXPECT_GE(w.memory.arena_bytes, s.memory.arena_bytes);
   ParamStore params;
   params.Initialize((*sequential)->params(), 5);
-  std::vector<Tensor> inputs = Tokens(4, 32, 11, 6);
+  std::vector<Tensor> inputs = RandomTokens(4, 32, 11, 6);
   auto a = (*sequential)->Run(inputs, params);
   ASSERT_TRUE(a.ok());
   for (int repeat = 0; repeat < 3; ++repeat) {
@@ -228,7 +195,7 @@ TEST(TinyGpt, RecomputingCheapOpsSavesMemoryAndChangesNothing) {
   EXPECT_LT(after, before);
   ParamStore params;
   params.Initialize((*kept)->params(), 9);
-  std::vector<Tensor> inputs = Tokens(4, 32, 11, 10);
+  std::vector<Tensor> inputs = RandomTokens(4, 32, 11, 10);
   auto a = (*kept)->Run(inputs, params), b = (*recomputed)->Run(inputs, params),
        c = (*deferred)->Run(inputs, params);
   ASSERT_TRUE(a.ok() && b.ok() && c.ok());
@@ -248,7 +215,7 @@ TEST(TinyGpt, MemoryPlanReusesActivationBuffers) {
   // Running twice gives the same loss: reused buffers carry nothing over.
   ParamStore params;
   params.Initialize((*p)->params(), 1);
-  std::vector<Tensor> inputs = Tokens(4, 32, 11, 2);
+  std::vector<Tensor> inputs = RandomTokens(4, 32, 11, 2);
   double first = (*p)->Run(inputs, params)->values[0].At(0);
   EXPECT_EQ((*p)->Run(inputs, params)->values[0].At(0), first);
   EXPECT_NEAR(first, std::log(11.0), 1.0);  // near uniform at init

@@ -1,5 +1,11 @@
 #include "test_util.h"
 
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
 namespace weir::testing {
 
 // The test_ops plugin joins the default plugins in TestRegistry().
@@ -30,6 +36,47 @@ RunResult RunGraphFile(const std::filesystem::path& graph, const std::filesystem
   options.ops = &TestRegistry();
   options.resume_dir = resume;
   return RunGraph(*g, options);
+}
+
+std::vector<Tensor> RandomTokens(int64_t batch, int64_t time, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<double> tokens, targets;
+  for (int64_t k = 0; k < batch * time; ++k) {
+    tokens.push_back(static_cast<double>(rng() % static_cast<uint64_t>(vocab)));
+    targets.push_back(static_cast<double>(rng() % static_cast<uint64_t>(vocab)));
+  }
+  return {Tensor::FromValues(DT_I64, {batch, time}, tokens),
+          Tensor::FromValues(DT_I64, {batch, time}, targets)};
+}
+
+int CheckModelGradients(const Program& program, ParamStore& params,
+                        const std::vector<Tensor>& inputs, int per_param, double tolerance) {
+  auto analytic = program.Run(inputs, params);
+  EXPECT_TRUE(analytic.ok()) << analytic.status().ToString();
+  if (!analytic.ok()) return 0;
+  auto loss = [&] { return program.Run(inputs, params)->values[0].At(0); };
+  const double eps = 1e-6;
+  int checked = 0;
+  std::mt19937_64 rng(5);
+  for (auto& [name, t] : params.mutable_values()) {
+    auto g = analytic->param_grads.find(name);
+    if (g == analytic->param_grads.end()) continue;  // a state parameter: no gradient
+    // Elements spread over the parameter.
+    for (int n = 0; n < std::min<int64_t>(per_param, t.numel()); ++n) {
+      int64_t k = static_cast<int64_t>(rng() % static_cast<uint64_t>(t.numel()));
+      double x = t.At(k);
+      StoreFromDouble(t.raw_data(), DT_F64, k, x + eps);
+      double up = loss();
+      StoreFromDouble(t.raw_data(), DT_F64, k, x - eps);
+      double down = loss();
+      StoreFromDouble(t.raw_data(), DT_F64, k, x);
+      double numeric = (up - down) / (2 * eps);
+      EXPECT_NEAR(g->second.At(k), numeric, tolerance * std::max(1.0, std::abs(numeric)))
+          << name << "[" << k << "]";
+      ++checked;
+    }
+  }
+  return checked;
 }
 
 }  // namespace weir::testing

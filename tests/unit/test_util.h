@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "weir/runtime/executor.h"
+#include "weir/runtime/program.h"
 #include "weir/testing/test_util.h"
 
 namespace weir::testing {
@@ -21,5 +22,14 @@ std::string StripGraphDir(const std::string& text);
 RunResult RunGraphFile(const std::filesystem::path& graph, const std::filesystem::path& out_dir,
                        const std::vector<std::string>& sets = {},
                        const std::filesystem::path& resume = {});
+
+// Random token ids and next-token targets [batch, time] in [0, vocab), from `seed`.
+std::vector<Tensor> RandomTokens(int64_t batch, int64_t time, int64_t vocab, uint64_t seed);
+
+// Checks a model program's parameter gradients (f64) against central differences of output 0
+// (the loss) on up to `per_param` elements of every trained parameter, to `tolerance` relative;
+// returns how many elements it checked.
+int CheckModelGradients(const Program& program, ParamStore& params,
+                        const std::vector<Tensor>& inputs, int per_param, double tolerance);
 
 }  // namespace weir::testing

@@ -30,6 +30,7 @@
 #include "moe_ops.h"
 #include "weir/dispatch.h"
 #include "weir/gemm.h"
+#include "weir/parallel.h"
 #include "weir/vec_math.h"
 
 namespace weir::moe {
@@ -126,31 +127,6 @@ std::vector<Tile> Tiles(const Permutation& p) {
     for (int64_t r = p.offsets[e]; r < p.offsets[e + 1]; r += kRowBlock)
       tiles.push_back({static_cast<int64_t>(e), r, std::min(kRowBlock, p.offsets[e + 1] - r)});
   return tiles;
-}
-
-// The first error of tasks running in parallel; the others see failed() and stop early.
-class FirstError {
- public:
-  void Record(const Status& s) {
-    if (!s.ok() && !failed_.exchange(true)) status_ = s;
-  }
-  bool failed() const { return failed_; }
-  const Status& status() const { return status_; }
-
- private:
-  std::atomic<bool> failed_{false};
-  Status status_;
-};
-
-// Runs f(begin, end) over [0, n) on TBB threads, in chunks of at least `grain`.
-template <typename F>
-void ParallelFor(int64_t n, int64_t grain, F&& f) {
-  if (n <= grain) {
-    f(int64_t{0}, n);
-    return;
-  }
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n, static_cast<size_t>(grain)),
-                    [&](const tbb::blocked_range<int64_t>& r) { f(r.begin(), r.end()); });
 }
 
 // The per-token sums of the combine steps: dst_t = Σ_k scale(t·K + k) · src[row of (t, k)] over

@@ -44,20 +44,6 @@ double Scale(const Attrs& a, int64_t d) {
   return s > 0 ? s : 1.0 / std::sqrt(static_cast<double>(d));
 }
 
-// The first error of tasks running in parallel; the others see failed() and stop early.
-class FirstError {
- public:
-  void Record(const Status& s) {
-    if (!s.ok() && !failed_.exchange(true)) status_ = s;
-  }
-  bool failed() const { return failed_; }
-  const Status& status() const { return status_; }
-
- private:
-  std::atomic<bool> failed_{false};
-  Status status_;
-};
-
 // The last key position query t may see.
 int64_t LastKey(const Dims& d, int64_t t, bool causal) {
   return causal ? t + (d.s - d.t) : d.s - 1;
