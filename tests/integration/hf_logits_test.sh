@@ -132,6 +132,21 @@ check "export with --config" "$weir" hf export "$d/ckpt" --config "$d/hf/config.
   --out "$d/back2"
 check "--config export identical" same_tensors "$d/hf" "$d/back2"
 
+# An imported checkpoint trains from a graph: a model resource with init_from and model.json's
+# attr_string; MTP parameters (the fixture has them) are trained too.
+attrs=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['attr_string'])" "$d/ckpt/model.json")
+cat > "$work/finetune.pbtxt" << EOF
+import: "$src/graphs/models/deepseek_v3.pbtxt"
+resource { name: "model" kind: "model" attr: "function=DeepseekV3 init_from=$d/ckpt"
+           attr: "attrs='$attrs'" }
+node { name: "data" op: "train.RandomTokens" attr: "vocab=97 seq_len=12 batch_size=2" }
+node { name: "train" op: "train.Step" input: "data" attr: "model=model steps=2 checkpoint_every=2" }
+EOF
+check "training starts from an imported checkpoint" "$weir" run "$work/finetune.pbtxt" \
+  --out "$work/finetune" --progress none
+check "its checkpoint exports back to HF" "$weir" hf export \
+  "$work/finetune/checkpoints/step-000002" --config "$d/hf/config.json" --out "$work/finetuned_hf"
+
 # --- bad inputs: messages name the file and the tensor or line
 expect_error() {  # expect_error NAME PATTERN COMMAND...: exit 1 and PATTERN in stderr
   local name=$1 pattern=$2

@@ -128,6 +128,30 @@ TEST(Training, ADamagedCheckpointIsAnErrorNotACrash) {
       << resumed.result.status.ToString();
 }
 
+// A model can start from saved parameters (a converted HF checkpoint, an earlier run's).
+TEST(Training, AModelStartsFromSavedParameters) {
+  TrainRun first = Train("before_init", {});
+  ASSERT_TRUE(first.result.status.ok()) << first.result.status.ToString();
+  fs::path saved = first.out / "checkpoints" / "step-000020";
+  TrainRun again = Train("init_from", {"init_from=" + saved.string(), "steps=1"});
+  ASSERT_TRUE(again.result.status.ok()) << again.result.status.ToString();
+  // Its first loss is the trained model's, far below a fresh model's.
+  EXPECT_LT(again.losses[1], first.losses[1] - 1.0);
+  EXPECT_NEAR(again.losses[1], first.losses[20], 0.5);
+  // Another model's parameters are refused, naming the folder and a parameter.
+  fs::path other = fs::path(::testing::TempDir()) / "init_from_other";
+  fs::remove_all(other);
+  fs::create_directories(other);
+  Tensor wrong = Tensor::Zeros(DT_F32, {3, 3});
+  ASSERT_TRUE(WriteSafetensors(other / "model.safetensors", {{"embed.weight", wrong}}).ok());
+  TrainRun bad = Train("init_from_bad", {"init_from=" + other.string(), "steps=1"});
+  ASSERT_FALSE(bad.result.status.ok());
+  EXPECT_NE(bad.result.status.ToString().find("parameter 'embed.weight' is [3, 3], the model's is "
+                                              "[256, 32]"),
+            std::string::npos)
+      << bad.result.status.ToString();
+}
+
 TEST(Training, BadOptimizerIsNamed) {
   auto g = LoadTestGraph(TestGraph("good/train_tiny.pbtxt"), {"optimizer=optim.Adam"});
   ASSERT_TRUE(g.ok());

@@ -1,6 +1,9 @@
 #include "model/model.h"
 
+#include <set>
+
 #include "weir/graph.h"
+#include "weir/safetensors.h"
 
 namespace weir::train {
 
@@ -15,6 +18,29 @@ StatusOr<std::shared_ptr<const Program>> Model::GetProgram(const std::vector<Ten
   options.loss = loss;
   WEIR_ASSIGN_OR_RETURN(auto program,
                         Program::Build(*graph_, function_, attrs_, inputs, *ops_, options));
+  std::vector<std::string> unused;
+  for (const ParamInfo& p : program->params()) {
+    auto it = initial_.find(p.name);
+    if (it == initial_.end() || params_.Find(p.name) != nullptr) continue;
+    if (it->second.shape() != p.type.shape) {
+      return InvalidArgument("init_from " + initial_source_ + ": parameter '" + p.name + "' is " +
+                             ShapeString(it->second.shape()) + ", the model's is " +
+                             ShapeString(p.type.shape));
+    }
+    params_.Set(p.name, it->second.To(DT_F32));
+  }
+  if (!loss.empty()) {
+    // A training program holds every parameter: a name it lacks is a mismatched checkpoint.
+    std::set<std::string> names;
+    for (const ParamInfo& p : program->params()) names.insert(p.name);
+    for (const auto& [name, t] : initial_)
+      if (!names.count(name)) unused.push_back(name);
+    if (!unused.empty()) {
+      return InvalidArgument("init_from " + initial_source_ + " holds " +
+                             std::to_string(unused.size()) + " parameters the model (function " +
+                             function_ + ") does not have, e.g. '" + unused[0] + "'");
+    }
+  }
   params_.Initialize(program->params(), seed_);
   programs_[key] = program;
   return program;
@@ -28,6 +54,10 @@ void RegisterModel(Registrar& r) {
       .AttrOfType("function", ATTR_FUNC, std::nullopt, "the model's tensor function")
       .Attr<std::string>("attrs", "", "the function's attrs, as key=value pairs")
       .Attr<int64_t>("seed", 0, "seed of the parameter initialization")
+      .Attr<std::string>("init_from", "",
+                         "a folder whose model.safetensors (or its sharded index) holds "
+                         "parameters by name to start from: `weir hf import` output or a "
+                         "checkpoint; parameters it lacks start from their initializers")
       .Attr("recompute", false,
             "recompute cheap ops (norms, elementwise) in the backward pass instead of keeping "
             "their outputs: less activation memory, the same gradients")
@@ -48,9 +78,20 @@ void RegisterModel(Registrar& r) {
         ProgramOptions options;
         options.recompute = ctx.attrs().Bool("recompute");
         options.concurrent_nodes = ctx.attrs().Bool("concurrent_nodes");
-        return std::shared_ptr<Resource>(std::make_shared<Model>(
-            ctx.env().graph, ctx.env().ops, function, std::move(attrs),
-            static_cast<uint64_t>(ctx.attrs().Int("seed")), std::move(options)));
+        auto model = std::make_shared<Model>(ctx.env().graph, ctx.env().ops, function,
+                                             std::move(attrs),
+                                             static_cast<uint64_t>(ctx.attrs().Int("seed")),
+                                             std::move(options));
+        if (const std::string& from = ctx.attrs().String("init_from"); !from.empty()) {
+          std::filesystem::path dir = ctx.InputPath(from);
+          auto values = ReadSafetensorsSharded(dir, "model");
+          if (!values.ok())
+            return Status(values.status()).Prepend("init_from " + dir.string());
+          std::map<std::string, Tensor> owned;
+          for (auto& [name, t] : *values) owned[name] = t.Clone();  // off the mapping
+          model->SetInitial(std::move(owned), dir.string());
+        }
+        return std::shared_ptr<Resource>(model);
       });
 }
 

@@ -34,6 +34,12 @@ class Model : public Resource {
 
   // Parameters (f32 masters). Callers that write them (optimizer steps) hold mutex().
   ParamStore& params() { return params_; }
+  // Parameters to start from instead of the initializers (a converted Hugging Face checkpoint,
+  // a training checkpoint), by name; `source` names them in errors.
+  void SetInitial(std::map<std::string, Tensor> values, std::string source) {
+    initial_ = std::move(values);
+    initial_source_ = std::move(source);
+  }
   std::mutex& mutex() { return mu_; }
   const std::string& function() const { return function_; }
 
@@ -47,6 +53,8 @@ class Model : public Resource {
   std::mutex mu_;
   ParamStore params_;
   std::map<std::string, std::shared_ptr<const Program>> programs_;
+  std::map<std::string, Tensor> initial_;
+  std::string initial_source_;
 };
 
 void RegisterModel(Registrar& r);
