@@ -121,11 +121,12 @@ class Expression {
       return v;
     }
     size_t begin = pos_;
-    if (pos_ < s_.size() && (std::isdigit(static_cast<unsigned char>(s_[pos_])) || s_[pos_] == '.')) {
-      while (pos_ < s_.size() && (std::isalnum(static_cast<unsigned char>(s_[pos_])) ||
-                                  s_[pos_] == '.' ||
-                                  ((s_[pos_] == '-' || s_[pos_] == '+') &&
-                                   (s_[pos_ - 1] == 'e' || s_[pos_ - 1] == 'E'))))
+    if (pos_ < s_.size() &&
+        (std::isdigit(static_cast<unsigned char>(s_[pos_])) || s_[pos_] == '.')) {
+      while (
+          pos_ < s_.size() &&
+          (std::isalnum(static_cast<unsigned char>(s_[pos_])) || s_[pos_] == '.' ||
+           ((s_[pos_] == '-' || s_[pos_] == '+') && (s_[pos_ - 1] == 'e' || s_[pos_ - 1] == 'E'))))
         ++pos_;
       std::string text(s_.substr(begin, pos_ - begin));
       char* end = nullptr;
@@ -155,7 +156,8 @@ class Expression {
       return Fail("unknown function '" + name + "' (there are sqrt and ln)");
     }
     const AttrValue* v = scope_.Find(name);
-    if (v == nullptr) return Fail("unknown param '" + name + "'" + SuggestClosest(name, scope_.Names()));
+    if (v == nullptr)
+      return Fail("unknown param '" + name + "'" + SuggestClosest(name, scope_.Names()));
     switch (v->value_case()) {
       case AttrValue::kI:
         return Int(v->i());
@@ -496,9 +498,9 @@ class Resolver {
       if (written.op.starts_with("$")) {
         const AttrValue* v = scope.Find(written.op.substr(1));
         if (v == nullptr || v->value_case() != AttrValue::kS) {
-          Fail(InvalidArgument("op " + written.op + " needs a string param naming an op or a " +
-                               "function" + (v == nullptr ? "; there is none" : ", it is " +
-                               FormatAttrValue(*v)))
+          Fail(InvalidArgument(
+                   "op " + written.op + " needs a string param naming an op or a " + "function" +
+                   (v == nullptr ? "; there is none" : ", it is " + FormatAttrValue(*v)))
                    .At(written.op_loc)
                    .InNode(name, written.op));
           continue;

@@ -239,9 +239,8 @@ OpBuilder& OpBuilder::State(const std::string& name, ParamShapeFn shape, Init in
   bool has_output = false;
   for (const PortDef& o : def_->output()) has_output = has_output || o.name() == statistic;
   if (!has_output) {
-    errors_->push_back("op '" + def_->name() + "': state '" + name +
-                       "' names statistic output '" + statistic +
-                       "', which is not declared (declare outputs first)");
+    errors_->push_back("op '" + def_->name() + "': state '" + name + "' names statistic output '" +
+                       statistic + "', which is not declared (declare outputs first)");
   }
   Param(name, std::move(shape), init);
   ParamDef& param = parts_.params.back();

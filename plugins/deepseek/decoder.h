@@ -2,7 +2,9 @@
 // cache: per layer only the normalized latent c_KV and the rotated RoPE key are kept, and
 // attention runs in the absorbed form (spec §2.2). Each block is a program of the graph's
 // DenseBlockDecode / MoEBlockDecode built with the block's name as prefix, so it reads the
-// parameters the training function created (or the HF converter imported).
+// parameters the training function created (or the HF converter imported). The MTP module
+// decodes the same way (MTPDecode, prefix mtp.0) and drafts a token for speculative decoding
+// (spec §4).
 #pragma once
 
 #include <map>
@@ -23,25 +25,53 @@ class LatentDecoder {
                 const ParamStore& params);
 
   // Feeds tokens [batch, t] that follow the ones fed so far (the first call is the prefill);
-  // returns their logits [batch, t, vocab] and appends them to the cache.
+  // returns their logits [batch, t, vocab] and appends them to the cache. hidden() then holds
+  // their final normed states [batch, t, d].
   StatusOr<Tensor> Feed(const Tensor& tokens);
+  const Tensor& hidden() const { return hidden_; }
+  // Forgets every cached token from `position` on (a draft the model rejected).
+  void Truncate(int64_t position);
+  int64_t position() const { return main_.position; }
 
-  int64_t position() const { return position_; }
-  // Cached elements per token, summed over the layers (kv_lora_rank + qk_rope_head_dim each).
-  int64_t cached_elements_per_token() const;
+  // The MTP module (num_nextn_predict_layers >= 1) at the positions after the ones it has seen:
+  // h [batch, t, d] the main model's normed states there, next_tokens [batch, t] the tokens
+  // after them; returns logits [batch, t, vocab] guessing the token two ahead of each position.
+  StatusOr<Tensor> FeedMtp(const Tensor& h, const Tensor& next_tokens);
 
  private:
+  struct Cache {
+    std::vector<Tensor> latent, rope_key;  // per layer: [batch, position, width]
+    int64_t position = 0;
+  };
   StatusOr<std::vector<Tensor>> Run(const std::string& function, const std::string& prefix,
-                                    const std::vector<Tensor>& inputs,
+                                    int64_t position, const std::vector<Tensor>& inputs,
                                     const std::vector<std::string>& outputs);
+  // Runs one block over its cache entry `layer`, appending to it; returns the block's output.
+  StatusOr<Tensor> Block(const std::string& function, const std::string& prefix, Cache& cache,
+                         size_t layer, std::vector<Tensor> inputs);
+  void Open(Cache& cache, int64_t batch, int64_t layers) const;
   int64_t Int(const std::string& name) const;
 
   const Graph& graph_;
   std::map<std::string, AttrValue> attrs_;
   const OpRegistry& ops_;
   const ParamStore& params_;
-  int64_t position_ = 0;
-  std::vector<Tensor> latent_, rope_key_;  // per layer: [batch, position, width]
+  Cache main_, mtp_;
+  Tensor hidden_;
 };
+
+struct Generated {
+  std::vector<int64_t> tokens;  // the new tokens
+  int64_t drafted = 0;          // MTP drafts checked by the main model
+  int64_t accepted = 0;         // of those, the ones it agreed with
+  int64_t main_steps = 0;       // passes of the main model, the prefill included
+};
+
+// Greedy generation of `max_new` tokens after `prompt` [1, P] on a fresh decoder. With
+// `speculative`, MTP drafts the token after the next one and each main step verifies the pair
+// (spec §4: a second token for free when the draft is accepted); the tokens are the same as
+// without it.
+StatusOr<Generated> GenerateGreedy(LatentDecoder& decoder, const Tensor& prompt, int64_t max_new,
+                                   bool speculative);
 
 }  // namespace weir::deepseek

@@ -123,7 +123,8 @@ class ProgramBuilder {
     for (const std::string& name : options_.outputs) {
       bool found = false;
       for (const FunctionInstance::Output& out : fn.outputs) found = found || out.name == name;
-      if (!found) return InvalidArgument("function '" + function + "' has no output '" + name + "'");
+      if (!found)
+        return InvalidArgument("function '" + function + "' has no output '" + name + "'");
     }
     for (size_t k = fn.nodes.size(); k-- > 0;) {
       if (!needed[k]) continue;
@@ -363,8 +364,8 @@ class ProgramBuilder {
     for (size_t i = 0; i < forward_end; ++i) {
       const Program::Node& n = p_.nodes_[i];
       if (n.kind == Program::Node::kParam)
-        requires_grad[i] = IsFloating(n.outputs[0].dtype) &&
-                           p_.params_[static_cast<size_t>(n.index)].trainable();
+        requires_grad[i] =
+            IsFloating(n.outputs[0].dtype) && p_.params_[static_cast<size_t>(n.index)].trainable();
       if (n.kind == Program::Node::kInput) requires_grad[i] = wanted_args.count(n.index) > 0;
       if (n.kind == Program::Node::kOp)
         for (ValueRef v : n.inputs)

@@ -25,7 +25,7 @@ check() {  # check NAME COMMAND...: the command must succeed
 # --- help and usage
 check "weir --help" "$weir" --help > "$work/help"
 check "help lists run" grep -q "run GRAPH" "$work/help"
-for cmd in run check ops tokenize plan; do
+for cmd in run check ops tokenize plan generate; do
   check "weir $cmd --help" "$weir" $cmd --help > "$work/help_$cmd"
   check "weir $cmd --help shows usage" grep -q "usage: weir $cmd" "$work/help_$cmd"
 done
@@ -128,6 +128,19 @@ check "pipeline: MTP loss, acceptance and expert load logged" grep -q \
   '"mtp_acceptance":.*"moe_layers.1.ffn.router.load_max_over_mean"' "$pipe/v3/metrics.jsonl"
 check "pipeline: a load histogram per step and router" \
   test "$(grep -c '"mtp.0.block.ffn.router.load": \[' "$pipe/v3/statistics.jsonl")" -eq 3
+# Greedy generation from its checkpoint, plain and with MTP drafts: the same tokens.
+printf '5 17 42 9\n300 2 7 11\n' > "$work/prompts.txt"
+check "generate" "$weir" generate graphs/tiny/pretrain.pbtxt --checkpoint \
+  "$pipe/v3/checkpoints/step-000003" --tokens "$work/prompts.txt" --max-new 12 > "$work/greedy.txt"
+check "generate --speculative" "$weir" generate graphs/tiny/pretrain.pbtxt --checkpoint \
+  "$pipe/v3/checkpoints/step-000003" --tokens "$work/prompts.txt" --max-new 12 --speculative \
+  > "$work/drafted.txt" 2> "$work/err"
+check "two lines of 12 ids" test "$(grep -cE '^[0-9]+( [0-9]+){11}$' "$work/greedy.txt")" -eq 2
+check "speculative decoding gives the greedy tokens" cmp -s "$work/greedy.txt" "$work/drafted.txt"
+check "speculative decoding reports the acceptance" grep -q "MTP drafts accepted" "$work/err"
+"$weir" generate graphs/tiny/pretrain_shards.pbtxt --checkpoint "$pipe/pretrain/checkpoints/step-000003" \
+  --tokens "$work/prompts.txt" > /dev/null 2> "$work/err"
+check "generate refuses a model that is not DeepseekV3" grep -q "decodes DeepseekV3 models" "$work/err"
 
 # --- a data job stopped early resumes where it stopped: rows 0-29, then 30-1999, each once
 "$weir" run graphs/tiny/data.pbtxt --out "$work/part1" --set max_tasks=100000 --set sample_rate=1.0 \

@@ -58,25 +58,24 @@ TEST(TinyDeepseekV3, ParametersFollowTheModelPyNames) {
   ASSERT_TRUE(p.ok()) << p.status().ToString();
   std::map<std::string, Shape> shapes;
   for (const ParamInfo& info : (*p)->params()) shapes[info.name] = info.type.shape;
-  std::map<std::string, Shape> expected = {
-      {"embed.weight", {13, 8}},
-      {"dense_layers.0.attn.q.wq_a.weight", {6, 8}},
-      {"dense_layers.0.attn.q.q_norm.weight", {6}},
-      {"dense_layers.0.attn.q.wq_b.weight", {2 * (4 + 4), 6}},
-      {"dense_layers.0.attn.wkv_a.weight", {4 + 4, 8}},
-      {"dense_layers.0.attn.kv_norm.weight", {4}},
-      {"dense_layers.0.attn.wkv_b.weight", {2 * (4 + 3), 4}},
-      {"dense_layers.0.attn.wo.weight", {8, 2 * 3}},
-      {"dense_layers.0.ffn.w1.weight", {12, 8}},
-      {"moe_layers.0.ffn.gate.weight", {4, 8}},
-      {"moe_layers.0.ffn.router.bias", {4}},
-      {"moe_layers.0.ffn.experts.w1", {4, 4, 8}},
-      {"moe_layers.0.ffn.experts.w2", {4, 8, 4}},
-      {"moe_layers.0.ffn.shared_experts.w1.weight", {4, 8}},
-      {"mtp.0.eh_proj.weight", {8, 16}},
-      {"mtp.0.block.ffn.experts.w3", {4, 4, 8}},
-      {"norm.weight", {8}},
-      {"head.weight", {13, 8}}};
+  std::map<std::string, Shape> expected = {{"embed.weight", {13, 8}},
+                                           {"dense_layers.0.attn.q.wq_a.weight", {6, 8}},
+                                           {"dense_layers.0.attn.q.q_norm.weight", {6}},
+                                           {"dense_layers.0.attn.q.wq_b.weight", {2 * (4 + 4), 6}},
+                                           {"dense_layers.0.attn.wkv_a.weight", {4 + 4, 8}},
+                                           {"dense_layers.0.attn.kv_norm.weight", {4}},
+                                           {"dense_layers.0.attn.wkv_b.weight", {2 * (4 + 3), 4}},
+                                           {"dense_layers.0.attn.wo.weight", {8, 2 * 3}},
+                                           {"dense_layers.0.ffn.w1.weight", {12, 8}},
+                                           {"moe_layers.0.ffn.gate.weight", {4, 8}},
+                                           {"moe_layers.0.ffn.router.bias", {4}},
+                                           {"moe_layers.0.ffn.experts.w1", {4, 4, 8}},
+                                           {"moe_layers.0.ffn.experts.w2", {4, 8, 4}},
+                                           {"moe_layers.0.ffn.shared_experts.w1.weight", {4, 8}},
+                                           {"mtp.0.eh_proj.weight", {8, 16}},
+                                           {"mtp.0.block.ffn.experts.w3", {4, 4, 8}},
+                                           {"norm.weight", {8}},
+                                           {"head.weight", {13, 8}}};
   for (const auto& [name, shape] : expected) {
     ASSERT_TRUE(shapes.count(name)) << name;
     EXPECT_EQ(shapes[name], shape) << name;
@@ -139,7 +138,8 @@ TEST(TinyDeepseekV3, AnInferenceProgramLeavesOutTheMtpModule) {
   for (const ParamInfo& info : (*full)->params()) mtp += info.name.starts_with("mtp.");
   EXPECT_GT(mtp, 10u);
   EXPECT_EQ((*logits_only)->params().size(), (*full)->params().size() - mtp);
-  for (const ParamInfo& info : (*logits_only)->params()) EXPECT_FALSE(info.name.starts_with("mtp."));
+  for (const ParamInfo& info : (*logits_only)->params())
+    EXPECT_FALSE(info.name.starts_with("mtp."));
   ParamStore params;
   params.Initialize((*full)->params(), 2);
   std::vector<Tensor> inputs = RandomTokens(2, 6, 13, 3);
@@ -207,6 +207,55 @@ TEST(TinyDeepseekV3, DecodingMatchesWithTheDirectQueryAndSoftmaxGating) {
   a["n_group"].set_i(1);
   a["mscale_all_dim"].set_f(0.707);
   ExpectDecodingMatchesTheFullForward(a);
+}
+
+// MTP drafts the token after the next one and the main model checks it in the same step: the
+// tokens are exactly greedy decoding's, whatever is accepted.
+TEST(TinyDeepseekV3, SpeculativeDecodingWithMtpGivesTheGreedyTokens) {
+  std::map<std::string, AttrValue> attrs = TinyV3("f64");
+  auto full = Build(attrs, 1, 4, "");
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  auto loaded = LoadTestGraph(TestGraph("good/deepseek_import.pbtxt"));
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  Tensor prompt = RandomTokens(1, 4, 13, 3)[0];
+  auto generate = [&](const ParamStore& params, bool speculative) {
+    deepseek::LatentDecoder decoder(*loaded, attrs, TestRegistry(), params);
+    return deepseek::GenerateGreedy(decoder, prompt, 24, speculative);
+  };
+  // Random weights: MTP's drafts are rejected and rolled back.
+  ParamStore params;
+  params.Initialize((*full)->params(), 21);
+  auto greedy = generate(params, false);
+  auto speculative = generate(params, true);
+  ASSERT_TRUE(greedy.ok() && speculative.ok()) << speculative.status().ToString();
+  EXPECT_EQ(speculative->tokens, greedy->tokens);
+  EXPECT_EQ(static_cast<int64_t>(speculative->tokens.size()), 24);
+  EXPECT_EQ(greedy->drafted, 0);
+  EXPECT_GT(speculative->drafted, 10);
+  EXPECT_GT(speculative->accepted, 0);
+  EXPECT_LT(speculative->accepted, speculative->drafted);
+  LOG(INFO) << speculative->accepted << " of " << speculative->drafted << " drafts accepted";
+  // A head whose rows are all the same ties every logit: both predict token 0 every time, so
+  // every draft is accepted and each main step yields two tokens.
+  Tensor* head = params.Find("head.weight");
+  ASSERT_NE(head, nullptr);
+  int64_t width = head->dim(1);
+  for (int64_t k = 0; k < head->numel(); ++k)
+    StoreFromDouble(head->raw_data(), head->dtype(), k, head->At(k % width));
+  greedy = generate(params, false);
+  speculative = generate(params, true);
+  ASSERT_TRUE(greedy.ok() && speculative.ok()) << speculative.status().ToString();
+  EXPECT_EQ(speculative->tokens, greedy->tokens);
+  EXPECT_EQ(speculative->accepted, speculative->drafted);
+  EXPECT_EQ(speculative->drafted, 12);  // 1 token from the prefill, 2 per step after
+  EXPECT_EQ(greedy->main_steps, 24);
+  EXPECT_EQ(speculative->main_steps, 13);
+  // A model without MTP has nothing to draft with.
+  attrs["num_nextn_predict_layers"].set_i(0);
+  deepseek::LatentDecoder no_mtp(*loaded, attrs, TestRegistry(), params);
+  auto refused = deepseek::GenerateGreedy(no_mtp, prompt, 4, true);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("no MTP module"), std::string::npos);
 }
 
 TEST(TinyDeepseekV3, DenseOnlyModelHasNoMoeLayers) {

@@ -215,7 +215,10 @@ TEST(Params, ExpressionsComputeAttrValues) {
   // An inexact division is a float, which an int attr refuses; unknown names are named.
   auto inexact = LoadTestGraph(TestGraph("good/expressions.pbtxt"), {"heads=3"});
   ASSERT_FALSE(inexact.ok());
-  EXPECT_NE(inexact.status().ToString().find("expressions.pbtxt:6:17: node 'k' (op 'test.Knobs'): attr 'k' expects int, got 1.5"), std::string::npos)
+  EXPECT_NE(
+      inexact.status().ToString().find(
+          "expressions.pbtxt:6:17: node 'k' (op 'test.Knobs'): attr 'k' expects int, got 1.5"),
+      std::string::npos)
       << inexact.status().ToString();
 }
 
@@ -227,7 +230,9 @@ TEST(Params, BadExpressionsAreNamed) {
            {"n=$(heads +)", "unexpected ')'"},
            {"n=$(sqrt(0 - heads))", "sqrt of -4"},
            {"n=$(log(heads))", "unknown function 'log' (there are sqrt and ln)"}}) {
-    std::string graph = "param: \"heads=4 nope=2\"\nnode { name: \"src\" op: \"test.Count\" attr: \"" + text + "\" }\n";
+    std::string graph =
+        "param: \"heads=4 nope=2\"\nnode { name: \"src\" op: \"test.Count\" attr: \"" + text +
+        "\" }\n";
     std::string path = ::testing::TempDir() + "/bad_expression.pbtxt";
     std::ofstream(path) << graph;
     auto g = LoadTestGraph(path);

@@ -212,8 +212,8 @@ TEST(MoeRouter, TheGroupLimitChangesTheChoice) {
   // Groups {0, 1} and {2, 3}; the best group holds the best expert (0) and a weak one (1). One
   // group allowed: experts 0 and 1; no groups: 0 and 3.
   std::vector<double> logits = {2.2, -2.0, 1.4, 1.7};
-  auto grouped = RunOp({"moe.Router", "num_experts_per_tok=2 n_group=2 topk_group=1",
-                        {F64({1, 4})}, {{0, logits}}});
+  auto grouped = RunOp(
+      {"moe.Router", "num_experts_per_tok=2 n_group=2 topk_group=1", {F64({1, 4})}, {{0, logits}}});
   auto free = RunOp({"moe.Router", "num_experts_per_tok=2", {F64({1, 4})}, {{0, logits}}});
   ASSERT_TRUE(grouped.ok() && free.ok());
   EXPECT_EQ((*grouped)[1].ToVector(), (std::vector<double>{0, 1}));
@@ -221,7 +221,9 @@ TEST(MoeRouter, TheGroupLimitChangesTheChoice) {
 }
 
 TEST(MoeRouter, ReportsTheLoadOfEachExpert) {
-  OpCase c{"moe.Router", "num_experts_per_tok=2", {F64({3, 4})},
+  OpCase c{"moe.Router",
+           "num_experts_per_tok=2",
+           {F64({3, 4})},
            {{0, {3, 2, 1, 0, 0, 3, 2, 1, 3, 0, 1, 2}}}};
   auto out = RunOp(c);
   ASSERT_TRUE(out.ok()) << out.status().ToString();

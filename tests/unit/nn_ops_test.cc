@@ -144,7 +144,9 @@ TEST(NnReference, HeadMatMulMultipliesEachHeadByItsMatrix) {
 
 TEST(NnReference, ArgmaxMatchCountsAgreeingRows) {
   // Rows agree at 2, disagree (0 vs 1), agree at 0 (a tie goes to the first).
-  OpCase c{"nn.ArgmaxMatch", "", {F64({3, 3}), F64({3, 3})},
+  OpCase c{"nn.ArgmaxMatch",
+           "",
+           {F64({3, 3}), F64({3, 3})},
            {{0, {0.1, 0.2, 0.9, 0.5, 0.4, 0.0, 1.0, 1.0, 0.0}},
             {1, {0.0, 0.0, 3.0, 0.1, 0.7, 0.2, 2.0, 0.5, 0.5}}}};
   auto y = RunOp(c);
@@ -160,9 +162,8 @@ TEST(NnReference, ExpandRepeatsTheSizeOneDim) {
   ASSERT_TRUE(y.ok()) << y.status().ToString();
   std::vector<double> x = CaseInputs(c)[0].ToVector();
   EXPECT_EQ((*y)[0].shape(), (Shape{2, 3, 2}));
-  EXPECT_EQ((*y)[0].ToVector(),
-            (std::vector<double>{x[0], x[1], x[0], x[1], x[0], x[1], x[2], x[3], x[2], x[3], x[2],
-                                 x[3]}));
+  EXPECT_EQ((*y)[0].ToVector(), (std::vector<double>{x[0], x[1], x[0], x[1], x[0], x[1], x[2], x[3],
+                                                     x[2], x[3], x[2], x[3]}));
   auto bad = RunOp({"nn.Expand", "axis=1 size=3", {F64({2, 2, 2})}});
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("axis 1 of [2, 2, 2] is not one"), std::string::npos)

@@ -13,10 +13,11 @@
 #include <sstream>
 
 #include "args.h"
-#include "decoder.h"
 #include "commands.h"
+#include "decoder.h"
 #include "hf_config.h"
 #include "hf_weights.h"
+#include "model_inputs.h"
 #include "weir/runtime/prepare.h"
 #include "weir/runtime/program.h"
 
@@ -26,7 +27,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr char kHelp[] = R"(usage: weir logits --hf DIR --tokens FILE --out FILE.npy [--prefill N] [--graph FILE]
+constexpr char kHelp[] =
+    R"(usage: weir logits --hf DIR --tokens FILE --out FILE.npy [--prefill N] [--graph FILE]
 
 Runs a Hugging Face DeepSeek-V2/V3 checkpoint (DIR/config.json and DIR/model.safetensors or its
 sharded index; F32, BF16 or block-FP8 weights) on token sequences and writes the logits of every
@@ -62,40 +64,6 @@ StatusOr<fs::path> FindModelGraph() {
   }
   return NotFound(std::string("cannot find ") + kModelGraph + " near " + exe.string() +
                   "; pass --graph FILE");
-}
-
-// One sequence per line; errors name the file and the line.
-StatusOr<std::vector<std::vector<int64_t>>> ReadTokens(const fs::path& file, int64_t vocab) {
-  std::ifstream in(file);
-  if (!in) return NotFound("cannot read " + file.string());
-  std::vector<std::vector<int64_t>> rows;
-  std::string line;
-  for (int number = 1; std::getline(in, line); ++number) {
-    std::string where = file.string() + ":" + std::to_string(number) + ": ";
-    std::istringstream words(line);
-    std::vector<int64_t> row;
-    std::string word;
-    while (words >> word) {
-      if (word.find_first_not_of("0123456789") != std::string::npos || word.size() > 18)
-        return InvalidArgument(where + "'" + word + "' is not a token id");
-      int64_t id = std::stoll(word);
-      if (id >= vocab)
-        return InvalidArgument(where + "token " + word + " is outside the vocabulary (" +
-                               std::to_string(vocab) + " ids)");
-      row.push_back(id);
-    }
-    if (row.empty()) {
-      if (line.find_first_not_of(" \t\r") == std::string::npos && in.peek() == EOF) break;
-      return InvalidArgument(where + "an empty line; every line holds one sequence");
-    }
-    if (!rows.empty() && row.size() != rows[0].size())
-      return InvalidArgument(where + "has " + std::to_string(row.size()) + " tokens, line 1 has " +
-                             std::to_string(rows[0].size()) +
-                             "; every sequence must have the same length");
-    rows.push_back(std::move(row));
-  }
-  if (rows.empty()) return InvalidArgument(file.string() + ": no token sequences");
-  return rows;
 }
 
 // A float32 .npy file (format 1.0): magic, header length, a Python dict literal padded so the
@@ -144,7 +112,7 @@ StatusOr<Tensor> DecodeLogits(const Graph& graph, const deepseek::HfConfig& conf
 Status Logits(const fs::path& hf, const fs::path& tokens_file, const fs::path& out,
               const std::optional<std::string>& graph_flag, int64_t prefill) {
   WEIR_ASSIGN_OR_RETURN(deepseek::HfConfig config, deepseek::ReadHfConfig(hf));
-  WEIR_ASSIGN_OR_RETURN(auto rows, ReadTokens(tokens_file, config.vocab_size));
+  WEIR_ASSIGN_OR_RETURN(auto rows, ReadTokenFile(tokens_file, config.vocab_size));
   const int64_t batch = static_cast<int64_t>(rows.size());
   const int64_t time = static_cast<int64_t>(rows[0].size());
   if (prefill > time) {
@@ -233,8 +201,8 @@ int LogitsCommand(const std::vector<std::string>& argv) {
     std::cerr << "weir logits: --prefill takes a number of tokens >= 1\n";
     return 2;
   }
-  Status s = Logits(*args.Get("hf"), *args.Get("tokens"), *args.Get("out"), args.Get("graph"),
-                    *prefill);
+  Status s =
+      Logits(*args.Get("hf"), *args.Get("tokens"), *args.Get("out"), args.Get("graph"), *prefill);
   if (!s.ok()) {
     std::cerr << "weir logits: " << s.ToString() << "\n";
     return 1;

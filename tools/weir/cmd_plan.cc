@@ -7,6 +7,7 @@
 
 #include "args.h"
 #include "commands.h"
+#include "model_inputs.h"
 #include "weir/attr.h"
 #include "weir/op_registry.h"
 #include "weir/runtime/prepare.h"
@@ -64,23 +65,10 @@ struct Tally {
   double training = 0, inference = 0, active = 0;
 };
 
-StatusOr<std::map<std::string, AttrValue>> FunctionAttrs(const ResourceSpec& r) {
-  std::map<std::string, AttrValue> attrs;
-  for (const auto& [key, value] : r.resolved_attrs) {
-    if (key != "attrs") continue;
-    WEIR_ASSIGN_OR_RETURN(auto parsed, ParseAttrString(value.s(), r.loc));
-    for (const AttrAssignment& a : parsed) {
-      WEIR_ASSIGN_OR_RETURN(attrs[a.key], InferLiteral(a.value));
-    }
-  }
-  return attrs;
-}
-
 Status PlanModel(const Graph& graph, const ResourceSpec& r, int64_t seq) {
-  std::string function;
-  for (const auto& [key, value] : r.resolved_attrs)
-    if (key == "function") function = value.func();
-  WEIR_ASSIGN_OR_RETURN(auto attrs, FunctionAttrs(r));
+  WEIR_ASSIGN_OR_RETURN(ModelSpec model, ReadModel(r));
+  const std::string& function = model.function;
+  const auto& attrs = model.attrs;
   std::vector<TensorType> types(2, {DT_I64, {1, seq}});
   auto build = [&](const std::vector<std::string>& outputs, const std::string& loss) {
     ProgramOptions options;

@@ -11,6 +11,7 @@ int CheckCommand(const std::vector<std::string>& args);
 int OpsCommand(const std::vector<std::string>& args);
 int TokenizeCommand(const std::vector<std::string>& args);
 int PlanCommand(const std::vector<std::string>& args);
+int GenerateCommand(const std::vector<std::string>& args);
 int LogitsCommand(const std::vector<std::string>& args);
 int HfCommand(const std::vector<std::string>& args);
 

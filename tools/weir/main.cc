@@ -18,6 +18,7 @@ Commands:
   tokenize --tokenizer FILE [--decode]   text on stdin to token ids (or ids to text)
   plan GRAPH [--set k=v]... [--seq-len N]  parameters, FLOPs, activation and KV-cache bytes
   logits --hf DIR --tokens FILE --out F  a Hugging Face DeepSeek checkpoint's logits, as .npy
+  generate GRAPH --checkpoint DIR --tokens FILE [--speculative]  greedy decoding (MTP drafts)
   hf import|export DIR --out DIR         Hugging Face DeepSeek checkpoints to weir and back
 
 Run 'weir COMMAND --help' for a command's options.
@@ -47,6 +48,7 @@ int main(int argc, char** argv) {
   if (command == "ops") return weir::cli::OpsCommand(args);
   if (command == "tokenize") return weir::cli::TokenizeCommand(args);
   if (command == "plan") return weir::cli::PlanCommand(args);
+  if (command == "generate") return weir::cli::GenerateCommand(args);
   if (command == "logits") return weir::cli::LogitsCommand(args);
   if (command == "hf") return weir::cli::HfCommand(args);
   std::cerr << "weir: unknown command '" << command << "'\n\n" << kUsage;

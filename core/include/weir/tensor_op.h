@@ -10,9 +10,10 @@
 //
 // Parameters are inputs the op declares and the model creates: they follow the data inputs,
 // are named "<node>.<param>", and receive gradients like any input, except state parameters
-// (OpBuilder::State), which are updated by a rule after each optimizer step instead. A gradient builder emits one
-// group of nodes per input; nodes whose results feed only parameter gradients become "W" (weight
-// gradient) nodes, the rest "B" (input gradient) nodes, so pipeline schedules can run them apart.
+// (OpBuilder::State), which are updated by a rule after each optimizer step instead. A gradient
+// builder emits one group of nodes per input; nodes whose results feed only parameter gradients
+// become "W" (weight gradient) nodes, the rest "B" (input gradient) nodes, so pipeline schedules
+// can run them apart.
 #pragma once
 
 #include <functional>

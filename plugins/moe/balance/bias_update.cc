@@ -45,7 +45,8 @@ void RegisterBiasUpdate(Registrar& r) {
           "the max/mean load ratio. Not differentiable: train.Step runs it after every "
           "optimizer step for a moe.Router with correction_bias=true.")
       .Input("bias", "f32", "[experts] the current e_score_correction_bias")
-      .Input("load", "f32", "[experts] tokens routed to each expert (moe.Router's load, summed "
+      .Input("load", "f32",
+             "[experts] tokens routed to each expert (moe.Router's load, summed "
              "over the global batch)")
       .Output("new_bias", "f32", "[experts]")
       .Output("load_max_over_mean", "f32", "[] the busiest expert's load over the mean load")

@@ -512,14 +512,14 @@ void RegisterExperts(Registrar& r) {
       .Shape(ExpertsShape)
       .Kernel("cpu", ExpertsCpu, KernelFloatTypes())
       .Gradient(ExpertsGradient)
-      .Cost([](const std::vector<TensorType>& in, const std::vector<TensorType>&,
-               const Attrs& a) {
+      .Cost([](const std::vector<TensorType>& in, const std::vector<TensorType>&, const Attrs& a) {
         // Three [d, I] products per routed (token, slot); a token uses K of the E experts.
         double slots = static_cast<double>(NumElements(in[2].shape));
         double d = static_cast<double>(in[0].shape.back());
         double i = static_cast<double>(a.Int("moe_intermediate_size"));
         double k = static_cast<double>(in[2].shape.back());
-        return OpCost{2.0 * slots * 3.0 * d * i, k / static_cast<double>(a.Int("n_routed_experts"))};
+        return OpCost{2.0 * slots * 3.0 * d * i,
+                      k / static_cast<double>(a.Int("n_routed_experts"))};
       });
   r.TensorOp("moe.ExpertsGrad")
       .Doc(

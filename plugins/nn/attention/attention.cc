@@ -282,8 +282,7 @@ void RegisterAttention(Registrar& r) {
       .Shape(AttentionShape)
       .Kernel("cpu", AttentionCpu, KernelFloatTypes())
       .Gradient(AttentionGrad)
-      .Cost([](const std::vector<TensorType>& in, const std::vector<TensorType>&,
-               const Attrs& a) {
+      .Cost([](const std::vector<TensorType>& in, const std::vector<TensorType>&, const Attrs& a) {
         // q [b, t, h, d], k [b, tk, hk, d], v [b, tk, hk, dv]; a causal query t of the last t
         // sees tk - t_total + t + 1 keys.
         const Shape &q = in[0].shape, &k = in[1].shape, &v = in[2].shape;

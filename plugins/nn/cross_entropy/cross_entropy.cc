@@ -164,8 +164,8 @@ void RegisterCrossEntropy(Registrar& r) {
       .Output("share", "f32", "scalar in [0, 1]")
       .Shape([](ShapeContext& c) {
         if (c.input(0).shape.empty() || c.input(0) != c.input(1))
-          return InvalidArgument("a " + c.input(0).ToString() + " and b " +
-                                 c.input(1).ToString() + " must have one type with a class dim");
+          return InvalidArgument("a " + c.input(0).ToString() + " and b " + c.input(1).ToString() +
+                                 " must have one type with a class dim");
         c.set_output(0, {DT_F32, {}});
         return Status();
       })

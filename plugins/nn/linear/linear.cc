@@ -63,11 +63,11 @@ void RegisterLinear(Registrar& r) {
       .Shape(LinearShape)
       .Kernel("cpu", LinearCpu, KernelFloatTypes())
       .Gradient(LinearGrad)
-      .Cost([](const std::vector<TensorType>& in, const std::vector<TensorType>& out,
-               const Attrs&) {
-        return OpCost{2.0 * static_cast<double>(NumElements(out[0].shape)) *
-                      static_cast<double>(in[0].shape.back())};
-      });
+      .Cost(
+          [](const std::vector<TensorType>& in, const std::vector<TensorType>& out, const Attrs&) {
+            return OpCost{2.0 * static_cast<double>(NumElements(out[0].shape)) *
+                          static_cast<double>(in[0].shape.back())};
+          });
   // A parameter as a value, for weights that several nodes share (DeepSeek-V3's output head,
   // used by the main model and by multi-token prediction).
   r.TensorOp("nn.Weight")

@@ -63,8 +63,7 @@ struct HeadPlan {
 
 StatusOr<HeadPlan> PlanHeads(const TensorType& x, const TensorType& w, bool transpose_w) {
   if (x.dtype != w.dtype || x.shape.size() < 2 || w.shape.size() != 3 ||
-      x.shape[x.shape.size() - 2] != w.shape[0] ||
-      x.shape.back() != w.shape[transpose_w ? 2 : 1]) {
+      x.shape[x.shape.size() - 2] != w.shape[0] || x.shape.back() != w.shape[transpose_w ? 2 : 1]) {
     return InvalidArgument("x " + x.ToString() + " does not multiply per head with w " +
                            w.ToString() + (transpose_w ? " transposed" : "") +
                            " (x [..., heads, n], w [heads, n, m], or [heads, m, n] transposed)");
@@ -74,8 +73,8 @@ StatusOr<HeadPlan> PlanHeads(const TensorType& x, const TensorType& w, bool tran
 }
 
 Status HeadMatMulShape(ShapeContext& ctx) {
-  WEIR_ASSIGN_OR_RETURN(HeadPlan p, PlanHeads(ctx.input(0), ctx.input(1),
-                                              ctx.attrs().Bool("transpose_w")));
+  WEIR_ASSIGN_OR_RETURN(HeadPlan p,
+                        PlanHeads(ctx.input(0), ctx.input(1), ctx.attrs().Bool("transpose_w")));
   Shape out = ctx.input(0).shape;
   out.back() = p.m;
   ctx.set_output(0, {ctx.input(0).dtype, out});
@@ -93,10 +92,10 @@ Status HeadMatMulCpu(KernelContext& ctx) {
   WEIR_ASSIGN_OR_RETURN(HeadPlan p, PlanHeads({x.dtype(), x.shape()}, {w.dtype(), w.shape()}, tw));
   Tensor& y = ctx.output(0);
   for (int64_t h = 0; h < p.heads; ++h) {
-    WEIR_RETURN_IF_ERROR(GemmBlock(
-        x.dtype(), y.dtype(), p.rows, p.m, p.n, MatrixRef{Bytes(x, h * p.n), p.heads * p.n},
-        MatrixRef{Bytes(w, h * p.n * p.m), tw ? p.n : p.m, tw},
-        const_cast<char*>(Bytes(y, h * p.m)), p.heads * p.m));
+    WEIR_RETURN_IF_ERROR(GemmBlock(x.dtype(), y.dtype(), p.rows, p.m, p.n,
+                                   MatrixRef{Bytes(x, h * p.n), p.heads * p.n},
+                                   MatrixRef{Bytes(w, h * p.n * p.m), tw ? p.n : p.m, tw},
+                                   const_cast<char*>(Bytes(y, h * p.m)), p.heads * p.m));
   }
   return Status();
 }
@@ -123,8 +122,8 @@ Status HeadMatMulGradWCpu(KernelContext& ctx) {
 Status HeadMatMulGrad(GradContext& g) {
   bool tw = g.attrs().Bool("transpose_w");
   if (g.needs_grad(0)) {
-    WEIR_ASSIGN_OR_RETURN(ValueRef dx, g.Op1("nn.HeadMatMul", {g.grad(0), g.input(1)},
-                                             {{"transpose_w", Bool(!tw)}}));
+    WEIR_ASSIGN_OR_RETURN(
+        ValueRef dx, g.Op1("nn.HeadMatMul", {g.grad(0), g.input(1)}, {{"transpose_w", Bool(!tw)}}));
     g.set_input_grad(0, dx);
   }
   if (g.needs_grad(1)) {
@@ -150,11 +149,11 @@ void RegisterMatMul(Registrar& r) {
       .Shape(HeadMatMulShape)
       .Kernel("cpu", HeadMatMulCpu, KernelFloatTypes())
       .Gradient(HeadMatMulGrad)
-      .Cost([](const std::vector<TensorType>& in, const std::vector<TensorType>& out,
-               const Attrs&) {
-        return OpCost{2.0 * static_cast<double>(NumElements(out[0].shape)) *
-                      static_cast<double>(in[0].shape.back())};
-      });
+      .Cost(
+          [](const std::vector<TensorType>& in, const std::vector<TensorType>& out, const Attrs&) {
+            return OpCost{2.0 * static_cast<double>(NumElements(out[0].shape)) *
+                          static_cast<double>(in[0].shape.back())};
+          });
   r.TensorOp("nn.HeadMatMulGradW")
       .Doc("Gradient of nn.HeadMatMul for w: x_hᵀ · dy_h summed over the rows, per head.")
       .Input("x", "T", "[..., heads, n]")
@@ -164,11 +163,11 @@ void RegisterMatMul(Registrar& r) {
       .Shape([](ShapeContext& c) {
         const Shape &x = c.input(0).shape, &dy = c.input(1).shape;
         if (x.size() < 2 || dy.size() != x.size() || x[x.size() - 2] != dy[dy.size() - 2])
-          return InvalidArgument("x " + c.input(0).ToString() + " and dy " +
-                                 c.input(1).ToString() + " disagree on their heads");
+          return InvalidArgument("x " + c.input(0).ToString() + " and dy " + c.input(1).ToString() +
+                                 " disagree on their heads");
         int64_t h = x[x.size() - 2], n = x.back(), m = dy.back();
-        c.set_output(0, {c.input(0).dtype,
-                         c.attrs().Bool("transpose_w") ? Shape{h, m, n} : Shape{h, n, m}});
+        c.set_output(
+            0, {c.input(0).dtype, c.attrs().Bool("transpose_w") ? Shape{h, m, n} : Shape{h, n, m}});
         return Status();
       })
       .Kernel("cpu", HeadMatMulGradWCpu, KernelFloatTypes());

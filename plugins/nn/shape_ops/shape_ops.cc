@@ -304,14 +304,14 @@ Status ExpandCpu(KernelContext& ctx) {
   char* out = static_cast<char*>(ctx.output(0).raw_data());
   for (int64_t o = 0; o < p.outer; ++o)
     for (int64_t r = 0; r < size; ++r)
-      std::memcpy(out + static_cast<size_t>(o * size + r) * row,
-                  in + static_cast<size_t>(o) * row, row);
+      std::memcpy(out + static_cast<size_t>(o * size + r) * row, in + static_cast<size_t>(o) * row,
+                  row);
   return Status();
 }
 
 Status ExpandGrad(GradContext& g) {
-  WEIR_ASSIGN_OR_RETURN(ValueRef d, g.Op1("nn.ExpandGrad", {g.grad(0)},
-                                          {{"axis", Int(g.attrs().Int("axis"))}}));
+  WEIR_ASSIGN_OR_RETURN(
+      ValueRef d, g.Op1("nn.ExpandGrad", {g.grad(0)}, {{"axis", Int(g.attrs().Int("axis"))}}));
   g.set_input_grad(0, d);
   return Status();
 }
@@ -336,7 +336,8 @@ Status ExpandGradCpu(KernelContext& ctx) {
         const T* src = d + (o * size + r) * p.inner;
         for (int64_t i = 0; i < p.inner; ++i) sum[static_cast<size_t>(i)] += Widen(src[i]);
       }
-      for (int64_t i = 0; i < p.inner; ++i) dx[o * p.inner + i] = Narrow<T>(sum[static_cast<size_t>(i)]);
+      for (int64_t i = 0; i < p.inner; ++i)
+        dx[o * p.inner + i] = Narrow<T>(sum[static_cast<size_t>(i)]);
     }
     return Status();
   });
@@ -512,8 +513,8 @@ void RegisterShapeOps(Registrar& r) {
         Shape s = c.input(0).shape;
         int axis = Axis(c.attrs().Int("axis"), s.size());
         if (axis < 0 || axis >= static_cast<int>(s.size()))
-          return InvalidArgument("axis " + std::to_string(c.attrs().Int("axis")) +
-                                 " is outside " + c.input(0).ToString());
+          return InvalidArgument("axis " + std::to_string(c.attrs().Int("axis")) + " is outside " +
+                                 c.input(0).ToString());
         s[static_cast<size_t>(axis)] = 1;
         c.set_output(0, {c.input(0).dtype, s});
         return Status();

@@ -78,15 +78,13 @@ void RegisterModel(Registrar& r) {
         ProgramOptions options;
         options.recompute = ctx.attrs().Bool("recompute");
         options.concurrent_nodes = ctx.attrs().Bool("concurrent_nodes");
-        auto model = std::make_shared<Model>(ctx.env().graph, ctx.env().ops, function,
-                                             std::move(attrs),
-                                             static_cast<uint64_t>(ctx.attrs().Int("seed")),
-                                             std::move(options));
+        auto model = std::make_shared<Model>(
+            ctx.env().graph, ctx.env().ops, function, std::move(attrs),
+            static_cast<uint64_t>(ctx.attrs().Int("seed")), std::move(options));
         if (const std::string& from = ctx.attrs().String("init_from"); !from.empty()) {
           std::filesystem::path dir = ctx.InputPath(from);
           auto values = ReadSafetensorsSharded(dir, "model");
-          if (!values.ok())
-            return Status(values.status()).Prepend("init_from " + dir.string());
+          if (!values.ok()) return Status(values.status()).Prepend("init_from " + dir.string());
           std::map<std::string, Tensor> owned;
           for (auto& [name, t] : *values) owned[name] = t.Clone();  // off the mapping
           model->SetInitial(std::move(owned), dir.string());

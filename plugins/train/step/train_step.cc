@@ -176,7 +176,9 @@ class TrainStep : public StreamKernel {
       *param = outs[0];
       std::string node = info.name.substr(0, info.name.rfind('.'));
       for (size_t o = 1; o < outs.size(); ++o)
-        if (outs[o].numel() == 1) metrics.emplace_back(node + "." + op->def.output(static_cast<int>(o)).name(), outs[o].At(0));
+        if (outs[o].numel() == 1)
+          metrics.emplace_back(node + "." + op->def.output(static_cast<int>(o)).name(),
+                               outs[o].At(0));
       row += ", " + JsonQuote(info.statistic) + ": [";
       for (int64_t i = 0; i < stat->second.numel(); ++i)
         row += (i ? ", " : "") + JsonNumber(stat->second.At(i));
@@ -274,12 +276,11 @@ class TrainStep : public StreamKernel {
         WEIR_RETURN_IF_ERROR((*kernel)(kc));
       }
     }
-    std::vector<std::pair<std::string, double>> values = {
-        {"loss", loss},
-        {"grad_norm", grad_norm},
-        {"lr", lr},
-        {"tokens_per_s", 0},
-        {"step_time_s", 0}};
+    std::vector<std::pair<std::string, double>> values = {{"loss", loss},
+                                                          {"grad_norm", grad_norm},
+                                                          {"lr", lr},
+                                                          {"tokens_per_s", 0},
+                                                          {"step_time_s", 0}};
     for (const auto& [name, sum] : scalar_sums_)
       if (name != loss_) values.emplace_back(name, sum / static_cast<double>(micro_));
     {

@@ -1,0 +1,73 @@
+#include "model_inputs.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "weir/attr.h"
+
+namespace weir::cli {
+
+namespace fs = std::filesystem;
+
+StatusOr<ModelSpec> ReadModel(const ResourceSpec& resource) {
+  ModelSpec spec;
+  spec.name = resource.name;
+  for (const auto& [key, value] : resource.resolved_attrs) {
+    if (key == "function") spec.function = value.func();
+    if (key != "attrs") continue;
+    WEIR_ASSIGN_OR_RETURN(auto parsed, ParseAttrString(value.s(), resource.loc));
+    for (const AttrAssignment& a : parsed) {
+      WEIR_ASSIGN_OR_RETURN(spec.attrs[a.key], InferLiteral(a.value));
+    }
+  }
+  return spec;
+}
+
+StatusOr<ModelSpec> FindModel(const Graph& graph, const std::string& name) {
+  const ResourceSpec* found = nullptr;
+  for (const ResourceSpec& r : graph.resources) {
+    if (r.kind != "model" || (!name.empty() && r.name != name)) continue;
+    if (found != nullptr)
+      return InvalidArgument("the graph has several model resources; name one with --model");
+    found = &r;
+  }
+  if (found == nullptr)
+    return NotFound("the graph has no model resource" +
+                    (name.empty() ? "" : " named '" + name + "'"));
+  return ReadModel(*found);
+}
+
+StatusOr<std::vector<std::vector<int64_t>>> ReadTokenFile(const fs::path& file, int64_t vocab) {
+  std::ifstream in(file);
+  if (!in) return NotFound("cannot read " + file.string());
+  std::vector<std::vector<int64_t>> rows;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    std::string where = file.string() + ":" + std::to_string(number) + ": ";
+    std::istringstream words(line);
+    std::vector<int64_t> row;
+    std::string word;
+    while (words >> word) {
+      if (word.find_first_not_of("0123456789") != std::string::npos || word.size() > 18)
+        return InvalidArgument(where + "'" + word + "' is not a token id");
+      int64_t id = std::stoll(word);
+      if (id >= vocab)
+        return InvalidArgument(where + "token " + word + " is outside the vocabulary (" +
+                               std::to_string(vocab) + " ids)");
+      row.push_back(id);
+    }
+    if (row.empty()) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos && in.peek() == EOF) break;
+      return InvalidArgument(where + "an empty line; every line holds one sequence");
+    }
+    if (!rows.empty() && row.size() != rows[0].size())
+      return InvalidArgument(where + "has " + std::to_string(row.size()) + " tokens, line 1 has " +
+                             std::to_string(rows[0].size()) +
+                             "; every sequence must have the same length");
+    rows.push_back(std::move(row));
+  }
+  if (rows.empty()) return InvalidArgument(file.string() + ": no token sequences");
+  return rows;
+}
+
+}  // namespace weir::cli
