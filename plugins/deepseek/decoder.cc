@@ -1,5 +1,10 @@
 #include "decoder.h"
 
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+
 namespace weir::deepseek {
 
 LatentDecoder::LatentDecoder(const Graph& graph, std::map<std::string, AttrValue> attrs,
@@ -107,78 +112,167 @@ StatusOr<Tensor> LatentDecoder::FeedMtp(const Tensor& h, const Tensor& next_toke
   return logits[0];
 }
 
-namespace {
-
-// The argmax of row `t` of logits [1, t, vocab] (ties: the first).
-int64_t Greedy(const Tensor& logits, int64_t t) {
-  int64_t vocab = logits.dim(2), best = 0;
-  for (int64_t v = 1; v < vocab; ++v)
-    if (logits.At(t * vocab + v) > logits.At(t * vocab + best)) best = v;
-  return best;
+int64_t ChooseToken(const float* logits, int64_t vocab, const GenerateOptions& options,
+                    std::mt19937_64& rng) {
+  if (options.temperature <= 0) {
+    int64_t best = 0;
+    for (int64_t v = 1; v < vocab; ++v)
+      if (logits[v] > logits[best]) best = v;
+    return best;
+  }
+  // The candidates, likeliest first; top-k, then the nucleus of top-p.
+  std::vector<int64_t> ids(static_cast<size_t>(vocab));
+  std::iota(ids.begin(), ids.end(), 0);
+  size_t keep = options.top_k > 0 ? std::min<size_t>(static_cast<size_t>(options.top_k), ids.size())
+                                  : ids.size();
+  std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(keep), ids.end(),
+                    [&](int64_t a, int64_t b) { return logits[a] > logits[b]; });
+  ids.resize(keep);
+  std::vector<double> p(keep);
+  double top = logits[ids[0]], sum = 0;
+  for (size_t i = 0; i < keep; ++i)
+    sum += p[i] = std::exp((logits[ids[i]] - top) / options.temperature);
+  double mass = 0;
+  size_t nucleus = 0;
+  while (nucleus < keep && (nucleus == 0 || mass < options.top_p * sum)) mass += p[nucleus++];
+  double u = std::uniform_real_distribution<double>(0, mass)(rng);
+  for (size_t i = 0; i < nucleus; ++i) {
+    if (u < p[i]) return ids[i];
+    u -= p[i];
+  }
+  return ids[nucleus - 1];
 }
+
+namespace {
 
 Tensor Ids(const std::vector<int64_t>& ids) {
   std::vector<double> values(ids.begin(), ids.end());
   return Tensor::FromValues(DT_I64, {1, static_cast<int64_t>(ids.size())}, values);
 }
 
-}  // namespace
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
-StatusOr<Generated> GenerateGreedy(LatentDecoder& decoder, const Tensor& prompt, int64_t max_new,
-                                   bool speculative) {
-  if (prompt.rank() != 2 || prompt.dim(0) != 1 || prompt.dim(1) < 1)
-    return InvalidArgument("greedy generation takes one prompt [1, length], got " +
-                           prompt.DebugString());
-  if (decoder.position() != 0) return InvalidArgument("the decoder has already seen tokens");
-  Generated out;
-  if (max_new < 1) return out;
-  Tensor p = prompt.Contiguous();
-  WEIR_ASSIGN_OR_RETURN(Tensor logits, decoder.Feed(p));
+// Speculative greedy decoding of one prompt (see Generate).
+Status Speculate(LatentDecoder& decoder, const Tensor& prompt, const GenerateOptions& options,
+                 Generated& out) {
+  std::vector<int64_t>& tokens = out.tokens[0];
+  auto stops = [&](int64_t t) {
+    return std::find(options.stop_tokens.begin(), options.stop_tokens.end(), t) !=
+           options.stop_tokens.end();
+  };
+  // Appends t; false when the prompt is done.
+  auto emit = [&](int64_t t) {
+    tokens.push_back(t);
+    return !stops(t) && static_cast<int64_t>(tokens.size()) < options.max_new;
+  };
+  std::mt19937_64 unused;
+  auto greedy = [&](const Tensor& logits, int64_t t) {
+    return ChooseToken(logits.data<float>() + t * logits.dim(2), logits.dim(2), options, unused);
+  };
+  auto start = Clock::now();
+  WEIR_ASSIGN_OR_RETURN(Tensor logits, decoder.Feed(prompt));
+  logits = logits.To(DT_F32);
+  out.prefill_seconds = Since(start);
+  start = Clock::now();
   out.main_steps = 1;
-  int64_t length = p.dim(1);
-  int64_t next = Greedy(logits, length - 1);
-  out.tokens.push_back(next);
-  if (!speculative) {
-    while (static_cast<int64_t>(out.tokens.size()) < max_new) {
-      WEIR_ASSIGN_OR_RETURN(logits, decoder.Feed(Ids({next})));
-      ++out.main_steps;
-      next = Greedy(logits, 0);
-      out.tokens.push_back(next);
-    }
-    return out;
-  }
+  int64_t length = prompt.dim(1);
+  int64_t next = greedy(logits, length - 1);
+  if (!emit(next)) return Status();
   // MTP over the prompt: position i sees h_i and token i+1 (the last one is `next`) and guesses
   // token i+2.
   std::vector<int64_t> shifted;
-  for (int64_t i = 1; i < length; ++i) shifted.push_back(static_cast<int64_t>(p.At(i)));
+  for (int64_t i = 1; i < length; ++i) shifted.push_back(static_cast<int64_t>(prompt.At(i)));
   shifted.push_back(next);
   WEIR_ASSIGN_OR_RETURN(Tensor guesses, decoder.FeedMtp(decoder.hidden(), Ids(shifted)));
-  int64_t draft = Greedy(guesses, length - 1);
-  while (static_cast<int64_t>(out.tokens.size()) < max_new) {
+  int64_t draft = greedy(guesses.To(DT_F32), length - 1);
+  while (true) {
     // One main step over `next` and the draft: its choice after `next` checks the draft.
     int64_t before = decoder.position();
     WEIR_ASSIGN_OR_RETURN(logits, decoder.Feed(Ids({next, draft})));
-    ++out.main_steps;
+    logits = logits.To(DT_F32);
     Tensor h = decoder.hidden();
-    int64_t choice = Greedy(logits, 0);
+    int64_t choice = greedy(logits, 0);
+    ++out.main_steps;
     ++out.drafted;
     if (choice == draft) {
       ++out.accepted;
-      int64_t after = Greedy(logits, 1);
-      out.tokens.push_back(draft);
-      if (static_cast<int64_t>(out.tokens.size()) < max_new) out.tokens.push_back(after);
+      int64_t after = greedy(logits, 1);
+      if (!emit(draft) || !emit(after)) break;
       WEIR_ASSIGN_OR_RETURN(guesses, decoder.FeedMtp(h, Ids({draft, after})));
       next = after;
-      draft = Greedy(guesses, 1);
+      draft = greedy(guesses.To(DT_F32), 1);
     } else {
       decoder.Truncate(before + 1);  // the draft's cache entries are wrong
-      out.tokens.push_back(choice);
+      if (!emit(choice)) break;
       WEIR_ASSIGN_OR_RETURN(guesses, decoder.FeedMtp(h.Slice(1, 0, 1).Contiguous(), Ids({choice})));
       next = choice;
-      draft = Greedy(guesses, 0);
+      draft = greedy(guesses.To(DT_F32), 0);
     }
   }
-  out.tokens.resize(static_cast<size_t>(max_new));
+  out.decode_seconds = Since(start);
+  return Status();
+}
+
+}  // namespace
+
+StatusOr<Generated> Generate(LatentDecoder& decoder, const Tensor& prompts,
+                             const GenerateOptions& options) {
+  if (prompts.rank() != 2 || prompts.dim(1) < 1)
+    return InvalidArgument("prompts must be [batch, length >= 1], got " + prompts.DebugString());
+  if (decoder.position() != 0) return InvalidArgument("the decoder has already seen tokens");
+  if (options.top_p <= 0 || options.top_p > 1)
+    return InvalidArgument("top_p must be in (0, 1], got " + std::to_string(options.top_p));
+  int64_t batch = prompts.dim(0);
+  Generated out;
+  out.tokens.resize(static_cast<size_t>(batch));
+  if (options.max_new < 1) return out;
+  Tensor p = prompts.Contiguous();
+  if (options.speculative) {
+    if (batch != 1 || options.temperature > 0)
+      return InvalidArgument("speculative decoding is greedy with one prompt at a time");
+    WEIR_RETURN_IF_ERROR(Speculate(decoder, p, options, out));
+    return out;
+  }
+  std::vector<std::mt19937_64> rngs;
+  for (int64_t b = 0; b < batch; ++b)
+    rngs.emplace_back(options.seed ^ (0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(b + 1)));
+  std::vector<bool> done(static_cast<size_t>(batch), false);
+  auto start = Clock::now();
+  WEIR_ASSIGN_OR_RETURN(Tensor logits, decoder.Feed(p));
+  out.prefill_seconds = Since(start);
+  start = Clock::now();
+  out.main_steps = 1;
+  int64_t row = p.dim(1) - 1;  // the position whose logits choose the next token
+  while (true) {
+    Tensor f = logits.To(DT_F32);
+    int64_t vocab = f.dim(2), steps = f.dim(1);
+    std::vector<int64_t> next(static_cast<size_t>(batch));
+    bool any = false;
+    for (int64_t b = 0; b < batch; ++b) {
+      auto& tokens = out.tokens[static_cast<size_t>(b)];
+      if (done[static_cast<size_t>(b)]) {
+        next[static_cast<size_t>(b)] = tokens.back();  // finished rows idle on their last token
+        continue;
+      }
+      int64_t t = ChooseToken(f.data<float>() + (b * steps + row) * vocab, vocab, options,
+                              rngs[static_cast<size_t>(b)]);
+      tokens.push_back(t);
+      next[static_cast<size_t>(b)] = t;
+      bool stop = std::find(options.stop_tokens.begin(), options.stop_tokens.end(), t) !=
+                  options.stop_tokens.end();
+      done[static_cast<size_t>(b)] = stop || static_cast<int64_t>(tokens.size()) >= options.max_new;
+      any = any || !done[static_cast<size_t>(b)];
+    }
+    if (!any) break;
+    std::vector<double> ids(next.begin(), next.end());
+    WEIR_ASSIGN_OR_RETURN(logits, decoder.Feed(Tensor::FromValues(DT_I64, {batch, 1}, ids)));
+    ++out.main_steps;
+    row = 0;
+  }
+  out.decode_seconds = Since(start);
   return out;
 }
 

@@ -9,6 +9,7 @@
 
 #include <map>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -60,18 +61,34 @@ class LatentDecoder {
   Tensor hidden_;
 };
 
-struct Generated {
-  std::vector<int64_t> tokens;  // the new tokens
-  int64_t drafted = 0;          // MTP drafts checked by the main model
-  int64_t accepted = 0;         // of those, the ones it agreed with
-  int64_t main_steps = 0;       // passes of the main model, the prefill included
+struct GenerateOptions {
+  int64_t max_new = 32;              // new tokens per prompt at most
+  double temperature = 0;            // 0: greedy
+  int64_t top_k = 0;                 // sample among the k likeliest (0: all)
+  double top_p = 1;                  // ... and within the smallest set holding p of the mass
+  uint64_t seed = 0;                 // prompt b of a batch draws from stream (seed, b)
+  std::vector<int64_t> stop_tokens;  // a prompt ends with the first of these it generates
+  bool speculative = false;          // MTP drafts (greedy, one prompt)
 };
 
-// Greedy generation of `max_new` tokens after `prompt` [1, P] on a fresh decoder. With
-// `speculative`, MTP drafts the token after the next one and each main step verifies the pair
-// (spec §4: a second token for free when the draft is accepted); the tokens are the same as
-// without it.
-StatusOr<Generated> GenerateGreedy(LatentDecoder& decoder, const Tensor& prompt, int64_t max_new,
-                                   bool speculative);
+struct Generated {
+  std::vector<std::vector<int64_t>> tokens;  // per prompt: the new tokens, a stop token last
+  int64_t drafted = 0;                       // MTP drafts checked by the main model
+  int64_t accepted = 0;                      // of those, the ones it agreed with
+  int64_t main_steps = 0;                    // passes of the main model, the prefill included
+  double prefill_seconds = 0, decode_seconds = 0;
+};
+
+// Generates after `prompts` [batch, length] on a fresh decoder: greedy or sampled (temperature,
+// top-k, top-p; reproducible from the seed), every prompt until a stop token or
+// max_new. With `speculative` (greedy, one prompt), MTP drafts the token after the next one and
+// each main step verifies the pair (spec §4: a second token for free when the draft is
+// accepted); the tokens are the same as without it.
+StatusOr<Generated> Generate(LatentDecoder& decoder, const Tensor& prompts,
+                             const GenerateOptions& options);
+
+// The token chosen from `logits` [vocab] (greedy when options.temperature is 0).
+int64_t ChooseToken(const float* logits, int64_t vocab, const GenerateOptions& options,
+                    std::mt19937_64& rng);
 
 }  // namespace weir::deepseek

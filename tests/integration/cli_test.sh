@@ -138,6 +138,17 @@ check "generate --speculative" "$weir" generate graphs/tiny/pretrain.pbtxt --che
 check "two lines of 12 ids" test "$(grep -cE '^[0-9]+( [0-9]+){11}$' "$work/greedy.txt")" -eq 2
 check "speculative decoding gives the greedy tokens" cmp -s "$work/greedy.txt" "$work/drafted.txt"
 check "speculative decoding reports the acceptance" grep -q "MTP drafts accepted" "$work/err"
+for run in 1 2; do
+  "$weir" generate graphs/tiny/pretrain.pbtxt --checkpoint "$pipe/v3/checkpoints/step-000003" \
+    --tokens "$work/prompts.txt" --max-new 12 --temperature 1.0 --top-k 50 --top-p 0.9 --seed 3 \
+    > "$work/sampled_$run.txt" 2> "$work/err"
+done
+check "sampling repeats with its seed" cmp -s "$work/sampled_1.txt" "$work/sampled_2.txt"
+check "generate reports prefill and decode speed" grep -q "prefill 8 tokens in .* decode 24 tokens" "$work/err"
+stop=$(cut -d' ' -f3 "$work/greedy.txt" | head -1)
+"$weir" generate graphs/tiny/pretrain.pbtxt --checkpoint "$pipe/v3/checkpoints/step-000003" \
+  --tokens "$work/prompts.txt" --max-new 12 --stop "$stop" > "$work/stopped.txt" 2> /dev/null
+check "a stop token ends the prompt, kept last" test "$(head -1 "$work/stopped.txt" | awk '{print $NF}')" = "$stop"
 "$weir" generate graphs/tiny/pretrain_shards.pbtxt --checkpoint "$pipe/pretrain/checkpoints/step-000003" \
   --tokens "$work/prompts.txt" > /dev/null 2> "$work/err"
 check "generate refuses a model that is not DeepseekV3" grep -q "decodes DeepseekV3 models" "$work/err"

@@ -3,6 +3,7 @@
 // finite differences; the V2-Lite query and softmax gating; a dense-only model; parameter names.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 
 #include "decoder.h"
@@ -220,7 +221,10 @@ TEST(TinyDeepseekV3, SpeculativeDecodingWithMtpGivesTheGreedyTokens) {
   Tensor prompt = RandomTokens(1, 4, 13, 3)[0];
   auto generate = [&](const ParamStore& params, bool speculative) {
     deepseek::LatentDecoder decoder(*loaded, attrs, TestRegistry(), params);
-    return deepseek::GenerateGreedy(decoder, prompt, 24, speculative);
+    deepseek::GenerateOptions options;
+    options.max_new = 24;
+    options.speculative = speculative;
+    return deepseek::Generate(decoder, prompt, options);
   };
   // Random weights: MTP's drafts are rejected and rolled back.
   ParamStore params;
@@ -229,7 +233,7 @@ TEST(TinyDeepseekV3, SpeculativeDecodingWithMtpGivesTheGreedyTokens) {
   auto speculative = generate(params, true);
   ASSERT_TRUE(greedy.ok() && speculative.ok()) << speculative.status().ToString();
   EXPECT_EQ(speculative->tokens, greedy->tokens);
-  EXPECT_EQ(static_cast<int64_t>(speculative->tokens.size()), 24);
+  EXPECT_EQ(static_cast<int64_t>(speculative->tokens[0].size()), 24);
   EXPECT_EQ(greedy->drafted, 0);
   EXPECT_GT(speculative->drafted, 10);
   EXPECT_GT(speculative->accepted, 0);
@@ -253,9 +257,91 @@ TEST(TinyDeepseekV3, SpeculativeDecodingWithMtpGivesTheGreedyTokens) {
   // A model without MTP has nothing to draft with.
   attrs["num_nextn_predict_layers"].set_i(0);
   deepseek::LatentDecoder no_mtp(*loaded, attrs, TestRegistry(), params);
-  auto refused = deepseek::GenerateGreedy(no_mtp, prompt, 4, true);
+  deepseek::GenerateOptions drafting;
+  drafting.speculative = true;
+  auto refused = deepseek::Generate(no_mtp, prompt, drafting);
   ASSERT_FALSE(refused.ok());
   EXPECT_NE(refused.status().message().find("no MTP module"), std::string::npos);
+}
+
+// Sampling: reproducible from the seed, greedy at top-k 1 or a tiny top-p, a batch giving each
+// prompt what it gets alone, stop tokens ending a prompt.
+TEST(TinyDeepseekV3, SamplingIsReproducibleAndStopsAtStopTokens) {
+  std::map<std::string, AttrValue> attrs = TinyV3("f64");
+  auto full = Build(attrs, 1, 4, "");
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  ParamStore params;
+  params.Initialize((*full)->params(), 4);
+  auto loaded = LoadTestGraph(TestGraph("good/deepseek_import.pbtxt"));
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  Tensor prompts = RandomTokens(3, 4, 13, 8)[0];
+  auto run = [&](const Tensor& p, deepseek::GenerateOptions options) {
+    deepseek::LatentDecoder decoder(*loaded, attrs, TestRegistry(), params);
+    auto out = deepseek::Generate(decoder, p, options);
+    EXPECT_TRUE(out.ok()) << out.status().ToString();
+    return out.ok() ? out->tokens : std::vector<std::vector<int64_t>>{};
+  };
+  deepseek::GenerateOptions greedy;
+  greedy.max_new = 10;
+  deepseek::GenerateOptions hot = greedy;
+  hot.temperature = 2.0;
+  hot.seed = 5;
+  auto a = run(prompts, hot), b = run(prompts, hot);
+  EXPECT_EQ(a, b);
+  hot.seed = 6;
+  EXPECT_NE(run(prompts, hot), a);
+  deepseek::GenerateOptions one = hot;
+  one.top_k = 1;
+  EXPECT_EQ(run(prompts, one), run(prompts, greedy));
+  deepseek::GenerateOptions narrow = hot;
+  narrow.top_p = 1e-9;  // the nucleus is the likeliest token alone
+  EXPECT_EQ(run(prompts, narrow), run(prompts, greedy));
+  // In a batch, a prompt gets what it gets alone (its own cache rows).
+  Tensor second = prompts.Slice(0, 1, 2).Contiguous();
+  EXPECT_EQ(run(second, greedy)[0], run(prompts, greedy)[1]);
+  // A stop token ends its prompt (kept last); the others go on.
+  deepseek::GenerateOptions stopping = greedy;
+  std::vector<std::vector<int64_t>> plain = run(prompts, greedy);
+  stopping.stop_tokens = {plain[0][2]};
+  std::vector<std::vector<int64_t>> stopped = run(prompts, stopping);
+  size_t first = static_cast<size_t>(std::find(plain[0].begin(), plain[0].end(), plain[0][2]) -
+                                     plain[0].begin());
+  EXPECT_EQ(stopped[0], std::vector<int64_t>(plain[0].begin(), plain[0].begin() + first + 1));
+  for (size_t r = 1; r < 3; ++r) {
+    auto end = std::find(plain[r].begin(), plain[r].end(), plain[0][2]);
+    EXPECT_EQ(stopped[r],
+              std::vector<int64_t>(plain[r].begin(), end == plain[r].end() ? end : end + 1));
+  }
+}
+
+TEST(ChooseToken, SamplesTheSoftmaxWithinTopKAndTopP) {
+  const float logits[4] = {2.0f, 1.0f, 0.0f, -1.0f};
+  double z = std::exp(2.0) + std::exp(1.0) + 1 + std::exp(-1.0);
+  std::mt19937_64 rng(1);
+  deepseek::GenerateOptions o;
+  o.temperature = 1;
+  std::vector<int> count(4, 0);
+  const int n = 40000;
+  for (int i = 0; i < n; ++i)
+    ++count[static_cast<size_t>(deepseek::ChooseToken(logits, 4, o, rng))];
+  for (int v = 0; v < 4; ++v)
+    EXPECT_NEAR(count[static_cast<size_t>(v)] / double(n), std::exp(2.0 - v) / z, 0.01) << v;
+  o.top_k = 2;
+  std::fill(count.begin(), count.end(), 0);
+  for (int i = 0; i < n; ++i)
+    ++count[static_cast<size_t>(deepseek::ChooseToken(logits, 4, o, rng))];
+  EXPECT_EQ(count[2] + count[3], 0);
+  EXPECT_NEAR(count[0] / double(n), std::exp(1.0) / (std::exp(1.0) + 1), 0.01);
+  // top-p 0.7: token 0 holds 0.64 of the mass, so tokens 0 and 1 make the nucleus.
+  o.top_k = 0;
+  o.top_p = 0.7;
+  std::fill(count.begin(), count.end(), 0);
+  for (int i = 0; i < n; ++i)
+    ++count[static_cast<size_t>(deepseek::ChooseToken(logits, 4, o, rng))];
+  EXPECT_EQ(count[2] + count[3], 0);
+  EXPECT_GT(count[1], 0);
+  o.temperature = 0;
+  EXPECT_EQ(deepseek::ChooseToken(logits, 4, o, rng), 0);
 }
 
 TEST(TinyDeepseekV3, DenseOnlyModelHasNoMoeLayers) {

@@ -1,7 +1,9 @@
 // weir generate: greedy generation with a DeepSeek-V3-family model over MLA's latent cache,
 // optionally drafting with its MTP module (speculative decoding).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 #include "args.h"
@@ -14,28 +16,48 @@
 namespace weir::cli {
 
 namespace {
-constexpr char kHelp[] =
-    R"(usage: weir generate GRAPH --checkpoint DIR --tokens FILE [--max-new N] [--speculative]
-                     [--model NAME] [--set key=value]...
+constexpr char kHelp[] = R"(usage: weir generate GRAPH --checkpoint DIR --tokens FILE [--max-new N]
+                     [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop ID]...
+                     [--speculative] [--model NAME] [--set key=value]...
 
-Greedy generation with the model resource of GRAPH (function DeepseekV3 of
+Generates with the model resource of GRAPH (function DeepseekV3 of
 graphs/models/deepseek_v3.pbtxt and its attrs), its parameters read from DIR/model.safetensors
 (a training checkpoint such as runs/.../checkpoints/step-000200, or `weir hf import` output).
-Every line of FILE is a prompt of space-separated token ids (all the same length); for each, the
-new ids are printed on one line. Decoding runs over MLA's latent cache in the absorbed form.
+Every line of FILE is a prompt of space-separated token ids (all the same length); the prompts
+run as one batch: a prefill, then one token per step over MLA's latent cache in the absorbed
+form. For each prompt the new ids are printed on one line.
 
-With --speculative, the MTP module drafts the token after the next one and each step of the main
-model verifies it (DeepSeek-V3 §5.4.3): the tokens are the same, and the share of drafts the
-main model accepted is printed.
+Greedy by default; with --temperature > 0 tokens are sampled (after --top-k and --top-p), each
+prompt from its own stream of --seed, so a run repeats exactly. A prompt ends at a --stop id
+(kept) or after --max-new tokens.
+
+With --speculative (greedy), the MTP module drafts the token after the next one and each step of
+the main model verifies it (DeepSeek-V3 §5.4.3): the same tokens, fewer main steps; prompts run
+one at a time and the share of drafts the main model accepted is printed.
 
 Options:
   --checkpoint DIR  the parameters
   --tokens FILE     the prompts
   --max-new N       tokens to generate per prompt (default 32)
-  --speculative     draft with MTP (the model needs num_nextn_predict_layers >= 1)
+  --temperature T   0 (default): greedy
+  --top-k K         sample among the K likeliest tokens (0, default: all)
+  --top-p P         ... within the smallest set holding P of the probability (default 1)
+  --seed S          sampling seed (default 0)
+  --stop ID         a token id that ends a prompt's generation (repeatable)
+  --speculative     draft with MTP (needs num_nextn_predict_layers >= 1)
   --model NAME      the model resource, when the graph has several
   --set key=value   override a graph param (repeatable)
 )";
+
+StatusOr<double> GetFloat(const Args& args, const std::string& name, double fallback) {
+  auto v = args.Get(name);
+  if (!v) return fallback;
+  char* end = nullptr;
+  double d = std::strtod(v->c_str(), &end);
+  if (end == v->c_str() || *end != '\0')
+    return InvalidArgument("--" + name + " takes a number, got '" + *v + "'");
+  return d;
+}
 
 Status Generate(const Args& args) {
   WEIR_ASSIGN_OR_RETURN(Graph graph, PrepareGraph(args.positional[0], args.All("set")));
@@ -50,33 +72,68 @@ Status Generate(const Args& args) {
   for (auto& [name, t] : tensors) params.Set(name, t.To(DT_F32));
   int64_t vocab = model.attrs.count("vocab_size") ? model.attrs.at("vocab_size").i() : 129280;
   WEIR_ASSIGN_OR_RETURN(auto prompts, ReadTokenFile(*args.Get("tokens"), vocab));
+  deepseek::GenerateOptions options;
   WEIR_ASSIGN_OR_RETURN(int max_new, args.GetInt("max-new", 32));
+  WEIR_ASSIGN_OR_RETURN(int top_k, args.GetInt("top-k", 0));
+  WEIR_ASSIGN_OR_RETURN(int seed, args.GetInt("seed", 0));
+  WEIR_ASSIGN_OR_RETURN(options.temperature, GetFloat(args, "temperature", 0));
+  WEIR_ASSIGN_OR_RETURN(options.top_p, GetFloat(args, "top-p", 1));
   if (max_new < 1) return InvalidArgument("--max-new must be at least 1");
-  bool speculative = args.Has("speculative");
-  int64_t drafted = 0, accepted = 0, steps = 0, made = 0;
-  auto start = std::chrono::steady_clock::now();
-  for (const auto& prompt : prompts) {
-    std::vector<double> ids(prompt.begin(), prompt.end());
-    Tensor tokens = Tensor::FromValues(DT_I64, {1, static_cast<int64_t>(ids.size())}, ids);
-    deepseek::LatentDecoder decoder(graph, model.attrs, OpRegistry::Global(), params);
-    WEIR_ASSIGN_OR_RETURN(auto out,
-                          deepseek::GenerateGreedy(decoder, tokens, max_new, speculative));
-    for (size_t i = 0; i < out.tokens.size(); ++i) std::cout << (i ? " " : "") << out.tokens[i];
-    std::cout << "\n";
-    drafted += out.drafted;
-    accepted += out.accepted;
-    steps += out.main_steps;
-    made += static_cast<int64_t>(out.tokens.size());
+  if (top_k < 0 || options.temperature < 0)
+    return InvalidArgument("--top-k and --temperature cannot be negative");
+  options.max_new = max_new;
+  options.top_k = top_k;
+  options.seed = static_cast<uint64_t>(seed);
+  options.speculative = args.Has("speculative");
+  for (const std::string& id : args.All("stop")) {
+    char* end = nullptr;
+    long long v = std::strtoll(id.c_str(), &end, 10);
+    if (end == id.c_str() || *end != '\0' || v < 0 || v >= vocab)
+      return InvalidArgument("--stop takes a token id in [0, " + std::to_string(vocab) +
+                             "), got '" + id + "'");
+    options.stop_tokens.push_back(v);
   }
-  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::fprintf(stderr, "weir generate: %lld tokens for %zu prompts in %.2f s, %lld main steps\n",
-               static_cast<long long>(made), prompts.size(), seconds,
-               static_cast<long long>(steps));
-  if (speculative) {
-    std::fprintf(
-        stderr, "speculative decoding: %lld of %lld MTP drafts accepted (%.1f %%)\n",
-        static_cast<long long>(accepted), static_cast<long long>(drafted),
-        drafted > 0 ? 100.0 * static_cast<double>(accepted) / static_cast<double>(drafted) : 0.0);
+  // One batch of every prompt, or one prompt at a time for speculative decoding.
+  std::vector<std::vector<std::vector<int64_t>>> batches;
+  if (options.speculative) {
+    for (const auto& p : prompts) batches.push_back({p});
+  } else {
+    batches.push_back(prompts);
+  }
+  deepseek::Generated total;
+  int64_t prompt_tokens = 0, made = 0;
+  for (const auto& batch : batches) {
+    std::vector<double> ids;
+    for (const auto& p : batch) ids.insert(ids.end(), p.begin(), p.end());
+    Tensor tokens = Tensor::FromValues(
+        DT_I64, {static_cast<int64_t>(batch.size()), static_cast<int64_t>(batch[0].size())}, ids);
+    deepseek::LatentDecoder decoder(graph, model.attrs, OpRegistry::Global(), params);
+    WEIR_ASSIGN_OR_RETURN(auto out, deepseek::Generate(decoder, tokens, options));
+    for (const auto& row : out.tokens) {
+      for (size_t i = 0; i < row.size(); ++i) std::cout << (i ? " " : "") << row[i];
+      std::cout << "\n";
+      made += static_cast<int64_t>(row.size());
+    }
+    prompt_tokens += tokens.numel();
+    total.drafted += out.drafted;
+    total.accepted += out.accepted;
+    total.main_steps += out.main_steps;
+    total.prefill_seconds += out.prefill_seconds;
+    total.decode_seconds += out.decode_seconds;
+  }
+  std::fprintf(stderr,
+               "weir generate: %zu prompts; prefill %lld tokens in %.2f s (%.0f tokens/s), "
+               "decode %lld tokens in %.2f s (%.0f tokens/s), %lld main steps\n",
+               prompts.size(), static_cast<long long>(prompt_tokens), total.prefill_seconds,
+               prompt_tokens / std::max(total.prefill_seconds, 1e-9), static_cast<long long>(made),
+               total.decode_seconds, made / std::max(total.decode_seconds, 1e-9),
+               static_cast<long long>(total.main_steps));
+  if (options.speculative) {
+    std::fprintf(stderr, "speculative decoding: %lld of %lld MTP drafts accepted (%.1f %%)\n",
+                 static_cast<long long>(total.accepted), static_cast<long long>(total.drafted),
+                 total.drafted > 0 ? 100.0 * static_cast<double>(total.accepted) /
+                                         static_cast<double>(total.drafted)
+                                   : 0.0);
   }
   return Status();
 }
@@ -90,6 +147,11 @@ int GenerateCommand(const std::vector<std::string>& argv) {
                                 {"tokens", true, false},
                                 {"max-new", true, false},
                                 {"speculative", false, false},
+                                {"temperature", true, false},
+                                {"top-k", true, false},
+                                {"top-p", true, false},
+                                {"seed", true, false},
+                                {"stop", true, true},
                                 {"model", true, false},
                                 {"set", true, true}},
                                kHelp, 1, 1, &args))
