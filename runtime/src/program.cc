@@ -82,6 +82,15 @@ void SumInto(const std::vector<const Tensor*>& parts, Tensor& out) {
   }
 }
 
+// The index of the first NaN or Inf of a floating tensor, or -1.
+int64_t FirstNonFinite(const Tensor& t) {
+  if (!IsFloating(t.dtype())) return -1;
+  Tensor d = t.Contiguous();
+  for (int64_t i = 0; i < d.numel(); ++i)
+    if (!std::isfinite(d.At(i))) return i;
+  return -1;
+}
+
 }  // namespace
 
 class ProgramBuilder {
@@ -93,6 +102,7 @@ class ProgramBuilder {
                const std::map<std::string, AttrValue>& attrs,
                const std::vector<TensorType>& input_types) {
     p_.device_ = options_.device;
+    p_.check_finite_ = options_.check_finite;
     p_.input_types_ = input_types;
     WEIR_ASSIGN_OR_RETURN(FunctionInstance fn,
                           InstantiateFunction(graph, function, attrs, ops_, options_.prefix));
@@ -757,6 +767,21 @@ StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
           s = Internal(std::string("kernel threw: ") + e.what());
         }
         if (!s.ok()) return s.At(n.loc).InNode(n.name, n.entry->def.name());
+        if (check_finite_) {
+          for (size_t o = 0; o < made.size(); ++o) {
+            int64_t at = FirstNonFinite(made[o]);
+            if (at < 0) continue;
+            std::string port =
+                n.entry->def
+                    .output(std::min<int>(static_cast<int>(o), n.entry->def.output_size() - 1))
+                    .name();
+            return InvalidArgument("output '" + port + "' " + made[o].DebugString() + " holds " +
+                                   std::to_string(made[o].At(at)) + " at element " +
+                                   std::to_string(at) + " (check_finite)")
+                .At(n.loc)
+                .InNode(n.name, n.entry->def.name());
+          }
+        }
         out = std::move(made);
         return Status();
       }

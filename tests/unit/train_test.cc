@@ -152,6 +152,54 @@ TEST(Training, AModelStartsFromSavedParameters) {
       << bad.result.status.ToString();
 }
 
+// The NaN/Inf guard: a non-finite loss stops the run naming the step, check_finite names the node
+// that made it, on_nonfinite=skip leaves the parameters as they were and counts the steps.
+TEST(Training, NonFiniteLossesStopOrSkip) {
+  auto run = [](const std::string& name, std::vector<std::string> sets, CapturedMetrics* metrics) {
+    fs::path out = fs::path(::testing::TempDir()) / ("nonfinite_" + name);
+    fs::remove_all(out);
+    auto g = LoadTestGraph(TestGraph("good/train_nonfinite.pbtxt"), sets);
+    CHECK(g.ok()) << g.status().ToString();
+    RunOptions options;
+    options.out_dir = out;
+    options.metrics = metrics;
+    options.ops = &TestRegistry();
+    return RunGraph(*g, options);
+  };
+  CapturedMetrics plain;
+  ASSERT_TRUE(run("finite", {}, &plain).status.ok());
+  CapturedMetrics m1, m2, m3;
+  RunResult stopped = run("stop", {"blowup=inf"}, &m1);
+  ASSERT_FALSE(stopped.status.ok());
+  EXPECT_NE(StripGraphDir(stopped.status.ToString())
+                .find("train_nonfinite.pbtxt:18:8: node 'train' (op 'train.Step'): the loss "
+                      "'loss' is NaN at step 1"),
+            std::string::npos)
+      << stopped.status.ToString();
+  RunResult located = run("check", {"blowup=inf", "check_finite=true"}, &m2);
+  ASSERT_FALSE(located.status.ok());
+  EXPECT_NE(StripGraphDir(located.status.ToString())
+                .find("train_nonfinite.pbtxt:10:10: node 'scaled' (op 'nn.Scale'): step 1 of "
+                      "train: output 'y' f32[2, 8, 8] holds"),
+            std::string::npos)
+      << located.status.ToString();
+  RunResult skipped = run("skip", {"blowup=inf", "on_nonfinite=skip"}, &m3);
+  ASSERT_TRUE(skipped.status.ok()) << skipped.status.ToString();
+  int rows = 0;
+  for (const MetricRow& r : m3.rows()) {
+    if (r.node != "train") continue;
+    EXPECT_EQ(r.Get("loss"), -1) << "a skipped step logs no loss";
+    EXPECT_EQ(r.Get("skipped_steps"), static_cast<double>(++rows));
+  }
+  EXPECT_EQ(rows, 3);
+  // No update happened: the checkpoint holds the initial parameters, which the finite run moved.
+  auto initial =
+      Params(fs::path(::testing::TempDir()) / "nonfinite_skip" / "checkpoints" / "step-000003");
+  auto trained =
+      Params(fs::path(::testing::TempDir()) / "nonfinite_finite" / "checkpoints" / "step-000003");
+  EXPECT_NE(initial.at("head.weight"), trained.at("head.weight"));
+}
+
 TEST(Training, BadOptimizerIsNamed) {
   auto g = LoadTestGraph(TestGraph("good/train_tiny.pbtxt"), {"optimizer=optim.Adam"});
   ASSERT_TRUE(g.ok());

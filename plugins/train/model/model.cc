@@ -54,6 +54,9 @@ void RegisterModel(Registrar& r) {
       .AttrOfType("function", ATTR_FUNC, std::nullopt, "the model's tensor function")
       .Attr<std::string>("attrs", "", "the function's attrs, as key=value pairs")
       .Attr<int64_t>("seed", 0, "seed of the parameter initialization")
+      .Attr("check_finite", false,
+            "check every node's outputs for NaN and Inf: the first is an error naming the node, "
+            "its op and the output (slower; for finding where a run goes wrong)")
       .Attr<std::string>("init_from", "",
                          "a folder whose model.safetensors (or its sharded index) holds "
                          "parameters by name to start from: `weir hf import` output or a "
@@ -78,6 +81,7 @@ void RegisterModel(Registrar& r) {
         ProgramOptions options;
         options.recompute = ctx.attrs().Bool("recompute");
         options.concurrent_nodes = ctx.attrs().Bool("concurrent_nodes");
+        options.check_finite = ctx.attrs().Bool("check_finite");
         auto model = std::make_shared<Model>(
             ctx.env().graph, ctx.env().ops, function, std::move(attrs),
             static_cast<uint64_t>(ctx.attrs().Int("seed")), std::move(options));

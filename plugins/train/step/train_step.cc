@@ -42,6 +42,7 @@ class TrainStep : public StreamKernel {
     schedule_.total = steps_;
     schedule_.min_ratio = ctx.Float("min_lr_ratio");
     schedule_.decay_fraction = ctx.Float("decay_fraction");
+    skip_nonfinite_ = ctx.String("on_nonfinite") == "skip";
     for (int o = 1; o < optimizer_->def.output_size(); ++o)
       state_names_.push_back(optimizer_->def.output(o).name());
   }
@@ -87,7 +88,11 @@ class TrainStep : public StreamKernel {
     {
       // Parameters may not change under a running step.
       std::lock_guard<std::mutex> lock(model_->mutex());
-      WEIR_ASSIGN_OR_RETURN(result, program->Run(inputs, model_->params()));
+      auto run = program->Run(inputs, model_->params());
+      if (!run.ok())
+        return Status(run.status())
+            .Prepend("step " + std::to_string(step_ + 1) + " of " + ctx_.node());
+      result = std::move(*run);
     }
     Accumulate(result.param_grads);
     AccumulateStatistics(*program, result);
@@ -239,9 +244,18 @@ class TrainStep : public StreamKernel {
     }
     double grad_norm = std::sqrt(sumsq) * scale;
     double loss = scalar_sums_[loss_] / static_cast<double>(micro_);
-    if (!std::isfinite(grad_norm)) {
-      return ctx_.Error("the gradient norm is " + std::to_string(grad_norm) + " at step " +
-                        std::to_string(step_) + " (loss " + std::to_string(loss) + ")");
+    if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
+      auto text = [](double v) {
+        return std::string(std::isnan(v) ? "NaN" : v > 0 ? "inf" : "-inf");
+      };
+      std::string what = !std::isfinite(loss) ? "the loss '" + loss_ + "' is " + text(loss)
+                                              : "the gradient norm is " + text(grad_norm);
+      if (!skip_nonfinite_) {
+        return ctx_.Error(what + " at step " + std::to_string(step_) +
+                          "; on_nonfinite=skip skips such steps, check_finite=true on the model "
+                          "names the node that first makes a NaN or Inf");
+      }
+      return SkipStep(what, out);
     }
     if (clip_ > 0 && grad_norm > clip_) scale *= clip_ / grad_norm;
     Attrs attrs = opt_attrs_;
@@ -307,6 +321,27 @@ class TrainStep : public StreamKernel {
   }
 
   // eval_loss, and eval_<name> for every other scalar output of the model (eval_lm_loss).
+  // on_nonfinite=skip: the step's gradients are dropped and the parameters stay as they were.
+  Status SkipStep(const std::string& what, Emitter& out) {
+    ++skipped_;
+    LOG(WARNING) << ctx_.node() << ": step " << step_ << " skipped: " << what;
+    std::vector<std::pair<std::string, double>> values = {
+        {"skipped_steps", static_cast<double>(skipped_)}, {"lr", schedule_.At(step_)}};
+    ctx_.Metric(step_, values);
+    Batch metrics;
+    WEIR_RETURN_IF_ERROR(metrics.Set("step", IntColumn{step_}));
+    for (const auto& [k, v] : values) WEIR_RETURN_IF_ERROR(metrics.Set(k, FloatColumn{v}));
+    out.Emit(std::move(metrics));
+    micro_ = 0;
+    scalar_sums_.clear();
+    statistics_.clear();
+    tokens_ = 0;
+    busy_ = 0;
+    if (checkpoint_every_ > 0 && step_ % checkpoint_every_ == 0) WEIR_RETURN_IF_ERROR(Save());
+    if (step_ >= steps_) ctx_.FinishSources();
+    return Status();
+  }
+
   Status Evaluate() {
     std::map<std::string, double> totals;
     for (const Batch& b : eval_) {
@@ -389,6 +424,8 @@ class TrainStep : public StreamKernel {
   Schedule schedule_;
   int64_t step_ = 0, micro_ = 0, data_position_ = 0, last_checkpoint_ = 0, last_eval_ = -1;
   double busy_ = 0;
+  bool skip_nonfinite_ = false;
+  int64_t skipped_ = 0;
   std::map<std::string, double> scalar_sums_;  // by model output name, over the micro-batches
   std::map<std::string, Tensor> statistics_;   // by state parameter, over the micro-batches
   std::shared_ptr<const Program> program_;     // the last one run, for its parameter list
@@ -464,6 +501,10 @@ void RegisterTrainStep(Registrar& r) {
       .Attr<double>("min_lr_ratio", 0.1, "cosine/wsd floor as a fraction of lr", Min(0.0), Max(1.0))
       .Attr<double>("decay_fraction", 0.2, "wsd: share of steps spent decaying", Min(0.0), Max(1.0))
       .Attr<double>("grad_clip", 1.0, "clip the global gradient norm to this (0: off)", Min(0.0))
+      .Attr<std::string>("on_nonfinite", "stop",
+                         "a NaN or Inf loss or gradient norm: stop the run with an error naming "
+                         "the step, or skip the step (no update; skipped_steps is logged)",
+                         OneOf{"stop", "skip"})
       .Attr<int64_t>("eval_every", 0, "evaluate every N steps and at the end (0: never)", Min(0))
       .Attr<int64_t>("eval_batches", 4, "held-out batches kept for evaluation", Min(1))
       .Attr<int64_t>("checkpoint_every", 0, "save every N steps and at the end (0: never)", Min(0))

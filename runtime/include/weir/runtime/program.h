@@ -58,6 +58,9 @@ struct ProgramOptions {
   // wave alive for the whole wave. Off: one node at a time, each GEMM on all cores, which is
   // faster on 2 cores (config M bf16 950 vs 880 tokens/s) where every large op fills the machine.
   bool concurrent_nodes = false;
+  // After every node, check its floating outputs for NaN and Inf; the first one found is an
+  // error naming the node, its op and the output (a debugging aid: it reads every value).
+  bool check_finite = false;
 };
 
 struct MemoryPlanStats {
@@ -147,6 +150,7 @@ class Program {
   std::map<ValueRef, int64_t> offsets_;
   ProgramStats stats_;
   std::string device_;
+  bool check_finite_ = false;
 
   friend class ProgramBuilder;
 };
