@@ -50,7 +50,8 @@ Options:
 constexpr char kModelGraph[] = "graphs/models/deepseek_v3.pbtxt";
 
 // The shipped model graph: <prefix>/share/weir/<kModelGraph>, else the first folder above the
-// binary that holds it (the source tree of a build folder).
+// binary that holds it (the source tree of a build folder), else the source tree weir was built
+// from.
 StatusOr<fs::path> FindModelGraph() {
   std::error_code ec;
   fs::path exe = fs::read_symlink("/proc/self/exe", ec);
@@ -62,6 +63,9 @@ StatusOr<fs::path> FindModelGraph() {
     if (fs::exists(dir / kModelGraph, ec)) return dir / kModelGraph;
     if (dir == dir.parent_path()) break;
   }
+  // A build folder outside the source tree: the source tree it was built from.
+  fs::path source = fs::path(WEIR_SOURCE_DIR) / kModelGraph;
+  if (fs::exists(source, ec)) return source;
   return NotFound(std::string("cannot find ") + kModelGraph + " near " + exe.string() +
                   "; pass --graph FILE");
 }
