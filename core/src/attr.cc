@@ -405,6 +405,16 @@ StatusOr<AttrValue> CoerceLiteral(const Literal& lit, AttrType type) {
   }
 }
 
+StatusOr<std::map<std::string, AttrValue>> ParseAttrValues(std::string_view text,
+                                                           const SourceLoc& start) {
+  WEIR_ASSIGN_OR_RETURN(auto parsed, ParseAttrString(text, start));
+  std::map<std::string, AttrValue> values;
+  for (const AttrAssignment& a : parsed) {
+    WEIR_ASSIGN_OR_RETURN(values[a.key], InferLiteral(a.value));
+  }
+  return values;
+}
+
 StatusOr<AttrValue> InferLiteral(const Literal& lit) {
   AttrValue v;
   switch (lit.kind) {

@@ -14,10 +14,8 @@ StatusOr<ModelSpec> ReadModel(const ResourceSpec& resource) {
   spec.name = resource.name;
   for (const auto& [key, value] : resource.resolved_attrs) {
     if (key == "function") spec.function = value.func();
-    if (key != "attrs") continue;
-    WEIR_ASSIGN_OR_RETURN(auto parsed, ParseAttrString(value.s(), resource.loc));
-    for (const AttrAssignment& a : parsed) {
-      WEIR_ASSIGN_OR_RETURN(spec.attrs[a.key], InferLiteral(a.value));
+    if (key == "attrs") {
+      WEIR_ASSIGN_OR_RETURN(spec.attrs, ParseAttrValues(value.s(), resource.loc));
     }
   }
   return spec;

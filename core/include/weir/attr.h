@@ -7,6 +7,7 @@
 // parameter references ($name). They stay untyped Literals until a schema gives them a type.
 #pragma once
 
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -50,6 +51,10 @@ StatusOr<AttrValue> CoerceLiteral(const Literal& literal, AttrType type);
 // The natural type of a literal written without a schema (graph params): integers are int,
 // other numbers float, true/false bool, words and quoted text string, lists of those lists.
 StatusOr<AttrValue> InferLiteral(const Literal& literal);
+// Parses an attr string whose values have no schema (a model resource's function attrs), each
+// typed by InferLiteral.
+StatusOr<std::map<std::string, AttrValue>> ParseAttrValues(std::string_view text,
+                                                           const SourceLoc& start);
 AttrType InferredType(const AttrValue& value);
 
 // Converts an already typed value (a param's) to an attr's type: int widens to float, a string

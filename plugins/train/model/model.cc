@@ -68,12 +68,8 @@ void RegisterModel(Registrar& r) {
             "run independent nodes at the same time (their GEMMs single-threaded); helps when "
             "single ops cannot fill the cores, slower on 2 cores (plugins/train/README.md)")
       .Factory([](const ResourceContext& ctx) -> StatusOr<std::shared_ptr<Resource>> {
-        std::map<std::string, AttrValue> attrs;
-        WEIR_ASSIGN_OR_RETURN(auto parsed,
-                              ParseAttrString(ctx.attrs().String("attrs"), SourceLoc{}));
-        for (const AttrAssignment& a : parsed) {
-          WEIR_ASSIGN_OR_RETURN(attrs[a.key], InferLiteral(a.value));
-        }
+        WEIR_ASSIGN_OR_RETURN(auto attrs,
+                              ParseAttrValues(ctx.attrs().String("attrs"), SourceLoc{}));
         const std::string& function = ctx.attrs().Get("function").func();
         // Instantiating once here reports a bad function or attr when the run starts.
         WEIR_RETURN_IF_ERROR(
