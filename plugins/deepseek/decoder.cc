@@ -5,6 +5,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "weir/attr.h"
+
 namespace weir::deepseek {
 
 LatentDecoder::LatentDecoder(const Graph& graph, std::map<std::string, AttrValue> attrs,
@@ -50,8 +52,11 @@ StatusOr<std::vector<Tensor>> LatentDecoder::Run(const std::string& function,
 void LatentDecoder::Open(Cache& cache, int64_t batch, int64_t layers) const {
   if (!cache.latent.empty()) return;
   DataType dtype = DT_F32;
-  if (auto t = attrs_.find("T"); t != attrs_.end() && t->second.has_type())
-    dtype = t->second.type();
+  // T may be written as a word ("bf16" in a resource's attrs string): typed as the graph types it.
+  if (auto t = attrs_.find("T"); t != attrs_.end()) {
+    auto typed = ConvertValue(t->second, ATTR_TYPE);
+    if (typed.ok()) dtype = typed->type();
+  }
   for (int64_t l = 0; l < layers; ++l) {
     cache.latent.push_back(Tensor::Zeros(dtype, {batch, 0, Int("kv_lora_rank")}));
     cache.rope_key.push_back(Tensor::Zeros(dtype, {batch, 0, Int("qk_rope_head_dim")}));

@@ -344,6 +344,25 @@ TEST(ChooseToken, SamplesTheSoftmaxWithinTopKAndTopP) {
   EXPECT_EQ(deepseek::ChooseToken(logits, 4, o, rng), 0);
 }
 
+// A model resource writes T as a word ("T=bf16"): the cache takes that dtype too.
+TEST(TinyDeepseekV3, DecodesInTheDtypeAWordNames) {
+  std::map<std::string, AttrValue> attrs = TinyV3("f32");
+  attrs["T"].set_s("bf16");
+  auto full = Build(attrs, 1, 4, "");
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  ParamStore params;
+  params.Initialize((*full)->params(), 2);
+  auto loaded = LoadTestGraph(TestGraph("good/deepseek_import.pbtxt"));
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  deepseek::LatentDecoder decoder(*loaded, attrs, TestRegistry(), params);
+  Tensor prompt = RandomTokens(1, 4, 13, 1)[0];
+  auto prefill = decoder.Feed(prompt.Slice(1, 0, 3).Contiguous());
+  ASSERT_TRUE(prefill.ok()) << prefill.status().ToString();
+  auto step = decoder.Feed(prompt.Slice(1, 3, 4).Contiguous());
+  ASSERT_TRUE(step.ok()) << step.status().ToString();
+  EXPECT_EQ(step->dtype(), DT_BF16);
+}
+
 TEST(TinyDeepseekV3, DenseOnlyModelHasNoMoeLayers) {
   std::map<std::string, AttrValue> a = TinyV3("f32");
   a["first_k_dense_replace"].set_i(2);

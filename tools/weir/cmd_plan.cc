@@ -2,7 +2,6 @@
 #include <cstdio>
 #include <iostream>
 #include <map>
-#include <optional>
 #include <sstream>
 
 #include "args.h"
@@ -97,9 +96,8 @@ Status PlanModel(const Graph& graph, const ResourceSpec& r, int64_t seq) {
   }
   DataType dtype = DT_F32;
   if (auto t = attrs.find("T"); t != attrs.end()) {
-    std::optional<DataType> parsed =
-        t->second.has_type() ? t->second.type() : ParseDataType(t->second.s());
-    if (parsed) dtype = *parsed;
+    auto typed = ConvertValue(t->second, ATTR_TYPE);
+    if (typed.ok()) dtype = typed->type();
   }
   std::printf("model '%s': function %s, %s, sequence of %lld tokens\n", r.name.c_str(),
               function.c_str(), DataTypeName(dtype), static_cast<long long>(seq));
