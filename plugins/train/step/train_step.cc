@@ -304,29 +304,20 @@ class TrainStep : public StreamKernel {
     busy_ += std::chrono::duration<double>(Clock::now() - t0).count();
     values[3].second = busy_ > 0 ? static_cast<double>(tokens_) / busy_ : 0;
     values[4].second = busy_;
-    ctx_.Metric(step_, values);
-    Batch metrics;
-    WEIR_RETURN_IF_ERROR(metrics.Set("step", IntColumn{step_}));
-    for (const auto& [k, v] : values) WEIR_RETURN_IF_ERROR(metrics.Set(k, FloatColumn{v}));
-    out.Emit(std::move(metrics));
-    micro_ = 0;
-    scalar_sums_.clear();
-    tokens_ = 0;
-    busy_ = 0;
-    if (eval_every_ > 0 && step_ % eval_every_ == 0 && !eval_.empty())
-      WEIR_RETURN_IF_ERROR(Evaluate());
-    if (checkpoint_every_ > 0 && step_ % checkpoint_every_ == 0) WEIR_RETURN_IF_ERROR(Save());
-    if (step_ >= steps_) ctx_.FinishSources();
-    return Status();
+    return EndStep(values, out);
   }
 
-  // eval_loss, and eval_<name> for every other scalar output of the model (eval_lm_loss).
   // on_nonfinite=skip: the step's gradients are dropped and the parameters stay as they were.
   Status SkipStep(const std::string& what, Emitter& out) {
     ++skipped_;
     LOG(WARNING) << ctx_.node() << ": step " << step_ << " skipped: " << what;
-    std::vector<std::pair<std::string, double>> values = {
-        {"skipped_steps", static_cast<double>(skipped_)}, {"lr", schedule_.At(step_)}};
+    return EndStep({{"skipped_steps", static_cast<double>(skipped_)}, {"lr", schedule_.At(step_)}},
+                   out);
+  }
+
+  // What every optimizer step ends with, taken or skipped: its metrics, fresh accumulators, and
+  // the evaluation, checkpoint and stop that fall on it.
+  Status EndStep(const std::vector<std::pair<std::string, double>>& values, Emitter& out) {
     ctx_.Metric(step_, values);
     Batch metrics;
     WEIR_RETURN_IF_ERROR(metrics.Set("step", IntColumn{step_}));
@@ -337,11 +328,14 @@ class TrainStep : public StreamKernel {
     statistics_.clear();
     tokens_ = 0;
     busy_ = 0;
+    if (eval_every_ > 0 && step_ % eval_every_ == 0 && !eval_.empty())
+      WEIR_RETURN_IF_ERROR(Evaluate());
     if (checkpoint_every_ > 0 && step_ % checkpoint_every_ == 0) WEIR_RETURN_IF_ERROR(Save());
     if (step_ >= steps_) ctx_.FinishSources();
     return Status();
   }
 
+  // eval_loss, and eval_<name> for every other scalar output of the model (eval_lm_loss).
   Status Evaluate() {
     std::map<std::string, double> totals;
     for (const Batch& b : eval_) {
