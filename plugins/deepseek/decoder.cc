@@ -117,14 +117,26 @@ StatusOr<Tensor> LatentDecoder::FeedMtp(const Tensor& h, const Tensor& next_toke
   return logits[0];
 }
 
+namespace {
+
+// The likeliest token (ties: the first).
+int64_t Argmax(const float* logits, int64_t vocab) {
+  int64_t best = 0;
+  for (int64_t v = 1; v < vocab; ++v)
+    if (logits[v] > logits[best]) best = v;
+  return best;
+}
+
+bool Stops(const GenerateOptions& options, int64_t token) {
+  return std::find(options.stop_tokens.begin(), options.stop_tokens.end(), token) !=
+         options.stop_tokens.end();
+}
+
+}  // namespace
+
 int64_t ChooseToken(const float* logits, int64_t vocab, const GenerateOptions& options,
                     std::mt19937_64& rng) {
-  if (options.temperature <= 0) {
-    int64_t best = 0;
-    for (int64_t v = 1; v < vocab; ++v)
-      if (logits[v] > logits[best]) best = v;
-    return best;
-  }
+  if (options.temperature <= 0) return Argmax(logits, vocab);
   // The candidates, likeliest first; top-k, then the nucleus of top-p.
   std::vector<int64_t> ids(static_cast<size_t>(vocab));
   std::iota(ids.begin(), ids.end(), 0);
@@ -164,18 +176,13 @@ double Since(Clock::time_point t) {
 Status Speculate(LatentDecoder& decoder, const Tensor& prompt, const GenerateOptions& options,
                  Generated& out) {
   std::vector<int64_t>& tokens = out.tokens[0];
-  auto stops = [&](int64_t t) {
-    return std::find(options.stop_tokens.begin(), options.stop_tokens.end(), t) !=
-           options.stop_tokens.end();
-  };
   // Appends t; false when the prompt is done.
   auto emit = [&](int64_t t) {
     tokens.push_back(t);
-    return !stops(t) && static_cast<int64_t>(tokens.size()) < options.max_new;
+    return !Stops(options, t) && static_cast<int64_t>(tokens.size()) < options.max_new;
   };
-  std::mt19937_64 unused;
-  auto greedy = [&](const Tensor& logits, int64_t t) {
-    return ChooseToken(logits.data<float>() + t * logits.dim(2), logits.dim(2), options, unused);
+  auto greedy = [](const Tensor& logits, int64_t t) {
+    return Argmax(logits.data<float>() + t * logits.dim(2), logits.dim(2));
   };
   auto start = Clock::now();
   WEIR_ASSIGN_OR_RETURN(Tensor logits, decoder.Feed(prompt));
@@ -266,9 +273,8 @@ StatusOr<Generated> Generate(LatentDecoder& decoder, const Tensor& prompts,
                               rngs[static_cast<size_t>(b)]);
       tokens.push_back(t);
       next[static_cast<size_t>(b)] = t;
-      bool stop = std::find(options.stop_tokens.begin(), options.stop_tokens.end(), t) !=
-                  options.stop_tokens.end();
-      done[static_cast<size_t>(b)] = stop || static_cast<int64_t>(tokens.size()) >= options.max_new;
+      done[static_cast<size_t>(b)] =
+          Stops(options, t) || static_cast<int64_t>(tokens.size()) >= options.max_new;
       any = any || !done[static_cast<size_t>(b)];
     }
     if (!any) break;
