@@ -27,6 +27,18 @@ StatusOr<int> Args::GetInt(const std::string& name, int fallback) const {
   return InvalidArgument("--" + name + " expects an integer, got '" + *v + "'");
 }
 
+StatusOr<double> Args::GetFloat(const std::string& name, double fallback) const {
+  auto v = Get(name);
+  if (!v) return fallback;
+  try {
+    size_t used = 0;
+    double x = std::stod(*v, &used);
+    if (used == v->size()) return x;
+  } catch (...) {
+  }
+  return InvalidArgument("--" + name + " expects a number, got '" + *v + "'");
+}
+
 StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, const std::vector<FlagSpec>& specs) {
   Args args;
   for (size_t i = 0; i < argv.size(); ++i) {

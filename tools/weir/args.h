@@ -25,6 +25,7 @@ struct Args {
   std::optional<std::string> Get(const std::string& name) const;
   std::vector<std::string> All(const std::string& name) const;
   StatusOr<int> GetInt(const std::string& name, int fallback) const;
+  StatusOr<double> GetFloat(const std::string& name, double fallback) const;
 };
 
 StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, const std::vector<FlagSpec>& specs);

@@ -49,16 +49,6 @@ Options:
   --set key=value   override a graph param (repeatable)
 )";
 
-StatusOr<double> GetFloat(const Args& args, const std::string& name, double fallback) {
-  auto v = args.Get(name);
-  if (!v) return fallback;
-  char* end = nullptr;
-  double d = std::strtod(v->c_str(), &end);
-  if (end == v->c_str() || *end != '\0')
-    return InvalidArgument("--" + name + " takes a number, got '" + *v + "'");
-  return d;
-}
-
 Status Generate(const Args& args) {
   WEIR_ASSIGN_OR_RETURN(Graph graph, PrepareGraph(args.positional[0], args.All("set")));
   WEIR_ASSIGN_OR_RETURN(ModelSpec model, FindModel(graph, args.Get("model").value_or("")));
@@ -76,8 +66,8 @@ Status Generate(const Args& args) {
   WEIR_ASSIGN_OR_RETURN(int max_new, args.GetInt("max-new", 32));
   WEIR_ASSIGN_OR_RETURN(int top_k, args.GetInt("top-k", 0));
   WEIR_ASSIGN_OR_RETURN(int seed, args.GetInt("seed", 0));
-  WEIR_ASSIGN_OR_RETURN(options.temperature, GetFloat(args, "temperature", 0));
-  WEIR_ASSIGN_OR_RETURN(options.top_p, GetFloat(args, "top-p", 1));
+  WEIR_ASSIGN_OR_RETURN(options.temperature, args.GetFloat("temperature", 0));
+  WEIR_ASSIGN_OR_RETURN(options.top_p, args.GetFloat("top-p", 1));
   if (max_new < 1) return InvalidArgument("--max-new must be at least 1");
   if (top_k < 0 || options.temperature < 0)
     return InvalidArgument("--top-k and --temperature cannot be negative");
