@@ -4,33 +4,17 @@ group-limited routing with a selection bias, MTP depth 1) written the plain PyTo
 run by a loop over the experts with index_add), trained with AdamW on random tokens. Prints the
 median tokens/s of the timed steps. Written from ../shared/spec/deepseek.md, as weir's model is."""
 import argparse
-import math
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
-
-class RMSNorm(torch.nn.Module):
-    def __init__(self, d, eps=1e-6):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(d))
-        self.eps = eps
-
-    def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+from torch_gpt import RMSNorm, rope, train_rate  # the GPT peer beside this file
 
 
 def linear(i, o, std=0.02):
     m = torch.nn.Linear(i, o, bias=False)
     torch.nn.init.normal_(m.weight, std=std)
     return m
-
-
-def rope(x, cos, sin):  # adjacent pairs
-    x0, x1 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
 
 
 class MLA(torch.nn.Module):
@@ -148,24 +132,7 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    model = Model(a)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    g = torch.Generator().manual_seed(0)
-    rates = []
-    for step in range(a.warmup + a.steps):
-        tokens = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g)
-        targets = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g)
-        start = time.perf_counter()
-        loss = model(tokens, targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        elapsed = time.perf_counter() - start
-        if step >= a.warmup:
-            rates.append(a.batch * a.seq / elapsed)
-        assert math.isfinite(loss.item())
-    print(f"{statistics.median(rates):.1f}")
+    print(f"{train_rate(Model(a), a.vocab, a.batch, a.seq, a.steps, a.warmup):.1f}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 GQA attention with interleaved RoPE, SwiGLU, untied head), AdamW (betas 0.9/0.95, wd 0.1), global
 norm clipping at 1.0, random tokens. Prints the median training tokens/s over the timed steps."""
 import argparse
+import contextlib
 import math
 import statistics
 import time
@@ -84,6 +85,29 @@ class Gpt(torch.nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
 
 
+def train_rate(model, vocab, batch, seq, steps, warmup, bf16=False):
+    """Median training tokens/s of `steps` AdamW steps on random tokens after `warmup` ones
+    (the caller sets the threads, 2, before building the model)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+    rates = []
+    for step in range(warmup + steps):
+        tokens = torch.randint(0, vocab, (batch, seq), generator=g)
+        targets = torch.randint(0, vocab, (batch, seq), generator=g)
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            loss = model(tokens, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        elapsed = time.perf_counter() - start
+        if step >= warmup:
+            rates.append(batch * seq / elapsed)
+        assert math.isfinite(loss.item())
+    return statistics.median(rates)
+
+
 def main():
     p = argparse.ArgumentParser()
     for name, default in [("vocab", 4096), ("layers", 4), ("d", 256), ("heads", 4), ("kv_heads", 4),
@@ -94,24 +118,8 @@ def main():
     torch.set_num_threads(2)
     torch.manual_seed(0)
     model = Gpt(a.vocab, a.layers, a.d, a.heads, a.kv_heads, a.d_ff)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    g = torch.Generator().manual_seed(0)
-    rates = []
-    for step in range(a.warmup + a.steps):
-        tokens = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g)
-        targets = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g)
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
-            loss = model(tokens, targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        elapsed = time.perf_counter() - start
-        if step >= a.warmup:
-            rates.append(a.batch * a.seq / elapsed)
-        assert math.isfinite(loss.item())
-    print(f"{statistics.median(rates):.1f}")
+    rate = train_rate(model, a.vocab, a.batch, a.seq, a.steps, a.warmup, a.dtype == "bf16")
+    print(f"{rate:.1f}")
 
 
 if __name__ == "__main__":
