@@ -98,6 +98,12 @@ AccumulatorOf<T> ExpSum(const T* row, int64_t n, AccumulatorOf<T> scale, Accumul
                         : ExpSumLoop<false>(row, n, scale, shift, out);
 }
 
+// The gradient of an op whose output is its input (a shared weight, a marker).
+inline Status IdentityGradient(GradContext& g) {
+  if (g.needs_grad(0)) g.set_input_grad(0, g.grad(0));
+  return Status();
+}
+
 // Shape function helper: the output has the type of input `i`.
 inline ShapeFn SameAsInput(int i = 0, int outputs = 1) {
   return [i, outputs](ShapeContext& ctx) {

@@ -89,20 +89,14 @@ void RegisterLinear(Registrar& r) {
           },
           [](const Attrs& a, const weir::Shape&) { return Init::Normal(a.Float("init_std")); })
       .View()
-      .Shape([](ShapeContext& c) {
-        c.set_output(0, c.input(0));
-        return Status();
-      })
+      .Shape(SameAsInput())
       .Kernel("cpu",
               [](KernelContext& ctx) {
                 Tensor src = ctx.input(0).Contiguous();
                 std::memcpy(ctx.output(0).raw_data(), src.raw_data(), src.nbytes());
                 return Status();
               })
-      .Gradient([](GradContext& g) {
-        if (g.needs_grad(0)) g.set_input_grad(0, g.grad(0));
-        return Status();
-      });
+      .Gradient(IdentityGradient);
 }
 
 }  // namespace weir::nn

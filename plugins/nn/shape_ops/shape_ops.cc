@@ -537,10 +537,7 @@ void RegisterShapeOps(Registrar& r) {
         return Status();
       })
       .Kernel("cpu", CopyKernel)
-      .Gradient([](GradContext& g) {
-        if (g.needs_grad(0)) g.set_input_grad(0, g.grad(0));
-        return Status();
-      })
+      .Gradient(IdentityGradient)
       .Cost([](const std::vector<TensorType>& in, const std::vector<TensorType>&, const Attrs&) {
         const Shape& s = in[0].shape;
         OpCost cost;
