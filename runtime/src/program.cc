@@ -828,6 +828,13 @@ ProgramCost Program::Cost() const {
   return cost;
 }
 
+std::map<std::string, std::vector<TensorType>> Program::ForwardTypes() const {
+  std::map<std::string, std::vector<TensorType>> types;
+  for (const Node& n : nodes_)
+    if (n.kind == Node::kOp && n.phase == Node::kForward) types[n.name] = n.outputs;
+  return types;
+}
+
 std::string Program::DebugString() const {
   std::ostringstream out;
   const char* phases[] = {"F", "B", "W"};

@@ -14,5 +14,7 @@ int PlanCommand(const std::vector<std::string>& args);
 int GenerateCommand(const std::vector<std::string>& args);
 int LogitsCommand(const std::vector<std::string>& args);
 int HfCommand(const std::vector<std::string>& args);
+int VizCommand(const std::vector<std::string>& args);
+int ReportCommand(const std::vector<std::string>& args);
 
 }  // namespace weir::cli

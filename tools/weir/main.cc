@@ -20,6 +20,8 @@ Commands:
   logits --hf DIR --tokens FILE --out F  a Hugging Face DeepSeek checkpoint's logits, as .npy
   generate GRAPH --checkpoint DIR --tokens FILE [--speculative]  greedy decoding (MTP drafts)
   hf import|export DIR --out DIR         Hugging Face DeepSeek checkpoints to weir and back
+  viz GRAPH [-o OUT.html|.svg|.dot]      draw the graph: a self-contained page with folded repeats
+  report RUN_DIR [-o OUT.html]           a run's curves, expert load, node times and timeline
 
 Run 'weir COMMAND --help' for a command's options.
 Plugins load from the plugin folder beside libweir_core, then $WEIR_PLUGIN_PATH (':'-separated),
@@ -51,6 +53,8 @@ int main(int argc, char** argv) {
   if (command == "generate") return weir::cli::GenerateCommand(args);
   if (command == "logits") return weir::cli::LogitsCommand(args);
   if (command == "hf") return weir::cli::HfCommand(args);
+  if (command == "viz") return weir::cli::VizCommand(args);
+  if (command == "report") return weir::cli::ReportCommand(args);
   std::cerr << "weir: unknown command '" << command << "'\n\n" << kUsage;
   return 2;
 }

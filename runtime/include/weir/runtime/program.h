@@ -126,6 +126,9 @@ class Program {
   const std::vector<std::string>& output_names() const { return output_names_; }
   const ProgramStats& stats() const { return stats_; }
   ProgramCost Cost() const;
+  // The inferred output types of every forward op node, by node name (what `weir viz` prints on
+  // a graph's edges).
+  std::map<std::string, std::vector<TensorType>> ForwardTypes() const;
   // One line per node: "B  layers.0.mlp.w1/grad_x = nn.MatMul(...)", for debugging and docs.
   std::string DebugString() const;
 
