@@ -5,7 +5,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
-#include <regex>
 
 #include "weir/dtype.h"
 #include "weir/json.h"
@@ -18,14 +17,41 @@ bool IsKeyChar(char c) {
 }
 bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
-bool IsNumberText(const std::string& t) {
-  static const std::regex kNumber(R"([+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?)");
-  return std::regex_match(t, kNumber);
+// Number syntax is checked by hand: libstdc++'s std::regex recurses once per character and a
+// long number in a hostile file overflowed the stack.
+size_t SkipDigits(std::string_view t, size_t i) {
+  while (i < t.size() && t[i] >= '0' && t[i] <= '9') ++i;
+  return i;
 }
 
-bool IsIntegerText(const std::string& t) {
-  static const std::regex kInteger(R"([+-]?\d+)");
-  return std::regex_match(t, kInteger);
+size_t SkipSign(std::string_view t, size_t i) {
+  return i < t.size() && (t[i] == '+' || t[i] == '-') ? i + 1 : i;
+}
+
+// [+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?
+bool IsNumberText(std::string_view t) {
+  size_t begin = SkipSign(t, 0);
+  size_t i = SkipDigits(t, begin);
+  bool whole = i > begin;
+  if (i < t.size() && t[i] == '.') {
+    size_t fraction = i + 1;
+    i = SkipDigits(t, fraction);
+    if (!whole && i == fraction) return false;
+  } else if (!whole) {
+    return false;
+  }
+  if (i < t.size() && (t[i] == 'e' || t[i] == 'E')) {
+    size_t exponent = SkipSign(t, i + 1);
+    i = SkipDigits(t, exponent);
+    if (i == exponent) return false;
+  }
+  return i == t.size();
+}
+
+// [+-]?\d+
+bool IsIntegerText(std::string_view t) {
+  size_t begin = SkipSign(t, 0);
+  return begin < t.size() && SkipDigits(t, begin) == t.size();
 }
 
 class LiteralParser {
@@ -62,6 +88,10 @@ class LiteralParser {
     if (AtEnd()) return Error(pos_, "expected a value");
     char c = s_[pos_];
     if (c == '[') {
+      // Lists nest by recursion: the bound keeps a hostile value from running off the end of the
+      // stack (tensor literals nest once per dimension).
+      if (list_depth_ == kMaxListDepth)
+        return Error(pos_, "lists nest more than " + std::to_string(kMaxListDepth) + " deep");
       lit.kind = Literal::kList;
       ++pos_;
       SkipSpace();
@@ -69,6 +99,7 @@ class LiteralParser {
         ++pos_;
         return lit;
       }
+      ++list_depth_;
       while (true) {
         SkipSpace();
         WEIR_ASSIGN_OR_RETURN(Literal item, ParseValue(/*in_list=*/true));
@@ -82,6 +113,7 @@ class LiteralParser {
         }
         if (s_[pos_] == ']') {
           ++pos_;
+          --list_depth_;
           return lit;
         }
         return Error(pos_, "expected ',' or ']' in list, got '" + std::string(1, s_[pos_]) + "'");
@@ -138,9 +170,11 @@ class LiteralParser {
   }
 
  private:
+  static constexpr int kMaxListDepth = 64;
   std::string_view s_;
   SourceLoc start_;
   size_t pos_ = 0;
+  int list_depth_ = 0;
 };
 
 // How a literal reads in an error message.

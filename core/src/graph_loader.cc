@@ -3,9 +3,9 @@
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 
+#include <algorithm>
 #include <fstream>
 #include <memory>
-#include <regex>
 #include <set>
 #include <sstream>
 
@@ -19,6 +19,30 @@ using google::protobuf::FieldDescriptor;
 using google::protobuf::TextFormat;
 
 namespace {
+
+// Real graphs import a few levels (a preset, its model, shared blocks); a chain of distinct files
+// this deep is generated or hostile, and each level holds a parsed file in memory.
+constexpr size_t kMaxImportDepth = 64;
+
+// Names are checked by hand, not with std::regex: libstdc++'s recurses once per character, and a
+// long name in a hostile file overflowed the stack.
+bool IsAsciiLetter(char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
+bool IsAsciiDigit(char c) { return c >= '0' && c <= '9'; }
+
+// A node name: a letter or '_', then letters, digits, '_', '.' and '-'.
+bool IsNodeName(std::string_view s) {
+  return !s.empty() && (IsAsciiLetter(s[0]) || s[0] == '_') &&
+         std::all_of(s.begin(), s.end(), [](char c) {
+           return IsAsciiLetter(c) || IsAsciiDigit(c) || c == '_' || c == '.' || c == '-';
+         });
+}
+
+// A port: its name or index, letters, digits and '_'.
+bool IsPortName(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+    return IsAsciiLetter(c) || IsAsciiDigit(c) || c == '_';
+  });
+}
 
 class CollectErrors : public google::protobuf::io::ErrorCollector {
  public:
@@ -37,15 +61,23 @@ class CollectErrors : public google::protobuf::io::ErrorCollector {
   const std::vector<Status>& errors() const { return errors_; }
 
  private:
-  // For an unknown field: the field meant, or the brace that is probably missing.
+  // For an unknown field: the field meant, or the brace that is probably missing. Protobuf
+  // words it: Message type "weir.NodeDef" has no field named "nodes".
   static std::string Hint(const std::string& message) {
-    static const std::regex kUnknown(R"re(Message type "([\w.]+)" has no field named "(\w+)")re");
-    std::smatch m;
-    if (!std::regex_search(message, m, kUnknown)) return "";
+    const std::string type_begin = "Message type \"", field_begin = "\" has no field named \"";
+    size_t type_at = message.find(type_begin);
+    if (type_at == std::string::npos) return "";
+    type_at += type_begin.size();
+    size_t field_at = message.find(field_begin, type_at);
+    if (field_at == std::string::npos) return "";
+    std::string type = message.substr(type_at, field_at - type_at);
+    field_at += field_begin.size();
+    size_t field_end = message.find('"', field_at);
+    if (field_end == std::string::npos) return "";
     const Descriptor* d =
-        google::protobuf::DescriptorPool::generated_pool()->FindMessageTypeByName(m[1]);
+        google::protobuf::DescriptorPool::generated_pool()->FindMessageTypeByName(type);
     if (d == nullptr) return "";
-    std::string field = m[2];
+    std::string field = message.substr(field_at, field_end - field_at);
     for (const Descriptor* outer : {GraphDef::descriptor(), FunctionDef::descriptor()}) {
       if (outer != d && outer->FindFieldByName(field) != nullptr)
         return " (is a closing '}' missing before it?)";
@@ -136,10 +168,7 @@ StatusOr<Endpoint> ParseEndpoint(const std::string& text, const SourceLoc& loc) 
   size_t colon = rest.find(':');
   e.node = rest.substr(0, colon);
   if (colon != std::string::npos) e.port = rest.substr(colon + 1);
-  static const std::regex kNode(R"([A-Za-z_][A-Za-z0-9_.\-]*)");
-  static const std::regex kPort(R"([A-Za-z0-9_]+)");
-  if (!std::regex_match(e.node, kNode) ||
-      (colon != std::string::npos && !std::regex_match(e.port, kPort)) ||
+  if (!IsNodeName(e.node) || (colon != std::string::npos && !IsPortName(e.port)) ||
       (e.control && colon != std::string::npos)) {
     Status s =
         InvalidArgument("input '" + text + "' is not of the form 'node', 'node:port' or '^node'");
@@ -167,9 +196,8 @@ StatusOr<NodeSpec> ParseNodeSpec(const NodeDef& def, const Locator& at) {
     return s;
   };
   // Dots are allowed so that a resolved graph, whose expanded names hold them, loads again.
-  static const std::regex kName(R"([A-Za-z_][A-Za-z0-9_.\-]*)");
   if (n.name.empty()) return fail(InvalidArgument("node has no name").At(n.loc));
-  if (!std::regex_match(n.name, kName)) {
+  if (!IsNodeName(n.name)) {
     return fail(InvalidArgument("node name must start with a letter or '_' and hold only letters, "
                                 "digits, '_', '.' and '-'")
                     .At(n.name_loc));
@@ -213,6 +241,13 @@ StatusOr<std::unique_ptr<ParsedFile>> ParseFile(const fs::path& path, const std:
   file->path = path;
   std::ifstream in(path, std::ios::binary);
   if (!in) return NotFound("cannot read graph file " + shown);
+  // Graphs are written by people; a file this large is a mistake or hostile, not a model.
+  constexpr std::uintmax_t kMaxGraphFileBytes = 64 << 20;
+  std::error_code ec;
+  if (std::uintmax_t size = fs::file_size(path, ec); !ec && size > kMaxGraphFileBytes)
+    return InvalidArgument(shown + " is " + std::to_string(size) +
+                           " bytes; a graph file is at most " + std::to_string(kMaxGraphFileBytes) +
+                           " bytes");
   std::stringstream buffer;
   buffer << in.rdbuf();
   std::string content = buffer.str();
@@ -277,12 +312,23 @@ class GraphFileLoader {
             .At(imported_at);
       }
     }
+    if (stack_.size() >= kMaxImportDepth) {
+      return InvalidArgument("imports nest deeper than " + std::to_string(kMaxImportDepth) +
+                             " files")
+          .At(imported_at);
+    }
     if (!visited_.insert(canon.string()).second) return Status();  // diamond: already merged
     if (!fs::exists(path, ec)) {
       Status s = NotFound(root ? "graph file " + graph_->file.string() + " not found"
                                : "import '" + written + "' not found (no file " +
                                      path.lexically_normal().string() + ")");
       return s.At(imported_at);
+    }
+    // Reading a device or a pipe may never end (import: "/dev/zero").
+    if (!root && !fs::is_regular_file(path, ec)) {
+      return InvalidArgument("import '" + written + "' is not a file (" +
+                             path.lexically_normal().string() + ")")
+          .At(imported_at);
     }
     std::string shown = root ? graph_->file.string() : Relative(path);
     WEIR_ASSIGN_OR_RETURN(auto parsed, ParseFile(path, shown));

@@ -3,7 +3,6 @@
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
-#include <regex>
 #include <set>
 #include <tuple>
 
@@ -16,6 +15,10 @@ namespace {
 constexpr int kMaxCallDepth = 32;
 // Far above any real model (DeepSeek-V3 has 61 layers); a typo like repeat=6100000 fails fast.
 constexpr int64_t kMaxRepeat = 100000;
+// Nested repeats multiply (a function that repeats itself twice, 32 calls deep, is 2^32 copies),
+// so the whole graph gets the same budget of copies; and a call whose copies all fail stops
+// early, since every error has been said by then.
+constexpr size_t kMaxErrorsBeforeStopping = 100;
 
 // Variables visible to $references: a function's attrs (and $repeat_index), then the graph's
 // params.
@@ -88,7 +91,8 @@ class Expression {
       if (!plus && !Eat('-')) return v;
       WEIR_ASSIGN_OR_RETURN(Value r, Product());
       if (v.is_int && r.is_int) {
-        v.i = plus ? v.i + r.i : v.i - r.i;
+        if (plus ? __builtin_add_overflow(v.i, r.i, &v.i) : __builtin_sub_overflow(v.i, r.i, &v.i))
+          return Fail("integer overflow");
       } else {
         v = Float(plus ? v.d() + r.d() : v.d() - r.d());
       }
@@ -100,20 +104,36 @@ class Expression {
       bool times = Eat('*');
       if (!times && !Eat('/')) return v;
       WEIR_ASSIGN_OR_RETURN(Value r, Factor());
-      if (times) {
-        v = v.is_int && r.is_int ? Int(v.i * r.i) : Float(v.d() * r.d());
+      if (times && v.is_int && r.is_int) {
+        if (__builtin_mul_overflow(v.i, r.i, &v.i)) return Fail("integer overflow");
+      } else if (times) {
+        v = Float(v.d() * r.d());
       } else if (r.d() == 0) {
         return Fail("division by zero");
+      } else if (v.is_int && r.is_int && r.i == -1) {  // the one quotient that can overflow
+        if (__builtin_sub_overflow(int64_t{0}, v.i, &v.i)) return Fail("integer overflow");
       } else {
         v = v.is_int && r.is_int && v.i % r.i == 0 ? Int(v.i / r.i) : Float(v.d() / r.d());
       }
     }
   }
+  // Parentheses and signs nest by recursion: the bound keeps a hostile expression from running
+  // off the end of the stack.
   StatusOr<Value> Factor() {
+    if (nesting_ >= kMaxNesting)
+      return Fail("nested more than " + std::to_string(kMaxNesting) + " deep");
+    ++nesting_;
+    StatusOr<Value> v = Primary();
+    --nesting_;
+    return v;
+  }
+  StatusOr<Value> Primary() {
     Skip();
     if (Eat('-')) {
       WEIR_ASSIGN_OR_RETURN(Value v, Factor());
-      return v.is_int ? Int(-v.i) : Float(-v.f);
+      if (v.is_int && __builtin_sub_overflow(int64_t{0}, v.i, &v.i))
+        return Fail("integer overflow");
+      return v.is_int ? v : Float(-v.f);
     }
     if (Eat('(')) {
       WEIR_ASSIGN_OR_RETURN(Value v, Sum());
@@ -170,18 +190,31 @@ class Expression {
     }
   }
 
+  static constexpr int kMaxNesting = 200;
   std::string_view s_;
   const Scope& scope_;
   size_t pos_ = 0;
+  int nesting_ = 0;
 };
 
 bool IsExpression(const Literal& lit) {
   return lit.kind == Literal::kParam && !lit.text.empty() && lit.text[0] == '(';
 }
 
-bool ValidDevice(const std::string& device) {
-  static const std::regex kDevice(R"((cpu|cuda)(:\d+)?)");
-  return device.empty() || std::regex_match(device, kDevice);
+// "cpu" or "cuda", then optionally ":N". Not a std::regex: libstdc++'s recurses once per
+// character and overflows the stack on a long device string.
+bool ValidDevice(std::string_view device) {
+  if (device.empty()) return true;
+  if (device.starts_with("cpu")) {
+    device.remove_prefix(3);
+  } else if (device.starts_with("cuda")) {
+    device.remove_prefix(4);
+  } else {
+    return false;
+  }
+  if (device.empty()) return true;
+  return device.size() > 1 && device[0] == ':' &&
+         std::all_of(device.begin() + 1, device.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 // The output endpoints of an expanded function call, by output name and index.
@@ -706,8 +739,15 @@ class Resolver {
                .At(repeat_loc));
       return;
     }
+    copies_ += copies;
+    if (copies_ > kMaxRepeat) {
+      fail(InvalidArgument("the graph's function calls expand to more than " +
+                           std::to_string(kMaxRepeat) + " copies (nested repeats multiply)")
+               .At(repeat_loc));
+      return;
+    }
     std::vector<Endpoint> current = data;
-    for (int64_t k = 0; k < copies; ++k) {
+    for (int64_t k = 0; k < copies && errors_.size() < kMaxErrorsBeforeStopping; ++k) {
       std::string copy = repeat > 0 ? name + "." + std::to_string(k) : name;
       Scope local = base;
       local.vars["repeat_index"].set_i(k);
@@ -992,6 +1032,7 @@ class Resolver {
   std::set<std::string> failed_;    // nodes that were reported and left out
   std::vector<Status> errors_;
   std::set<std::string> seen_errors_;
+  int64_t copies_ = 0;  // function copies expanded so far, against kMaxRepeat
 };
 
 }  // namespace

@@ -10,6 +10,8 @@
 #include <sstream>
 #include <vector>
 
+#include "weir/atomic_file.h"
+
 namespace weir {
 
 std::string JsonQuote(std::string_view s) {
@@ -56,6 +58,9 @@ std::string ShortestDouble(double v) {
 std::string JsonNumber(double v) { return std::isfinite(v) ? ShortestDouble(v) : "null"; }
 
 StatusOr<google::protobuf::Struct> ParseJsonObject(std::string_view text) {
+  size_t first = text.find_first_not_of(" \t\r\n");
+  if (first == std::string_view::npos || text[first] != '{')
+    return InvalidArgument("not a JSON object: it does not start with '{'");
   google::protobuf::Struct out;
   auto status = google::protobuf::util::JsonStringToMessage(
       google::protobuf::StringPiece(text.data(), text.size()), &out);
@@ -70,11 +75,34 @@ StatusOr<google::protobuf::Struct> ParseJsonObject(std::string_view text) {
 StatusOr<google::protobuf::Struct> ReadJsonFile(const std::filesystem::path& path) {
   std::ifstream in(path);
   if (!in) return NotFound("cannot read " + path.string());
+  // State and manifest files are small; a huge one is damaged or hostile, not worth parsing.
+  constexpr std::uintmax_t kMaxJsonFileBytes = 64 << 20;
+  std::error_code ec;
+  if (std::uintmax_t size = std::filesystem::file_size(path, ec); !ec && size > kMaxJsonFileBytes)
+    return InvalidArgument(path.string() + " is " + std::to_string(size) +
+                           " bytes; a JSON file weir reads is at most " +
+                           std::to_string(kMaxJsonFileBytes) + " bytes");
   std::stringstream text;
   text << in.rdbuf();
   auto parsed = ParseJsonObject(text.str());
   if (!parsed.ok()) return InvalidArgument(path.string() + ": " + parsed.status().message());
   return parsed;
+}
+
+Status TrimJsonlAfterStep(const std::filesystem::path& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return Status();
+  std::string kept;
+  for (std::string line; std::getline(in, line);) {
+    auto row = ParseJsonObject(line);
+    if (!row.ok()) continue;  // a torn last line of a killed run
+    auto it = row->fields().find("step");
+    if (it != row->fields().end() && it->second.has_number_value() &&
+        it->second.number_value() > static_cast<double>(step))
+      continue;
+    kept += line + "\n";
+  }
+  return WriteFileAtomically(path, kept);
 }
 
 std::string JsonValueText(const google::protobuf::Value& v) {

@@ -113,8 +113,10 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const fs::path&
     uint64_t elements = 1;
     for (const auto& d : shape->list_value().values()) {
       double v = d.number_value();
-      if (v < 0 || v != static_cast<double>(static_cast<int64_t>(v)) || v > 1e15)
-        return bad("tensor '" + name + "' has a bad dim");
+      // The range first: converting a double past int64's range is undefined.
+      if (v < 0 || v > 1e15 || v != static_cast<double>(static_cast<int64_t>(v)))
+        return bad("tensor '" + name + "' has the dimension " + JsonValueText(d) +
+                   "; a dimension is a whole number from 0 to 10^15");
       e.shape.push_back(static_cast<int64_t>(v));
       if (__builtin_mul_overflow(elements, static_cast<uint64_t>(v), &elements))
         return bad("tensor '" + name + "' is too large");
@@ -126,9 +128,12 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const fs::path&
                  " bytes)");
     e.begin = static_cast<size_t>(b);
     e.end = static_cast<size_t>(en);
-    if (e.end - e.begin != elements * DataTypeSize(e.dtype)) {
+    uint64_t bytes = 0;
+    if (__builtin_mul_overflow(elements, DataTypeSize(e.dtype), &bytes))
+      return bad("tensor '" + name + "' is too large");
+    if (e.end - e.begin != bytes) {
       return bad("tensor '" + name + "' holds " + std::to_string(e.end - e.begin) +
-                 " bytes, its shape needs " + std::to_string(elements * DataTypeSize(e.dtype)));
+                 " bytes, its shape needs " + std::to_string(bytes));
     }
     by_offset.emplace_back(e.begin, name);
     file->entries_[name] = e;

@@ -33,6 +33,10 @@ const char* StatusCodeName(StatusCode code) {
       return "cancelled";
     case StatusCode::kUnavailable:
       return "unavailable";
+    case StatusCode::kDataLoss:
+      return "data loss";
+    case StatusCode::kDeadlineExceeded:
+      return "deadline exceeded";
   }
   return "unknown";
 }

@@ -15,7 +15,9 @@ std::filesystem::path NodeContext::OutputPath(const std::string& path) const {
 }
 
 StatusOr<int64_t> NodeContext::ResumedDataPosition() const {
-  if (resume_dir().empty()) return 0;
+  // A run folder without a checkpoint (killed before its first) resumes from the start.
+  if (resume_dir().empty() || !std::filesystem::exists(resume_dir() / "trainer_state.json"))
+    return 0;
   auto state = ReadJsonFile(resume_dir() / "trainer_state.json");
   if (!state.ok()) return Error("resume: " + state.status().message());
   auto it = state->fields().find("data_position");

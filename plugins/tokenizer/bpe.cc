@@ -9,6 +9,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <map>
 #include <sstream>
 
 #include "weir/json.h"
@@ -135,6 +136,9 @@ StatusOr<std::string> VocabBytes(const std::string& token) {
   return out;
 }
 
+constexpr std::string_view kBase64Alphabet =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=";
+
 std::string Base64Decode(std::string_view in) {
   auto value = [](char c) -> int {
     if (c >= 'A' && c <= 'Z') return c - 'A';
@@ -157,6 +161,20 @@ std::string Base64Decode(std::string_view in) {
     }
   }
   return out;
+}
+
+// A token id written as a JSON number: an integer that fits an int64 (SetToken bounds it further).
+StatusOr<int64_t> TokenId(const google::protobuf::Value& v) {
+  double d = v.number_value();
+  if (!(d >= -9.2e18 && d <= 9.2e18) || d != static_cast<double>(static_cast<int64_t>(d)))
+    return InvalidArgument("token id " + JsonValueText(v) + " is not an integer");
+  return static_cast<int64_t>(d);
+}
+
+// The field `key` of a JSON object, or null.
+const google::protobuf::Value* Field(const google::protobuf::Struct& s, const std::string& key) {
+  auto it = s.fields().find(key);
+  return it == s.fields().end() ? nullptr : &it->second;
 }
 
 std::string PairKey(std::string_view a, std::string_view b) {
@@ -191,9 +209,17 @@ std::string ByteLevelString(std::string_view bytes) {
 }
 
 Status Tokenizer::SetToken(int64_t id, std::string bytes, bool ordinary) {
-  if (id < 0 || id >= (int64_t{1} << 31))
-    return InvalidArgument("token id " + std::to_string(id) + " is out of range");
+  if (id < 0 || id >= id_limit_) {
+    return InvalidArgument(
+        "token id " + std::to_string(id) + " is out of range" +
+        (id < 0 ? "" : ": the file holds " + std::to_string(file_tokens_) + " tokens"));
+  }
   if (tokens_.size() <= static_cast<size_t>(id)) tokens_.resize(static_cast<size_t>(id) + 1);
+  // Encoding finds ids by bytes and decoding bytes by id: one id with two spellings would decode
+  // to the other one.
+  const std::string& known = tokens_[static_cast<size_t>(id)];
+  if (!known.empty() && known != bytes)
+    return InvalidArgument("token id " + std::to_string(id) + " is given to two different tokens");
   if (ordinary) ids_[bytes] = id;
   tokens_[static_cast<size_t>(id)] = std::move(bytes);
   return Status();
@@ -203,6 +229,14 @@ StatusOr<std::shared_ptr<Tokenizer>> Tokenizer::Load(const std::filesystem::path
                                                      const std::string& tiktoken_pattern) {
   std::ifstream in(file, std::ios::binary);
   if (!in) return NotFound("cannot read tokenizer " + file.string());
+  // The largest real ones (a 200k vocabulary with its merges) are tens of MB.
+  constexpr std::uintmax_t kMaxTokenizerBytes = 512 << 20;
+  std::error_code size_error;
+  if (std::uintmax_t size = std::filesystem::file_size(file, size_error);
+      !size_error && size > kMaxTokenizerBytes)
+    return InvalidArgument("tokenizer " + file.string() + " is " + std::to_string(size) +
+                           " bytes; a tokenizer file is at most " +
+                           std::to_string(kMaxTokenizerBytes) + " bytes");
   std::stringstream buffer;
   buffer << in.rdbuf();
   std::string text = buffer.str();
@@ -212,16 +246,26 @@ StatusOr<std::shared_ptr<Tokenizer>> Tokenizer::Load(const std::filesystem::path
   };
   size_t first = text.find_first_not_of(" \t\r\n");
   if (first != std::string::npos && text[first] == '{') {
-    WEIR_ASSIGN_OR_RETURN(auto json, ParseJsonObject(text));
+    auto parsed = ParseJsonObject(text);
+    if (!parsed.ok()) return fail(parsed.status().message());
+    const google::protobuf::Struct& json = *parsed;
     const auto& f = json.fields();
     if (!f.count("model") || f.at("model").struct_value().fields().count("type") == 0 ||
         f.at("model").struct_value().fields().at("type").string_value() != "BPE")
       return fail("only BPE models are supported (model.type)");
     const auto& model = f.at("model").struct_value().fields();
     if (!model.count("vocab")) return fail("model has no vocab");
-    for (const auto& [token, id] : model.at("vocab").struct_value().fields()) {
+    const auto& vocab = model.at("vocab").struct_value().fields();
+    const auto* added = Field(json, "added_tokens");
+    t->SetFileTokens(static_cast<int64_t>(vocab.size()) +
+                     (added != nullptr ? added->list_value().values_size() : 0));
+    // In token order: protobuf maps iterate in a random order, and an error must name the same
+    // token every run.
+    std::map<std::string, google::protobuf::Value> sorted(vocab.begin(), vocab.end());
+    for (const auto& [token, id] : sorted) {
       WEIR_ASSIGN_OR_RETURN(std::string bytes, VocabBytes(token));
-      Status set = t->SetToken(static_cast<int64_t>(id.number_value()), bytes, true);
+      auto number = TokenId(id);
+      Status set = number.ok() ? t->SetToken(*number, bytes, true) : number.status();
       if (!set.ok()) return fail("vocabulary token '" + token + "': " + set.message());
     }
     if (model.count("merges")) {
@@ -242,17 +286,27 @@ StatusOr<std::shared_ptr<Tokenizer>> Tokenizer::Load(const std::filesystem::path
         }
         WEIR_ASSIGN_OR_RETURN(std::string ab, VocabBytes(a));
         WEIR_ASSIGN_OR_RETURN(std::string bb, VocabBytes(b));
+        // As Hugging Face's tokenizers: both parts and what they make are vocabulary tokens.
+        for (const auto& [spelled, bytes] : {std::pair{a, ab}, {b, bb}, {a + b, ab + bb}}) {
+          if (!t->ids_.count(bytes))
+            return fail("merge " + std::to_string(m) + " ('" + a + " " + b + "'): '" + spelled +
+                        "' is not in the vocabulary");
+        }
         t->merges_.emplace(PairKey(ab, bb), m);
       }
     }
-    if (f.count("added_tokens")) {
-      for (const auto& v : f.at("added_tokens").list_value().values()) {
-        const auto& a = v.struct_value().fields();
-        std::string content = a.at("content").string_value();
-        auto id = static_cast<int64_t>(a.at("id").number_value());
-        Status set = t->SetToken(id, content, false);
-        if (!set.ok()) return fail("added token '" + content + "': " + set.message());
-        t->specials_.push_back({content, id});
+    if (added != nullptr) {
+      for (const auto& v : added->list_value().values()) {
+        const auto* content = Field(v.struct_value(), "content");
+        const auto* id = Field(v.struct_value(), "id");
+        if (content == nullptr || id == nullptr)
+          return fail("added token " + JsonValueText(v) + " needs a content and an id");
+        auto number = TokenId(*id);
+        Status set =
+            number.ok() ? t->SetToken(*number, content->string_value(), false) : number.status();
+        if (!set.ok())
+          return fail("added token '" + content->string_value() + "': " + set.message());
+        t->specials_.push_back({content->string_value(), *number});
       }
     }
     // Pre-tokenizer: Split regexes in sequence, and ByteLevel's GPT-2 regex when use_regex.
@@ -262,12 +316,15 @@ StatusOr<std::shared_ptr<Tokenizer>> Tokenizer::Load(const std::filesystem::path
       const auto& pf = p.fields();
       std::string type = pf.count("type") ? pf.at("type").string_value() : "";
       if (type == "Sequence") {
-        for (const auto& sub : pf.at("pretokenizers").list_value().values())
+        const auto* steps = Field(p, "pretokenizers");
+        if (steps == nullptr) return fail("a Sequence pre-tokenizer needs pretokenizers");
+        for (const auto& sub : steps->list_value().values())
           WEIR_RETURN_IF_ERROR(walk(sub.struct_value()));
       } else if (type == "Split") {
-        const auto& pattern = pf.at("pattern").struct_value().fields();
-        if (!pattern.count("Regex")) return fail("only Regex Split patterns are supported");
-        patterns.push_back(pattern.at("Regex").string_value());
+        const auto* pattern = Field(p, "pattern");
+        const auto* regex = pattern != nullptr ? Field(pattern->struct_value(), "Regex") : nullptr;
+        if (regex == nullptr) return fail("only Regex Split patterns are supported");
+        patterns.push_back(regex->string_value());
       } else if (type == "ByteLevel") {
         if (!pf.count("use_regex") || pf.at("use_regex").bool_value())
           patterns.push_back(kGpt2Pattern);
@@ -280,6 +337,7 @@ StatusOr<std::shared_ptr<Tokenizer>> Tokenizer::Load(const std::filesystem::path
       WEIR_RETURN_IF_ERROR(walk(f.at("pre_tokenizer").struct_value()));
     WEIR_ASSIGN_OR_RETURN(t->pre_, PreTokenizer::Make(patterns));
   } else {
+    t->SetFileTokens(std::count(text.begin(), text.end(), '\n') + 1);
     std::istringstream lines(text);
     int line_no = 0;
     for (std::string line; std::getline(lines, line);) {
@@ -288,13 +346,16 @@ StatusOr<std::shared_ptr<Tokenizer>> Tokenizer::Load(const std::filesystem::path
       size_t space = line.find(' ');
       if (space == std::string::npos)
         return fail("line " + std::to_string(line_no) + " is not '<base64> <rank>'");
+      std::string_view token = std::string_view(line).substr(0, space);
+      if (token.empty() || token.find_first_not_of(kBase64Alphabet) != std::string_view::npos)
+        return fail("line " + std::to_string(line_no) + ": '" + std::string(token) +
+                    "' is not base64");
       std::string_view number = std::string_view(line).substr(space + 1);
       int64_t rank = -1;
       auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), rank);
-      Status set =
-          ec == std::errc() && end == number.data() + number.size()
-              ? t->SetToken(rank, Base64Decode(std::string_view(line).substr(0, space)), true)
-              : InvalidArgument("'" + std::string(number) + "' is not a rank");
+      Status set = ec == std::errc() && end == number.data() + number.size()
+                       ? t->SetToken(rank, Base64Decode(token), true)
+                       : InvalidArgument("'" + std::string(number) + "' is not a rank");
       if (!set.ok()) return fail("line " + std::to_string(line_no) + ": " + set.message());
     }
     std::string pattern = tiktoken_pattern == "cl100k" ? kCl100kPattern

@@ -61,6 +61,12 @@ class Tokenizer {
 
  private:
   Tokenizer();
+  // Bounds the ids SetToken accepts by how many tokens the file declares: ids index a table, so
+  // a hostile id must not size a giant one, while real vocabularies leave few or small gaps.
+  void SetFileTokens(int64_t n) {
+    file_tokens_ = n;
+    id_limit_ = n + kMaxIdGap;
+  }
   // Makes `bytes` token `id`; an ordinary token is also found by its bytes (special tokens are
   // matched in the text instead).
   Status SetToken(int64_t id, std::string bytes, bool ordinary);
@@ -78,6 +84,9 @@ class Tokenizer {
   std::unordered_map<std::string, int64_t> merges_;
   std::vector<std::pair<std::string, int64_t>> specials_;  // longest first
   uint64_t serial_;  // identifies this tokenizer's piece memos
+  static constexpr int64_t kMaxIdGap = 1 << 16;
+  int64_t file_tokens_ = 0;
+  int64_t id_limit_ = 0;
 };
 
 }  // namespace weir::tokenizer

@@ -3,7 +3,9 @@
 #include <tbb/flow_graph.h>
 #include <tbb/task_arena.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <iomanip>
 #include <map>
@@ -11,6 +13,8 @@
 #include <ostream>
 #include <sstream>
 #include <thread>
+
+#include "weir/json.h"
 
 namespace weir {
 namespace flow = tbb::flow;
@@ -92,6 +96,9 @@ struct RtNode {
 
   std::atomic<uint64_t> items_in{0}, items_out{0}, rows_in{0}, rows_out{0};
   std::atomic<int64_t> busy_ns{0};
+  // For the watchdog: calls under way, and when one last began or ended.
+  std::atomic<int> calls{0};
+  std::atomic<int64_t> last_progress_ns{0};
 };
 
 class Run {
@@ -107,31 +114,43 @@ class Run {
       result.nodes = Stats();
       return result;
     }
-    std::thread progress;
-    std::mutex progress_mu;
-    std::condition_variable progress_cv;
+    // One monitor thread draws progress and runs the watchdog.
+    std::thread monitor;
+    std::mutex monitor_mu;
+    std::condition_variable monitor_cv;
     bool done = false;
-    if (options_.progress != nullptr) {
-      progress = std::thread([&] {
-        std::unique_lock<std::mutex> lock(progress_mu);
-        double interval = options_.progress_live ? 0.5 : options_.progress_interval_s;
-        while (!progress_cv.wait_for(lock, std::chrono::duration<double>(interval),
-                                     [&] { return done; })) {
-          PrintProgress(Seconds(Clock::now() - start), /*final=*/false);
+    double progress_every = options_.progress_live ? 0.5 : options_.progress_interval_s;
+    double hang_timeout = options_.hang_timeout_s;
+    if (options_.progress != nullptr || hang_timeout > 0) {
+      double tick = options_.progress != nullptr ? progress_every : 1e9;
+      if (hang_timeout > 0) tick = std::min(tick, std::clamp(hang_timeout / 4, 0.01, 1.0));
+      monitor = std::thread([&, tick] {
+        double next_progress = progress_every;
+        bool hang_reported = false;
+        std::unique_lock<std::mutex> lock(monitor_mu);
+        while (
+            !monitor_cv.wait_for(lock, std::chrono::duration<double>(tick), [&] { return done; })) {
+          double elapsed = Seconds(Clock::now() - start);
+          if (options_.progress != nullptr && elapsed >= next_progress) {
+            PrintProgress(elapsed, /*final=*/false);
+            next_progress = elapsed + progress_every;
+          }
+          if (hang_timeout > 0 && !hang_reported) hang_reported = CheckForHang(hang_timeout);
         }
       });
     }
     int threads = options_.threads > 0 ? options_.threads : tbb::task_arena::automatic;
     tbb::task_arena arena(threads);
     arena.execute([&] { RunFlowGraph(); });
-    if (progress.joinable()) {
+    if (monitor.joinable()) {
       {
-        std::lock_guard<std::mutex> lock(progress_mu);
+        std::lock_guard<std::mutex> lock(monitor_mu);
         done = true;
       }
-      progress_cv.notify_all();
-      progress.join();
-      PrintProgress(Seconds(Clock::now() - start), /*final=*/true);
+      monitor_cv.notify_all();
+      monitor.join();
+      if (options_.progress != nullptr)
+        PrintProgress(Seconds(Clock::now() - start), /*final=*/true);
     }
     result.wall_s = Seconds(Clock::now() - start);
     result.status = first_error_;
@@ -212,10 +231,38 @@ class Run {
     graph_flow_->cancel();
   }
 
+  static int64_t NowNs() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+        .count();
+  }
+
+  // The first node inside one call for longer than `timeout` fails the run; true once reported.
+  bool CheckForHang(double timeout) {
+    int64_t now = NowNs();
+    for (auto& rt : nodes_) {
+      if (rt->calls.load() == 0) continue;
+      double stalled = static_cast<double>(now - rt->last_progress_ns.load()) * 1e-9;
+      if (stalled <= timeout) continue;
+      Fail(*rt, DeadlineExceeded("made no progress for " + JsonNumber(std::round(stalled)) +
+                                 " s: a call into the op has not returned (hang timeout " +
+                                 JsonNumber(timeout) + " s)"));
+      Status error;
+      {
+        std::lock_guard<std::mutex> lock(error_mu_);
+        error = first_error_;
+      }
+      if (options_.on_hang) options_.on_hang(error);
+      return true;
+    }
+    return false;
+  }
+
   // Calls into a kernel, turning exceptions into errors and counting busy time.
   template <typename F>
   Status Call(RtNode& rt, F&& f) {
     auto t0 = Clock::now();
+    rt.last_progress_ns = NowNs();
+    rt.calls += 1;
     Status s;
     try {
       s = f();
@@ -225,6 +272,8 @@ class Run {
       s = Internal("kernel threw an exception that is not a std::exception");
     }
     rt.busy_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
+    rt.last_progress_ns = NowNs();
+    rt.calls -= 1;
     return s;
   }
 

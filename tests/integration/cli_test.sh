@@ -33,10 +33,10 @@ done
 check "unknown command exits 2" test $? -eq 2
 
 # --- check: the exact place of an unknown op, with a suggestion, and a non-zero exit
-"$weir" check tests/graphs/bad/unknown_op.pbtxt > "$work/out" 2> "$work/err"
+"$weir" check tests/bad_inputs/graphs/unknown_op.pbtxt > "$work/out" 2> "$work/err"
 check "check of a bad graph exits 1" test $? -eq 1
 check "check prints FILE:7:COL, node, op and a suggestion" grep -qx \
-  "tests/graphs/bad/unknown_op.pbtxt:7:23: node 'n' (op 'test.Recrod'): unknown op 'test.Recrod'; did you mean 'test.Record'?" \
+  "tests/bad_inputs/graphs/unknown_op.pbtxt:7:23: node 'n' (op 'test.Recrod'): unknown op 'test.Recrod'; did you mean 'test.Record'?" \
   "$work/err"
 check "check of a good graph" "$weir" check graphs/tiny/data.pbtxt
 check "check with overrides" "$weir" check graphs/tiny/data.pbtxt --set sample_rate=0.5 --set seed=3

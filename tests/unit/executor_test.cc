@@ -1,9 +1,12 @@
-// The TBB executor: order, in-flight bounds, cancellation on error, control edges, stopping.
+// The TBB executor: order, in-flight bounds, cancellation on error, control edges, stopping,
+// the hang watchdog.
 #include "weir/runtime/executor.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <fstream>
 #include <thread>
 
@@ -86,6 +89,45 @@ TEST(Executor, AnErrorCancelsTheRunAndNamesTheNode) {
     EXPECT_LT(Stats(ran.result, "src").items_out, 1000u);
     EXPECT_FALSE(ran.result.interrupted);
   }
+}
+
+TEST(Executor, TheWatchdogFailsARunWhoseNodeStopsMakingProgress) {
+  RunOptions options;
+  options.hang_timeout_s = 0.3;
+  std::atomic<int> reports{0};
+  std::string reported;
+  auto start = std::chrono::steady_clock::now();
+  double reported_after = -1;
+  options.on_hang = [&](const Status& error) {
+    reported = StripGraphDir(error.ToString());
+    reported_after =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    ++reports;
+  };
+  // Each call of the sink takes 2 s, far past the 0.3 s timeout.
+  Ran ran = RunTestGraph("good/stall.pbtxt", {"n=3", "sleep_ms=2000"}, options);
+  EXPECT_EQ(reports.load(), 1);
+  EXPECT_LT(reported_after, 1.9) << "reported only when the call returned";
+  ASSERT_FALSE(ran.result.status.ok());
+  EXPECT_EQ(ran.result.status.code(), StatusCode::kDeadlineExceeded);
+  std::string text = StripGraphDir(ran.result.status.ToString());
+  EXPECT_EQ(text, reported);
+  EXPECT_NE(text.find("good/stall.pbtxt:4:8: node 'stuck' (op 'test.SlowSink'): made no progress"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("(hang timeout 0.3 s)"), std::string::npos) << text;
+  // The run stopped at the first stuck call instead of taking all three.
+  EXPECT_LE(Stats(ran.result, "stuck").items_in, 1u);
+}
+
+TEST(Executor, TheWatchdogLeavesNodesThatKeepReturningAlone) {
+  RunOptions options;
+  options.hang_timeout_s = 0.5;
+  options.on_hang = [](const Status& error) { ADD_FAILURE() << error.ToString(); };
+  // Ten calls of 0.1 s each: 1 s in all, every call well inside the timeout.
+  Ran ran = RunTestGraph("good/stall.pbtxt", {"n=10", "sleep_ms=100"}, options);
+  EXPECT_TRUE(ran.result.status.ok()) << ran.result.status.ToString();
+  EXPECT_EQ(Stats(ran.result, "stuck").items_in, 10u);
 }
 
 TEST(Executor, ControlEdgeStartsASourceAfterItsDependencyFinished) {

@@ -229,7 +229,15 @@ TEST(Params, BadExpressionsAreNamed) {
            {"n=$(heads / 0)", "division by zero"},
            {"n=$(heads +)", "unexpected ')'"},
            {"n=$(sqrt(0 - heads))", "sqrt of -4"},
-           {"n=$(log(heads))", "unknown function 'log' (there are sqrt and ln)"}}) {
+           {"n=$(log(heads))", "unknown function 'log' (there are sqrt and ln)"},
+           // Found by fuzzing (tests/fuzz): overflow was undefined behaviour, deep nesting ran off
+           // the end of the stack.
+           {"n=$(heads * 9223372036854775807)", "integer overflow"},
+           {"n=$(0 - 9223372036854775807 - heads)", "integer overflow"},
+           {"n=$((0 - 9223372036854775807 - 1) / (0 - 1))", "integer overflow"},
+           {"n=$(-(0 - 9223372036854775807 - 1))", "integer overflow"},
+           {"n=$" + std::string(300, '(') + "heads" + std::string(300, ')'),
+            "nested more than 200 deep"}}) {
     std::string graph =
         "param: \"heads=4 nope=2\"\nnode { name: \"src\" op: \"test.Count\" attr: \"" + text +
         "\" }\n";
@@ -243,6 +251,53 @@ TEST(Params, BadExpressionsAreNamed) {
   }
 }
 
+// Hostile files the fuzzers (tests/fuzz) produce: each is a clean error, never a crash, a hang or
+// a giant allocation.
+TEST(Errors, HostileGraphsFailCleanly) {
+  std::string long_name(100000, 'a');
+  std::string digits(100000, '1');
+  for (auto [graph, error] : std::vector<std::pair<std::string, std::string>>{
+           // Long names, ports, devices, numbers and unknown fields overflowed std::regex's stack.
+           {"node { name: \"" + long_name + "!\" op: \"test.Count\" }",
+            "node name must start with a letter"},
+           {"node { name: \"r\" op: \"test.Record\" input: \"" + long_name + ":" + long_name +
+                "!\" }",
+            "is not of the form 'node', 'node:port' or '^node'"},
+           {"node { name: \"src\" op: \"test.Count\" device: \"cpu:" + digits + "x\" }",
+            "is not 'cpu', 'cpu:N', 'cuda' or 'cuda:N'"},
+           {"node { name: \"src\" op: \"test.Count\" attr: \"n=" + digits + "\" }",
+            "int out of range"},
+           {long_name + ": 1", "has no field named"},
+           // Nested lists recursed without bound.
+           {"node { name: \"src\" op: \"test.Count\" attr: \"n=" + std::string(100000, '[') +
+                "\" }",
+            "lists nest more than 64 deep"},
+           // Reading /dev/zero never ends.
+           {"import: \"/dev/zero\"", "import '/dev/zero' is not a file"},
+           // A function repeating itself twice per call is 2^32 failing copies 32 calls deep:
+           // expansion stops once a hundred errors are in.
+           {"function { name: \"F\" input: \"x\" output: \"y=f\"\n"
+            "  node { name: \"f\" op: \"F\" input: \"x\" repeat: 2 } }\n"
+            "node { name: \"src\" op: \"test.Count\" }\n"
+            "node { name: \"call\" op: \"F\" input: \"src\" }",
+            "function calls nest deeper than 32 (does function 'F' call itself?)"},
+           // Nested repeats within each limit multiply past it.
+           {"function { name: \"G\" input: \"x\" output: \"y=j\"\n"
+            "  node { name: \"j\" op: \"test.Jitter\" input: \"x\" } }\n"
+            "function { name: \"F\" input: \"x\" output: \"y=g\"\n"
+            "  node { name: \"g\" op: \"G\" input: \"x\" repeat: 1000 } }\n"
+            "node { name: \"src\" op: \"test.Count\" }\n"
+            "node { name: \"call\" op: \"F\" input: \"src\" repeat: 1000 }",
+            "expand to more than 100000 copies (nested repeats multiply)"}}) {
+    std::string path = ::testing::TempDir() + "/hostile.pbtxt";
+    std::ofstream(path) << graph << "\n";
+    auto g = LoadTestGraph(path);
+    ASSERT_FALSE(g.ok()) << error;
+    EXPECT_NE(g.status().ToString().find(error), std::string::npos)
+        << g.status().ToString().substr(0, 1000);
+  }
+}
+
 TEST(Functions, TheOpOfANodeCanBeAParam) {
   auto g = LoadTestGraph(TestGraph("good/op_param.pbtxt"));
   ASSERT_TRUE(g.ok()) << g.status().ToString();
@@ -253,6 +308,33 @@ TEST(Functions, TheOpOfANodeCanBeAParam) {
   EXPECT_NE(bad.status().ToString().find("unknown op 'Stag'; did you mean 'Stage'?"),
             std::string::npos)
       << bad.status().ToString();
+}
+
+// Files too large to be graphs and imports chained too deep are refused before they are read.
+TEST(Errors, OversizedGraphsAndDeepImportChainsAreRefused) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::path(::testing::TempDir()) / "hostile_files";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  fs::path big = dir / "big.pbtxt";
+  std::ofstream(big) << "# sparse\n";
+  fs::resize_file(big, (64 << 20) + 1);  // sparse: no disk is used
+  auto g = LoadTestGraph(big.string());
+  ASSERT_FALSE(g.ok());
+  EXPECT_NE(g.status().ToString().find("is 67108865 bytes; a graph file is at most 67108864 bytes"),
+            std::string::npos)
+      << g.status().ToString();
+  // link0 imports link1, ... link69: past the 64 levels a graph may nest.
+  for (int i = 0; i < 70; ++i) {
+    std::ofstream(dir / ("link" + std::to_string(i) + ".pbtxt"))
+        << "import: \"link" << i + 1 << ".pbtxt\"\n";
+  }
+  std::ofstream(dir / "link70.pbtxt") << "node { name: \"src\" op: \"test.Count\" }\n";
+  g = LoadTestGraph((dir / "link0.pbtxt").string());
+  ASSERT_FALSE(g.ok());
+  EXPECT_NE(g.status().ToString().find("link63.pbtxt:1:10: imports nest deeper than 64 files"),
+            std::string::npos)
+      << g.status().ToString();
 }
 
 }  // namespace

@@ -72,6 +72,11 @@ TEST(Safetensors, DamagedFilesAreRefusedWithAReason) {
   EXPECT_FALSE(SafetensorsFile::Open(path).ok());
   std::ofstream(path, std::ios::binary | std::ios::trunc) << "\xff\xff\xff\xff\xff\xff\xff\x7f";
   EXPECT_NE(SafetensorsFile::Open(path).status().message().find("does not fit"), std::string::npos);
+  // Found by fuzzing (tests/fuzz): converting this dim to an integer was undefined.
+  write(R"({"a":{"dtype":"F32","shape":[1e300],"data_offsets":[0,4]}})", 4);
+  EXPECT_NE(
+      SafetensorsFile::Open(path).status().message().find("tensor 'a' has the dimension 1e+300"),
+      std::string::npos);
 }
 
 }  // namespace

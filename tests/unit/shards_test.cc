@@ -4,9 +4,11 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <tuple>
 
 #include "test_util.h"
 #include "weir/json.h"
@@ -168,6 +170,31 @@ TEST_F(ShardsTest, AResumedReaderContinuesExactly) {
   auto val_resumed = Read("split=val shuffle=false batches=3", "val_resumed", dir_ / "ckpt");
   ASSERT_EQ(val.size(), 3u);
   EXPECT_EQ(val_resumed, val);
+}
+
+// Headers the fuzzers (tests/fuzz) found: counts whose product wrapped around to the file's size
+// let the reader run past the mapping, and records of 0 tokens let any count through.
+TEST_F(ShardsTest, HostileHeadersAreRefused) {
+  for (auto [record_tokens, records, error] :
+       std::vector<std::tuple<uint64_t, uint64_t, std::string>>{
+           {2, uint64_t{1} << 63, "records of 2 tokens, more than any file holds"},
+           {0, uint64_t{1} << 40, "records of 0 tokens"}}) {
+    char header[64] = "WEIRTOKS";
+    uint32_t version = 1, token_bytes = 2;
+    std::memcpy(header + 8, &version, 4);
+    std::memcpy(header + 12, &token_bytes, 4);
+    std::memcpy(header + 16, &record_tokens, 8);
+    std::memcpy(header + 24, &records, 8);
+    fs::create_directories(dir_ / "hostile");
+    std::ofstream(dir_ / "hostile" / "train-00000.tok", std::ios::binary)
+        .write(header, sizeof(header));
+    Status s =
+        Run("node { name: \"r\" op: \"data.TokenShards\" attr: \"path=hostile\" }\n"
+            "node { name: \"w\" op: \"io.JsonlSink\" input: \"r\" attr: \"path=rows.jsonl\" }\n",
+            "hostile_" + std::to_string(record_tokens));
+    ASSERT_FALSE(s.ok());
+    EXPECT_NE(s.ToString().find(error), std::string::npos) << s.ToString();
+  }
 }
 
 TEST_F(ShardsTest, ADamagedShardIsNamed) {

@@ -246,5 +246,48 @@ TEST(Tokenizer, BadFilesAreNamed) {
       << t.status().message();
 }
 
+// Files the fuzzers (tests/fuzz) found: each is a clean error, never a crash, undefined behaviour,
+// a giant allocation or a tokenizer that decodes its own encoding to other text.
+TEST(Tokenizer, HostileFilesAreRefused) {
+  fs::path file = fs::path(::testing::TempDir()) / ("tok_hostile_" + std::to_string(::getpid()));
+  std::string bpe = "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}}";
+  for (auto [text, error] : std::vector<std::pair<std::string, std::string>>{
+           // A rank sized a table of 2^31 strings.
+           {"QQ== 2000000000\n",
+            "line 1: token id 2000000000 is out of range: the file holds 2 "
+            "tokens"},
+           // One id, two tokens: "A" encoded to 0 and decoded as "B".
+           {"QQ== 0\nQg== 0\n", "line 2: token id 0 is given to two different tokens"},
+           {"{" + bpe + ", \"added_tokens\": [{\"id\": 0, \"content\": \"<s>\"}]}",
+            "added token '<s>': token id 0 is given to two different tokens"},
+           // Converting these to an integer was undefined.
+           {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 1e300}}}",
+            "vocabulary token 'a': token id 1e+300 is not an integer"},
+           {"{" + bpe + ", \"added_tokens\": [{\"id\": 0.5, \"content\": \"<s>\"}]}",
+            "token id 0.5 is not an integer"},
+           // Missing fields threw out of the loader.
+           {"{" + bpe + ", \"added_tokens\": [{\"id\": 1}]}", "needs a content and an id"},
+           {"{" + bpe + ", \"pre_tokenizer\": {\"type\": \"Split\"}}",
+            "only Regex Split patterns are supported"},
+           {"{" + bpe + ", \"pre_tokenizer\": {\"type\": \"Sequence\"}}",
+            "a Sequence pre-tokenizer needs pretokenizers"}}) {
+    std::ofstream(file, std::ios::trunc) << text;
+    auto t = tokenizer::Tokenizer::Load(file);
+    ASSERT_FALSE(t.ok()) << text;
+    EXPECT_NE(t.status().message().find(error), std::string::npos) << t.status().message();
+  }
+}
+
+TEST(TokenizerLimits, AFileTooLargeToBeATokenizerIsRefusedUnread) {
+  std::filesystem::path big = std::filesystem::path(::testing::TempDir()) / "huge_tokenizer.json";
+  std::ofstream(big) << "{";
+  std::filesystem::resize_file(big, (512 << 20) + 1);  // sparse: no disk is used
+  auto t = tokenizer::Tokenizer::Load(big);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().message(), "tokenizer " + big.string() +
+                                      " is 536870913 bytes; a tokenizer file is at most "
+                                      "536870912 bytes");
+}
+
 }  // namespace
 }  // namespace weir::testing

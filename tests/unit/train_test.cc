@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "test_util.h"
+#include "weir/checkpoints.h"
 #include "weir/json.h"
 #include "weir/runtime/executor.h"
 #include "weir/safetensors.h"
@@ -118,8 +119,19 @@ TEST(Training, ADamagedCheckpointIsAnErrorNotACrash) {
   TrainRun run = Train("damaged", {"steps=2"});
   ASSERT_TRUE(run.result.status.ok()) << run.result.status.ToString();
   fs::path checkpoint = run.out / "checkpoints" / "step-000002";
+  ASSERT_TRUE(VerifyChecksums(checkpoint).ok());
   std::ofstream(checkpoint / "trainer_state.json", std::ios::trunc) << "{\"step\": 2}";
+  // The checksums catch the change before anything is read.
   TrainRun resumed = Train("damaged_resume", {"steps=4"}, checkpoint);
+  ASSERT_FALSE(resumed.result.status.ok());
+  EXPECT_NE(resumed.result.status.ToString().find("node 'train' (op 'train.Step'): resume: " +
+                                                  (checkpoint / "trainer_state.json").string() +
+                                                  " has 11 bytes, checksums.json says"),
+            std::string::npos)
+      << resumed.result.status.ToString();
+  // A file that verifies but lacks a field is still an error naming it, not an abort.
+  ASSERT_TRUE(WriteChecksums(checkpoint).ok());
+  resumed = Train("damaged_resume", {"steps=4"}, checkpoint);
   ASSERT_FALSE(resumed.result.status.ok());
   EXPECT_NE(resumed.result.status.ToString().find("node 'train' (op 'train.Step'): resume: " +
                                                   (checkpoint / "trainer_state.json").string() +

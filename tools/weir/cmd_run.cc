@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <iostream>
@@ -9,7 +10,9 @@
 
 #include "args.h"
 #include "commands.h"
+#include "report.h"
 #include "weir/atomic_file.h"
+#include "weir/checkpoints.h"
 #include "weir/json.h"
 #include "weir/runtime/executor.h"
 #include "weir/runtime/metrics.h"
@@ -40,9 +43,14 @@ Options:
   --max-in-flight N      items in flight per source (default 16)
   --progress MODE        auto (default: live line on a terminal, else lines), live, lines, none
   --progress-interval S  seconds between progress lines when not live (default 10)
+  --hang-timeout S       fail the run when a node stays inside one call for S seconds,
+                         naming it (default 1800; 0: never)
   --resume DIR           continue from DIR: a training checkpoint folder (trainers and their
-                         data readers restore their state), or an earlier run's output folder
-                         (sources continue after the rows that run read; its outputs stay)
+                         data readers restore their state; its checksums must verify), or an
+                         earlier run's output folder: its newest undamaged checkpoint when it
+                         has any, else its sources continue after the rows that run read. With
+                         --out DIR too, a killed run continues in place: its metrics are kept up
+                         to the checkpoint's step
 )";
 
 std::atomic<bool> g_stop{false};
@@ -103,6 +111,46 @@ std::string SummaryJson(const fs::path& graph_file, const RunResult& r) {
 
 }  // namespace
 
+// Whether `path` is `dir` or lies inside it.
+bool IsWithin(const fs::path& path, const fs::path& dir) {
+  fs::path rel = fs::weakly_canonical(path).lexically_relative(fs::weakly_canonical(dir));
+  return !rel.empty() && *rel.begin() != "..";
+}
+
+// The checkpoint --resume continues from (the newest undamaged one when it names a run folder),
+// with the run folder's logs made ready: a run resumed in place keeps its metrics up to the
+// checkpoint's step (the later ones are computed again) and appends to its log; any other run
+// starts both anew.
+StatusOr<fs::path> ResumeDir(const Args& args, const fs::path& out_dir) {
+  std::error_code ec;
+  fs::path resume;
+  if (auto given = args.Get("resume")) {
+    if (!fs::is_directory(*given, ec))
+      return NotFound("--resume " + *given +
+                      " is not a checkpoint folder or a run's output folder");
+    std::vector<std::string> skipped;
+    WEIR_ASSIGN_OR_RETURN(fs::path checkpoint, FindResumeCheckpoint(*given, &skipped));
+    for (const std::string& problem : skipped)
+      std::cerr << "weir run: skipping a damaged checkpoint: " << problem << "\n";
+    resume = fs::absolute(checkpoint.empty() ? fs::path(*given) : checkpoint);
+  }
+  if (resume.empty() || !IsWithin(resume, out_dir)) {
+    fs::remove(out_dir / "metrics.jsonl", ec);
+    fs::remove(out_dir / "run.log", ec);
+    return resume;
+  }
+  // Without a checkpoint (killed before its first), training starts again at step 0.
+  int64_t step = 0;
+  if (fs::exists(resume / "trainer_state.json", ec)) {
+    WEIR_ASSIGN_OR_RETURN(auto state, ReadJsonFile(resume / "trainer_state.json"));
+    auto it = state.fields().find("step");
+    if (it != state.fields().end() && it->second.has_number_value())
+      step = static_cast<int64_t>(it->second.number_value());
+  }
+  WEIR_RETURN_IF_ERROR(TrimJsonlAfterStep(out_dir / "metrics.jsonl", step));
+  return resume;
+}
+
 int RunCommand(const std::vector<std::string>& argv) {
   Args args;
   if (auto exit = ParseCommand("run", argv,
@@ -113,14 +161,17 @@ int RunCommand(const std::vector<std::string>& argv) {
                                 {"max-in-flight", true, false},
                                 {"progress", true, false},
                                 {"progress-interval", true, false},
-                                {"resume", true, false}},
+                                {"resume", true, false},
+                                {"hang-timeout", true, false}},
                                kHelp, 1, 1, &args))
     return *exit;
   fs::path graph_file = args.positional[0];
   auto threads = args.GetInt("threads", 0);
   auto in_flight = args.GetInt("max-in-flight", 16);
   auto interval = args.GetInt("progress-interval", 10);
-  for (const Status* s : {&threads.status(), &in_flight.status(), &interval.status()}) {
+  auto hang_timeout = args.GetFloat("hang-timeout", 1800);
+  for (const Status* s :
+       {&threads.status(), &in_flight.status(), &interval.status(), &hang_timeout.status()}) {
     if (!s->ok()) {
       std::cerr << "weir run: " << s->message() << "\n";
       return 2;
@@ -143,7 +194,9 @@ int RunCommand(const std::vector<std::string>& argv) {
   fs::path out_dir =
       args.Get("out").value_or((fs::path("runs") / (name + "-" + Timestamp())).string());
   std::error_code ec;
-  if (fs::exists(out_dir / "summary.json", ec) && !args.Has("overwrite")) {
+  // Resuming a run in its own folder continues it; anything else must not mix with an earlier run.
+  bool in_place = args.Has("resume") && IsWithin(*args.Get("resume"), out_dir);
+  if (fs::exists(out_dir / "summary.json", ec) && !args.Has("overwrite") && !in_place) {
     std::cerr << "weir run: " << out_dir.string()
               << " holds an earlier run (summary.json); choose another --out or pass --overwrite\n";
     return 1;
@@ -153,8 +206,11 @@ int RunCommand(const std::vector<std::string>& argv) {
     std::cerr << "weir run: cannot create " << out_dir.string() << ": " << ec.message() << "\n";
     return 1;
   }
-  fs::remove(out_dir / "metrics.jsonl", ec);
-  fs::remove(out_dir / "run.log", ec);
+  auto resume_dir = ResumeDir(args, out_dir);
+  if (!resume_dir.ok()) {
+    std::cerr << "weir run: " << resume_dir.status().message() << "\n";
+    return 1;
+  }
 
   FileLogSink log(out_dir / "run.log");
   google::AddLogSink(&log);
@@ -175,18 +231,21 @@ int RunCommand(const std::vector<std::string>& argv) {
   options.out_dir = out_dir;
   options.threads = *threads;
   options.max_in_flight = *in_flight;
-  if (auto resume = args.Get("resume")) {
-    if (!fs::is_directory(*resume)) {
-      std::cerr << "weir run: --resume " << *resume
-                << " is not a checkpoint folder or a run's output folder\n";
-      return 1;
-    }
-    options.resume_dir = fs::absolute(*resume);
-    log.Line("resuming from " + options.resume_dir.string());
-  }
+  options.resume_dir = *resume_dir;
+  if (!options.resume_dir.empty()) log.Line("resuming from " + options.resume_dir.string());
   options.metrics = metrics->get();
   options.stop = &g_stop;
   options.progress_interval_s = *interval;
+  options.hang_timeout_s = *hang_timeout;
+  options.on_hang = [&](const Status& error) {
+    std::cerr << error.ToString() << "\n";
+    log.Line("error: " + error.ToString());
+    RunResult hung;
+    hung.status = error;
+    (void)WriteFileAtomically(out_dir / "summary.json", SummaryJson(graph_file, hung));
+    google::RemoveLogSink(&log);
+    std::_Exit(1);  // the stuck call would never return
+  };
   bool tty = ::isatty(STDERR_FILENO);
   if (progress != "none") {
     options.progress = &std::cerr;
@@ -215,6 +274,16 @@ int RunCommand(const std::vector<std::string>& argv) {
   if (!summary.ok()) {
     std::cerr << "weir run: " << summary.ToString() << "\n";
     code = code == 0 ? 1 : code;
+  }
+  // A run that logged metrics by step (training, a data stage's counts) gets its report, failed
+  // or not.
+  if (HasStepMetrics(out_dir)) {
+    Status report = WriteRunReport(out_dir, out_dir / "report.html");
+    if (report.ok()) {
+      std::cerr << "weir run: report in " << (out_dir / "report.html").string() << "\n";
+    } else {
+      std::cerr << "weir run: no report: " << report.ToString() << "\n";
+    }
   }
   google::RemoveLogSink(&log);
   return code;

@@ -23,6 +23,10 @@ std::string JsonNumber(double v);
 StatusOr<google::protobuf::Struct> ParseJsonObject(std::string_view text);
 // Reads a file holding one JSON object; errors name the file.
 StatusOr<google::protobuf::Struct> ReadJsonFile(const std::filesystem::path& path);
+// Rewrites a JSON Lines log (metrics, statistics) atomically without the rows whose "step" is
+// above `step`: a run resumed from the checkpoint of that step writes those rows again. Rows
+// without a step are kept; a missing file is fine.
+Status TrimJsonlAfterStep(const std::filesystem::path& path, int64_t step);
 // Writes a JSON value compactly.
 std::string JsonValueText(const google::protobuf::Value& v);
 

@@ -33,9 +33,11 @@ enum class StatusCode {
   kNotFound,         // missing file, op, node
   kAlreadyExists,    // duplicate op, node, function
   kFailedPrecondition,
-  kInternal,     // a kernel threw, a broken invariant surfaced as an error
-  kCancelled,    // stopped by SIGINT or by another node's failure
-  kUnavailable,  // a resource (file system, device) failed
+  kInternal,          // a kernel threw, a broken invariant surfaced as an error
+  kCancelled,         // stopped by SIGINT or by another node's failure
+  kUnavailable,       // a resource (file system, device) failed
+  kDataLoss,          // a file is damaged or incomplete (a checksum differs)
+  kDeadlineExceeded,  // a node or rank made no progress within its timeout
 };
 
 const char* StatusCodeName(StatusCode code);
@@ -86,6 +88,10 @@ inline Status AlreadyExists(std::string m) { return {StatusCode::kAlreadyExists,
 inline Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
 inline Status Cancelled(std::string m) { return {StatusCode::kCancelled, std::move(m)}; }
 inline Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
+inline Status DataLoss(std::string m) { return {StatusCode::kDataLoss, std::move(m)}; }
+inline Status DeadlineExceeded(std::string m) {
+  return {StatusCode::kDeadlineExceeded, std::move(m)};
+}
 inline Status FailedPrecondition(std::string m) {
   return {StatusCode::kFailedPrecondition, std::move(m)};
 }

@@ -55,8 +55,16 @@ StatusOr<MappedShard> MappedShard::Open(const std::filesystem::path& file) {
   std::memcpy(&s.header_.vocab_size, p + 40, 8);
   if (s.header_.token_bytes != 2 && s.header_.token_bytes != 4)
     return bad("tokens of " + std::to_string(s.header_.token_bytes) + " bytes");
-  uint64_t body = s.header_.records * s.header_.record_tokens * s.header_.token_bytes;
-  if (size != kShardHeaderBytes + body) {
+  // Records of no tokens would let any record count pass the size check below.
+  if (s.header_.record_tokens == 0) return bad("records of 0 tokens");
+  // Checked products: a hostile count must not wrap around to the file's size.
+  uint64_t body = 0;
+  if (__builtin_mul_overflow(s.header_.records, s.header_.record_tokens, &body) ||
+      __builtin_mul_overflow(body, s.header_.token_bytes, &body)) {
+    return bad("its header promises " + std::to_string(s.header_.records) + " records of " +
+               std::to_string(s.header_.record_tokens) + " tokens, more than any file holds");
+  }
+  if (body != size - kShardHeaderBytes) {
     return bad("holds " + std::to_string(size) + " bytes, its header promises " +
                std::to_string(kShardHeaderBytes + body) + " (truncated?)");
   }

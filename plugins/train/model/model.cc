@@ -2,6 +2,7 @@
 
 #include <set>
 
+#include "weir/checkpoints.h"
 #include "weir/graph.h"
 #include "weir/safetensors.h"
 
@@ -83,6 +84,9 @@ void RegisterModel(Registrar& r) {
             static_cast<uint64_t>(ctx.attrs().Int("seed")), std::move(options));
         if (const std::string& from = ctx.attrs().String("init_from"); !from.empty()) {
           std::filesystem::path dir = ctx.InputPath(from);
+          // A training checkpoint carries checksums; a `weir hf import` folder does not.
+          if (std::filesystem::exists(dir / kChecksumsFile))
+            WEIR_RETURN_IF_ERROR(VerifyChecksums(dir).Prepend("init_from"));
           auto values = ReadSafetensorsSharded(dir, "model");
           if (!values.ok()) return Status(values.status()).Prepend("init_from " + dir.string());
           std::map<std::string, Tensor> owned;

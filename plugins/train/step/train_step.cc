@@ -2,6 +2,7 @@
 // accumulation, clipping by global norm, an optimizer step (any op shaped like optim.AdamW), a
 // learning-rate schedule, evaluation on a held-out stream, metrics and atomic checkpoints that
 // `weir run --resume` continues from exactly.
+#include <glog/logging.h>
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_reduce.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 #include "model/model.h"
 #include "step/schedule.h"
 #include "weir/atomic_file.h"
+#include "weir/checkpoints.h"
 #include "weir/dispatch.h"
 #include "weir/json.h"
 #include "weir/safetensors.h"
@@ -49,7 +51,15 @@ class TrainStep : public StreamKernel {
 
   Status Restore() {
     const fs::path& dir = ctx_.resume_dir();
+    // A run folder without a checkpoint: the run was stopped before its first one.
     if (dir.empty()) return Status();
+    if (!fs::exists(dir / "trainer_state.json")) {
+      LOG(WARNING) << ctx_.node() << ": " << dir.string()
+                   << " holds no checkpoint; training starts at step 0";
+      return Status();
+    }
+    Status verified = VerifyChecksums(dir);
+    if (!verified.ok()) return ctx_.Error("resume: " + verified.message());
     auto state = ReadJsonFile(dir / "trainer_state.json");
     if (!state.ok()) return ctx_.Error("resume: " + state.status().message());
     // A damaged file is an error naming what is missing, never an abort in protobuf's Map::at.
@@ -61,7 +71,7 @@ class TrainStep : public StreamKernel {
     }
     step_ = static_cast<int64_t>(state->fields().at("step").number_value());
     data_position_ = static_cast<int64_t>(state->fields().at("data_position").number_value());
-    last_checkpoint_ = step_;
+    last_checkpoint_ = resumed_step_ = step_;
     WEIR_ASSIGN_OR_RETURN(auto params, ReadSafetensorsSharded(dir, "model"));
     {
       std::lock_guard<std::mutex> lock(model_->mutex());
@@ -194,6 +204,12 @@ class TrainStep : public StreamKernel {
       fs::path path = ctx_.OutputPath("statistics.jsonl");
       std::error_code ec;
       fs::create_directories(path.parent_path(), ec);
+      // A resumed run continues the file after the checkpoint's step; a fresh one starts it anew.
+      if (!ctx_.resume_dir().empty()) {
+        WEIR_RETURN_IF_ERROR(TrimJsonlAfterStep(path, resumed_step_));
+      } else {
+        fs::remove(path, ec);
+      }
       statistics_file_.open(path, std::ios::app);
       if (!statistics_file_) return ctx_.Error("cannot write " + path.string());
     }
@@ -359,8 +375,8 @@ class TrainStep : public StreamKernel {
     return Status();
   }
 
-  // checkpoints/step-000100/: model.safetensors, optimizer.safetensors, trainer_state.json,
-  // written into a temporary folder that is renamed when complete.
+  // checkpoints/step-000100/: model.safetensors, optimizer.safetensors, trainer_state.json and
+  // checksums.json (last), written into a temporary folder that is renamed when complete.
   Status Save() {
     fs::path root = ctx_.OutputPath(ctx_.String("checkpoint_dir"));
     char name[32];
@@ -368,7 +384,10 @@ class TrainStep : public StreamKernel {
     fs::path final_dir = root / name;
     fs::path temp = root / (std::string(name) + ".tmp-" + std::to_string(::getpid()));
     std::error_code ec;
-    fs::remove_all(temp, ec);
+    // Partial folders of a killed earlier attempt (one node writes here, so none is in use).
+    for (const auto& e : fs::directory_iterator(root, ec))
+      if (e.path().filename().string().find(".tmp-") != std::string::npos)
+        fs::remove_all(e.path(), ec);
     fs::create_directories(temp, ec);
     if (ec) return ctx_.Error("cannot create " + temp.string() + ": " + ec.message());
     std::vector<std::pair<std::string, Tensor>> params, states;
@@ -388,6 +407,7 @@ class TrainStep : public StreamKernel {
                        ", \"optimizer\": " + JsonQuote(optimizer_->def.name()) +
                        ", \"lr\": " + JsonNumber(schedule_.At(std::max<int64_t>(step_, 1))) + "}\n";
     WEIR_RETURN_IF_ERROR(WriteFileAtomically(temp / "trainer_state.json", json));
+    WEIR_RETURN_IF_ERROR(WriteChecksums(temp));
     fs::remove_all(final_dir, ec);
     fs::rename(temp, final_dir, ec);
     if (ec)
@@ -417,6 +437,7 @@ class TrainStep : public StreamKernel {
   double clip_;
   Schedule schedule_;
   int64_t step_ = 0, micro_ = 0, data_position_ = 0, last_checkpoint_ = 0, last_eval_ = -1;
+  int64_t resumed_step_ = 0;
   double busy_ = 0;
   bool skip_nonfinite_ = false;
   int64_t skipped_ = 0;

@@ -9,11 +9,13 @@
 // When the sources are exhausted, nodes are finished in topological order: Finish() runs once
 // every upstream node has finished and every item has been processed. The first error cancels
 // the run; it is reported once, with the node's name and place in the graph file. A stop request
-// (SIGINT) stops the sources; items in flight complete and nodes finish normally.
+// (SIGINT) stops the sources; items in flight complete and nodes finish normally. A watchdog
+// fails the run when a node stays inside one call past the hang timeout.
 #pragma once
 
 #include <atomic>
 #include <filesystem>
+#include <functional>
 #include <iosfwd>
 #include <string>
 #include <vector>
@@ -36,6 +38,13 @@ struct RunOptions {
   std::ostream* progress = nullptr;  // null: no progress output
   bool progress_live = false;        // redraw one line (a terminal) or print lines
   double progress_interval_s = 10;   // between plain progress lines
+  // The watchdog: a node inside one call (a source producing, a node processing or finishing)
+  // for this long fails the run with an error naming it; 0 turns it off.
+  double hang_timeout_s = 0;
+  // Called from the watchdog with that error. The stuck call cannot be interrupted, so a program
+  // that must end (the CLI) reports and exits here; without it, the run ends with the error once
+  // the call returns.
+  std::function<void(const Status&)> on_hang;
 };
 
 struct NodeStats {

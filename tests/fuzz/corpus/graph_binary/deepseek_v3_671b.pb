@@ -1,0 +1,3 @@
+
+deepseek-v3-671b"deepseek_v3.pbtxt:ê
+modelmodelfunction=DeepseekV3Íattrs='vocab_size=129280 hidden_size=7168 intermediate_size=18432 moe_intermediate_size=2048 num_hidden_layers=61 first_k_dense_replace=3 num_attention_heads=128 q_lora_rank=1536 kv_lora_rank=512 qk_nope_head_dim=128 qk_rope_head_dim=64 v_head_dim=128 n_routed_experts=256 n_shared_experts=1 num_experts_per_tok=8 n_group=8 topk_group=4 scoring_func=sigmoid routed_scaling_factor=2.5 norm_topk_prob=true correction_bias=true rope_theta=10000.0 rope_factor=40.0 original_max_position_embeddings=4096 beta_fast=32.0 beta_slow=1.0 mscale_all_dim=1.0 rms_norm_eps=1e-6 num_nextn_predict_layers=1 query=MlaQueryLoRA T=bf16'
