@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "test_util.h"
+#include "weir/line_reader.h"
 #include "weir/runtime/executor.h"
 
 namespace weir::testing {
@@ -50,6 +51,25 @@ class IoTest : public ::testing::Test {
   fs::path dir_;
   CapturedMetrics metrics_;
 };
+
+// Lines are read in chunks up to a bound: long lines come back whole, a line past the bound is an
+// error instead of an allocation as large as the file.
+TEST(ReadLine, LongLinesAreWholeAndOverlongOnesAreRefused) {
+  std::string longer_than_a_chunk(200000, 'x');
+  std::istringstream in("a\n\n" + longer_than_a_chunk + "\nlast");
+  std::string line;
+  std::vector<std::string> lines;
+  for (auto more = ReadLine(in, &line); more.ok() && *more; more = ReadLine(in, &line))
+    lines.push_back(line);
+  EXPECT_EQ(lines, (std::vector<std::string>{"a", "", longer_than_a_chunk, "last"}));
+
+  std::istringstream bounded("short\n" + std::string(100, 'y') + "\n");
+  ASSERT_TRUE(*ReadLine(bounded, &line, 50));
+  EXPECT_EQ(line, "short");
+  auto too_long = ReadLine(bounded, &line, 50);
+  ASSERT_FALSE(too_long.ok());
+  EXPECT_EQ(too_long.status().message(), "a line is longer than 50 bytes");
+}
 
 TEST_F(IoTest, JsonlRoundTripKeepsValuesAndTypes) {
   Write("in.jsonl",

@@ -6,6 +6,7 @@
 #include "io_ops.h"
 #include "weir/file_list.h"
 #include "weir/json.h"
+#include "weir/line_reader.h"
 
 namespace weir::io {
 namespace {
@@ -43,7 +44,8 @@ class JsonlSource : public StreamKernel {
     size_t rows = 0;
     while (rows < static_cast<size_t>(batch_size_) && (limit_ == 0 || total_ < limit_)) {
       std::string line;
-      if (!NextLine(&line)) break;
+      WEIR_ASSIGN_OR_RETURN(bool more, NextLine(&line));
+      if (!more) break;
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       if (!rows_.Next()) continue;
       SourceLoc where{files_[file_index_].string(), line_number_, 0};
@@ -96,13 +98,16 @@ class JsonlSource : public StreamKernel {
   }
 
  private:
-  bool NextLine(std::string* line) {
+  StatusOr<bool> NextLine(std::string* line) {
     while (file_index_ < files_.size()) {
       if (!in_.is_open()) {
         in_.open(files_[file_index_]);
         line_number_ = 0;
       }
-      if (std::getline(in_, *line)) {
+      auto read = ReadLine(in_, line);
+      if (!read.ok())
+        return Status(read.status()).At({files_[file_index_].string(), line_number_ + 1, 0});
+      if (*read) {
         ++line_number_;
         return true;
       }

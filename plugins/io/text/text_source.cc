@@ -4,6 +4,7 @@
 
 #include "io_ops.h"
 #include "weir/file_list.h"
+#include "weir/line_reader.h"
 
 namespace weir::io {
 namespace {
@@ -61,7 +62,9 @@ class TextSource : public StreamKernel {
         if (!in_) return Unavailable("cannot read " + file.string());
         line_ = 0;
       }
-      if (std::getline(in_, *text)) {
+      auto read = ReadLine(in_, text);
+      if (!read.ok()) return Status(read.status()).At({file.string(), line_ + 1, 0});
+      if (*read) {
         ++line_;
         *source = file.string() + ":" + std::to_string(line_);
         return true;
