@@ -25,7 +25,7 @@ check() {  # check NAME COMMAND...: the command must succeed
 # --- help and usage
 check "weir --help" "$weir" --help > "$work/help"
 check "help lists run" grep -q "run GRAPH" "$work/help"
-for cmd in run check ops tokenize plan generate; do
+for cmd in run check ops tokenize plan generate schedule; do
   check "weir $cmd --help" "$weir" $cmd --help > "$work/help_$cmd"
   check "weir $cmd --help shows usage" grep -q "usage: weir $cmd" "$work/help_$cmd"
 done
@@ -204,6 +204,19 @@ check "V2-Lite: KV cache" grep -q "= 31,104 bytes in bf16" "$work/plan_lite"
 "$weir" plan graphs/tiny/data.pbtxt > /dev/null 2> "$work/err"
 check "plan of a graph without a model exits 1" test $? -eq 1
 check "plan says there is no model" grep -q "no model resource to plan" "$work/err"
+
+# --- schedule: DualPipe's instruction lists as JSON, and a combination it cannot run
+check "schedule --format json" "$weir" schedule --kind dualpipe --ranks 4 --micro-batches 8 \
+  --format json > "$work/schedule.json"
+if command -v python3 > /dev/null; then
+  check "the schedule JSON has 4 ranks and bubble 2" python3 -c \
+    "import json, sys; d = json.load(open(sys.argv[1])); sys.exit(len(d['ranks']) != 4 or d['max_bubble'] != 2)" \
+    "$work/schedule.json"
+fi
+"$weir" schedule --kind dualpipe --ranks 4 --micro-batches 6 2> "$work/err"
+check "a bad schedule combination exits 1" test $? -eq 1
+check "the bad combination is explained" grep -q \
+  "dualpipe needs at least 2 x ranks = 8 micro-batches, got 6" "$work/err"
 
 echo "cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

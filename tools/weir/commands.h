@@ -16,5 +16,6 @@ int LogitsCommand(const std::vector<std::string>& args);
 int HfCommand(const std::vector<std::string>& args);
 int VizCommand(const std::vector<std::string>& args);
 int ReportCommand(const std::vector<std::string>& args);
+int ScheduleCommand(const std::vector<std::string>& args);
 
 }  // namespace weir::cli

@@ -22,6 +22,7 @@ Commands:
   hf import|export DIR --out DIR         Hugging Face DeepSeek checkpoints to weir and back
   viz GRAPH [-o OUT.html|.svg|.dot]      draw the graph: a self-contained page with folded repeats
   report RUN_DIR [-o OUT.html]           a run's curves, expert load, node times and timeline
+  schedule --kind K --ranks P --micro-batches M  a pipeline schedule's per-rank lists and bubbles
 
 Run 'weir COMMAND --help' for a command's options.
 Plugins load from the plugin folder beside libweir_core, then $WEIR_PLUGIN_PATH (':'-separated),
@@ -55,6 +56,7 @@ int main(int argc, char** argv) {
   if (command == "hf") return weir::cli::HfCommand(args);
   if (command == "viz") return weir::cli::VizCommand(args);
   if (command == "report") return weir::cli::ReportCommand(args);
+  if (command == "schedule") return weir::cli::ScheduleCommand(args);
   std::cerr << "weir: unknown command '" << command << "'\n\n" << kUsage;
   return 2;
 }
