@@ -104,7 +104,8 @@ write("shards/newer_version.tok", shard(version=9))
 write("shards/three_byte_tokens.tok", shard(token_bytes=3))
 write("shards/fewer_records_than_header.tok", shard(records=1000, body=bytes(16)))
 write("shards/shorter_than_header.tok", b"WEIRTOKS\x01\x00")
-write("shards/records_overflow.tok", shard(record_tokens=1 << 62, records=1 << 62, body=b""))
+write("shards/records_overflow.tok", shard(record_tokens=1 << 30, records=1 << 62, body=b""))
+write("shards/record_past_int64.tok", shard(record_tokens=1 << 63, records=0, body=b""))
 
 # --- tokenizers ----------------------------------------------------------------------------------
 write("tokenizers/truncated.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {")

@@ -173,12 +173,15 @@ TEST_F(ShardsTest, AResumedReaderContinuesExactly) {
 }
 
 // Headers the fuzzers (tests/fuzz) found: counts whose product wrapped around to the file's size
-// let the reader run past the mapping, and records of 0 tokens let any count through.
+// let the reader run past the mapping, records of 0 tokens let any count through, and a record
+// length past int64 (with no records) overflowed the sequence length.
 TEST_F(ShardsTest, HostileHeadersAreRefused) {
   for (auto [record_tokens, records, error] :
        std::vector<std::tuple<uint64_t, uint64_t, std::string>>{
            {2, uint64_t{1} << 63, "records of 2 tokens, more than any file holds"},
-           {0, uint64_t{1} << 40, "records of 0 tokens"}}) {
+           {0, uint64_t{1} << 40, "records of 0 tokens; a record holds 2 to 2147483648"},
+           {uint64_t{1} << 63, 0,
+            "records of 9223372036854775808 tokens; a record holds 2 to 2147483648"}}) {
     char header[64] = "WEIRTOKS";
     uint32_t version = 1, token_bytes = 2;
     std::memcpy(header + 8, &version, 4);

@@ -55,8 +55,13 @@ StatusOr<MappedShard> MappedShard::Open(const std::filesystem::path& file) {
   std::memcpy(&s.header_.vocab_size, p + 40, 8);
   if (s.header_.token_bytes != 2 && s.header_.token_bytes != 4)
     return bad("tokens of " + std::to_string(s.header_.token_bytes) + " bytes");
-  // Records of no tokens would let any record count pass the size check below.
-  if (s.header_.record_tokens == 0) return bad("records of 0 tokens");
+  // A record is a training sequence plus its shifted target: at least 2 tokens. Records of no
+  // tokens would let any record count pass the size check below, and a length past int64 would
+  // overflow the sequence length readers derive from it.
+  constexpr uint64_t kMaxRecordTokens = uint64_t{1} << 31;
+  if (s.header_.record_tokens < 2 || s.header_.record_tokens > kMaxRecordTokens)
+    return bad("records of " + std::to_string(s.header_.record_tokens) +
+               " tokens; a record holds 2 to " + std::to_string(kMaxRecordTokens));
   // Checked products: a hostile count must not wrap around to the file's size.
   uint64_t body = 0;
   if (__builtin_mul_overflow(s.header_.records, s.header_.record_tokens, &body) ||
