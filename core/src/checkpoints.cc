@@ -93,35 +93,37 @@ Status VerifyChecksums(const fs::path& dir) {
   return Status();
 }
 
+std::vector<fs::path> CheckpointFolders(const fs::path& dir) {
+  std::vector<fs::path> found;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::string name = e.path().filename().string();
+    if (e.is_directory() && name.rfind("step-", 0) == 0 && name.find(".tmp-") == std::string::npos)
+      found.push_back(e.path());
+  }
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
 StatusOr<fs::path> FindResumeCheckpoint(const fs::path& dir, std::vector<std::string>* skipped) {
   std::error_code ec;
   if (fs::exists(dir / "trainer_state.json", ec)) return dir;
-  // Complete checkpoints only: a folder still being written carries a ".tmp-" suffix.
-  std::vector<fs::path> found;
-  auto collect = [&](const fs::path& parent) {
-    for (const auto& e : fs::directory_iterator(parent, ec)) {
-      std::string name = e.path().filename().string();
-      if (e.is_directory() && name.rfind("step-", 0) == 0 &&
-          name.find(".tmp-") == std::string::npos)
-        found.push_back(e.path());
-    }
-  };
-  collect(dir);
-  for (const auto& e : fs::directory_iterator(dir, ec))
-    if (e.is_directory()) collect(e.path());
+  std::vector<fs::path> found = CheckpointFolders(dir);
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (!e.is_directory()) continue;
+    std::vector<fs::path> inside = CheckpointFolders(e.path());
+    found.insert(found.end(), inside.begin(), inside.end());
+  }
   if (found.empty()) return fs::path();
-  // Zero-padded step numbers: the newest sorts last.
   std::sort(found.begin(), found.end(),
             [](const fs::path& a, const fs::path& b) { return a.filename() < b.filename(); });
-  std::vector<std::string> problems;
+  std::string message = "no usable checkpoint under " + dir.string() + ":";
   for (auto it = found.rbegin(); it != found.rend(); ++it) {
     Status ok = VerifyChecksums(*it);
     if (ok.ok()) return *it;
-    problems.push_back(ok.message());
+    message += "\n  " + ok.message();
     if (skipped != nullptr) skipped->push_back(ok.message());
   }
-  std::string message = "no usable checkpoint under " + dir.string() + ":";
-  for (const std::string& p : problems) message += "\n  " + p;
   return DataLoss(message);
 }
 

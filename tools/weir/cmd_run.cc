@@ -109,8 +109,6 @@ std::string SummaryJson(const fs::path& graph_file, const RunResult& r) {
   return out + "\n  ]\n}\n";
 }
 
-}  // namespace
-
 // Whether `path` is `dir` or lies inside it.
 bool IsWithin(const fs::path& path, const fs::path& dir) {
   fs::path rel = fs::weakly_canonical(path).lexically_relative(fs::weakly_canonical(dir));
@@ -121,7 +119,7 @@ bool IsWithin(const fs::path& path, const fs::path& dir) {
 // with the run folder's logs made ready: a run resumed in place keeps its metrics up to the
 // checkpoint's step (the later ones are computed again) and appends to its log; any other run
 // starts both anew.
-StatusOr<fs::path> ResumeDir(const Args& args, const fs::path& out_dir) {
+StatusOr<fs::path> ResumeDir(const Args& args, const fs::path& out_dir, bool in_place) {
   std::error_code ec;
   fs::path resume;
   if (auto given = args.Get("resume")) {
@@ -134,7 +132,7 @@ StatusOr<fs::path> ResumeDir(const Args& args, const fs::path& out_dir) {
       std::cerr << "weir run: skipping a damaged checkpoint: " << problem << "\n";
     resume = fs::absolute(checkpoint.empty() ? fs::path(*given) : checkpoint);
   }
-  if (resume.empty() || !IsWithin(resume, out_dir)) {
+  if (resume.empty() || !in_place) {
     fs::remove(out_dir / "metrics.jsonl", ec);
     fs::remove(out_dir / "run.log", ec);
     return resume;
@@ -150,6 +148,8 @@ StatusOr<fs::path> ResumeDir(const Args& args, const fs::path& out_dir) {
   WEIR_RETURN_IF_ERROR(TrimJsonlAfterStep(out_dir / "metrics.jsonl", step));
   return resume;
 }
+
+}  // namespace
 
 int RunCommand(const std::vector<std::string>& argv) {
   Args args;
@@ -206,7 +206,7 @@ int RunCommand(const std::vector<std::string>& argv) {
     std::cerr << "weir run: cannot create " << out_dir.string() << ": " << ec.message() << "\n";
     return 1;
   }
-  auto resume_dir = ResumeDir(args, out_dir);
+  auto resume_dir = ResumeDir(args, out_dir, in_place);
   if (!resume_dir.ok()) {
     std::cerr << "weir run: " << resume_dir.status().message() << "\n";
     return 1;

@@ -22,6 +22,10 @@ Status WriteChecksums(const std::filesystem::path& dir);
 // manifest and the first file that differs; a missing manifest is an error.
 Status VerifyChecksums(const std::filesystem::path& dir);
 
+// The complete checkpoint folders directly in `dir`, oldest first: `step-N` (zero-padded, so
+// names sort by step), not the `.tmp-PID` folders of checkpoints still being written.
+std::vector<std::filesystem::path> CheckpointFolders(const std::filesystem::path& dir);
+
 // The checkpoint to resume from given `dir`: `dir` itself when it holds trainer_state.json;
 // otherwise the newest `step-N` folder (directly in `dir` or one level down, as in
 // `<run>/checkpoints/step-000100`) whose checksums verify, each newer damaged or incomplete one

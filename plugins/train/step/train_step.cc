@@ -415,12 +415,7 @@ class TrainStep : public StreamKernel {
                         ec.message());
     last_checkpoint_ = step_;
     // Keep the newest `keep_checkpoints`; older ones go only after the new one is complete.
-    std::vector<fs::path> all;
-    for (const auto& e : fs::directory_iterator(root, ec)) {
-      std::string n = e.path().filename().string();
-      if (n.rfind("step-", 0) == 0 && n.find(".tmp-") == std::string::npos) all.push_back(e.path());
-    }
-    std::sort(all.begin(), all.end());
+    std::vector<fs::path> all = CheckpointFolders(root);
     for (size_t i = 0; keep_ > 0 && i + static_cast<size_t>(keep_) < all.size(); ++i)
       fs::remove_all(all[i], ec);
     return Status();
