@@ -1,6 +1,7 @@
 #include "weir/plugin.h"
 
 #include "nn_common.h"
+#include "segments/segment_ids.h"
 
 namespace {
 
@@ -13,6 +14,7 @@ void RegisterNn(weir::Registrar& r) {
   RegisterRmsNorm(r);
   RegisterRope(r);
   RegisterAttention(r);
+  RegisterSegmentIds(r);
   RegisterCrossEntropy(r);
   RegisterShapeOps(r);
   RegisterDropout(r);

@@ -2,6 +2,11 @@
 // is tiled with an online softmax, so it never holds a [T, S] score matrix: memory is O(T·d).
 // The forward pass also returns the log-sum-exp of each query's scores, which the backward pass
 // (nn.AttentionGrad, flash-attention style) uses to recompute the probabilities.
+//
+// Optional segment ids keep packed documents apart (a query sees only keys of its own segment).
+// Segments never decrease along time, so every query still sees one contiguous run of keys: the
+// tiled kernels start each query block at its first visible key and mask the partial blocks, and
+// without segments they run exactly as before (every run starts at key 0).
 #include <atomic>
 
 #include "nn_common.h"
@@ -44,36 +49,114 @@ double Scale(const Attrs& a, int64_t d) {
   return s > 0 ? s : 1.0 / std::sqrt(static_cast<double>(d));
 }
 
-// The last key position query t may see.
-int64_t LastKey(const Dims& d, int64_t t, bool causal) {
-  return causal ? t + (d.s - d.t) : d.s - 1;
+// Where the optional segments input sits: after q, k, v in the forward op, after q, k, v, o, lse,
+// do in the backward op.
+constexpr int kForwardSegments = 3;
+constexpr int kBackwardSegments = 6;
+
+// Segments [batch, time] i64 pair queries with keys position by position, so there must be no
+// cache before the queries.
+Status CheckSegments(const TensorType& segments, const Dims& d) {
+  if (segments.dtype != DT_I64 || segments.shape != Shape{d.batch, d.t}) {
+    return InvalidArgument("segments must be i64 [batch, time] = i64" +
+                           ShapeString({d.batch, d.t}) + ", got " + segments.ToString());
+  }
+  if (d.s != d.t) {
+    return InvalidArgument("segments need as many keys as queries (no cached keys before them): " +
+                           std::to_string(d.t) + " queries, " + std::to_string(d.s) + " keys");
+  }
+  return Status();
 }
+
+// The keys each query may see, [Begin, End): the causal rule (which aligns the last query with
+// the last key) and, with segments, the query's own segment. Both ends never decrease with the
+// query's position, so a block of queries sees the keys from its first query's Begin to its last
+// query's End.
+class KeyRanges {
+ public:
+  KeyRanges(const Dims& d, bool causal) : d_(d), causal_(causal) {}
+
+  // Reads segments [batch, time]; an error when they decrease along a row.
+  Status SetSegments(const Tensor& segments) {
+    const int64_t* ids = segments.data<int64_t>();
+    begin_.resize(static_cast<size_t>(d_.batch * d_.t));
+    end_.resize(begin_.size());
+    for (int64_t b = 0; b < d_.batch; ++b) {
+      const int64_t* row = ids + b * d_.t;
+      int64_t* begin = begin_.data() + b * d_.t;
+      int64_t* end = end_.data() + b * d_.t;
+      for (int64_t t = 0, start = 0; t < d_.t; ++t) {
+        if (t > 0 && row[t] < row[t - 1]) {
+          return InvalidArgument("segments must not decrease along time: row " + std::to_string(b) +
+                                 " has " + std::to_string(row[t]) + " at position " +
+                                 std::to_string(t) + " after " + std::to_string(row[t - 1]));
+        }
+        if (t > 0 && row[t] != row[t - 1]) start = t;
+        begin[t] = start;
+      }
+      for (int64_t t = d_.t - 1, stop = d_.t; t >= 0; --t) {
+        if (t + 1 < d_.t && row[t] != row[t + 1]) stop = t + 1;
+        end[t] = stop;
+      }
+    }
+    return Status();
+  }
+
+  int64_t Begin(int64_t b, int64_t t) const {
+    return begin_.empty() ? 0 : begin_[static_cast<size_t>(b * d_.t + t)];
+  }
+  int64_t End(int64_t b, int64_t t) const {
+    if (causal_) return t + (d_.s - d_.t) + 1;  // in t's segment: segments need keys == time
+    return end_.empty() ? d_.s : end_[static_cast<size_t>(b * d_.t + t)];
+  }
+
+  // The keys of the block [k0, k0 + nk) that query t sees, as offsets into the block; empty
+  // when end <= begin.
+  struct InBlock {
+    int64_t begin, end;
+  };
+  InBlock Visible(int64_t b, int64_t t, int64_t k0, int64_t nk) const {
+    return {std::clamp<int64_t>(Begin(b, t) - k0, 0, nk),
+            std::clamp<int64_t>(End(b, t) - k0, 0, nk)};
+  }
+
+ private:
+  Dims d_;
+  bool causal_;
+  std::vector<int64_t> begin_, end_;  // per [batch, time]; empty without segments
+};
 
 Status AttentionShape(ShapeContext& ctx) {
   WEIR_ASSIGN_OR_RETURN(Dims d, GetDims(ctx.input(0), ctx.input(1), ctx.input(2)));
+  if (ctx.num_inputs() > kForwardSegments)
+    WEIR_RETURN_IF_ERROR(CheckSegments(ctx.input(kForwardSegments), d));
   ctx.set_output(0, {ctx.input(0).dtype, {d.batch, d.t, d.heads, d.dv}});
   ctx.set_output(1, {LseType(ctx.input(0).dtype), {d.batch, d.heads, d.t}});
   return Status();
 }
 
-// What both kernels start from: their inputs made dense, the dims and the attrs.
+// What both kernels start from: their inputs made dense, the dims, the attrs and the keys each
+// query sees.
 struct Problem {
   std::vector<Tensor> in;
   Dims d;
-  bool causal;
   double scale;
+  KeyRanges ranges;
 };
 
-StatusOr<Problem> Prepare(const KernelContext& ctx) {
-  Problem p;
-  for (int i = 0; i < ctx.num_inputs(); ++i) p.in.push_back(ctx.input(i).Contiguous());
+StatusOr<Problem> Prepare(const KernelContext& ctx, int segments_input) {
+  std::vector<Tensor> in;
+  for (int i = 0; i < ctx.num_inputs(); ++i) in.push_back(ctx.input(i).Contiguous());
   auto type = [&](int i) {
-    return TensorType{p.in[static_cast<size_t>(i)].dtype(), p.in[static_cast<size_t>(i)].shape()};
+    return TensorType{in[static_cast<size_t>(i)].dtype(), in[static_cast<size_t>(i)].shape()};
   };
-  WEIR_ASSIGN_OR_RETURN(p.d, GetDims(type(0), type(1), type(2)));
-  p.causal = ctx.attrs().Bool("causal");
-  p.scale = Scale(ctx.attrs(), p.d.d);
-  return p;
+  WEIR_ASSIGN_OR_RETURN(Dims d, GetDims(type(0), type(1), type(2)));
+  KeyRanges ranges(d, ctx.attrs().Bool("causal"));
+  if (ctx.num_inputs() > segments_input) {
+    WEIR_RETURN_IF_ERROR(CheckSegments(type(segments_input), d));
+    WEIR_RETURN_IF_ERROR(ranges.SetSegments(in[static_cast<size_t>(segments_input)]));
+  }
+  return Problem{std::move(in), d, Scale(ctx.attrs(), d.d), std::move(ranges)};
 }
 
 // One head of a [batch, n, heads, width] tensor as a matrix of rows `width` apart by heads·width:
@@ -90,19 +173,13 @@ struct Heads {
   }
 };
 
-// The scores of a block of queries [q0, q0 + nq) against keys [k0, k0 + nk): how many keys each
-// query row may see (the causal mask), counted from k0.
-inline int64_t VisibleKeys(const Dims& d, bool causal, int64_t t, int64_t k0, int64_t nk) {
-  return std::clamp<int64_t>(LastKey(d, t, causal) - k0 + 1, 0, nk);
-}
-
 // Flash-attention on the CPU: each task takes a block of queries of one head and walks the keys
 // in blocks, with q·kᵀ and p·v as oneDNN GEMMs that read the heads in place and an online softmax
 // between them. Scores exist only for one block pair at a time: memory is O(T·d).
 Status AttentionCpu(KernelContext& ctx) {
-  WEIR_ASSIGN_OR_RETURN(Problem pr, Prepare(ctx));
+  WEIR_ASSIGN_OR_RETURN(Problem pr, Prepare(ctx, kForwardSegments));
   const Dims& d = pr.d;
-  bool causal = pr.causal;
+  const KeyRanges& ranges = pr.ranges;
   return DispatchFloat(pr.in[0].dtype(), [&](auto tag) {
     using T = decltype(tag);
     using A = AccumulatorOf<T>;
@@ -126,19 +203,20 @@ Status AttentionCpu(KernelContext& ctx) {
         std::fill(acc.begin(), acc.end(), A(0));
         std::fill(m.begin(), m.end(), -std::numeric_limits<A>::infinity());
         std::fill(l.begin(), l.end(), A(0));
-        int64_t last = LastKey(d, q0 + nq - 1, causal);
-        for (int64_t k0 = 0; k0 <= last; k0 += kKeyBlock) {
-          int64_t nk = std::min(kKeyBlock, last + 1 - k0);
+        int64_t keys_end = ranges.End(b, q0 + nq - 1);
+        for (int64_t k0 = ranges.Begin(b, q0); k0 < keys_end; k0 += kKeyBlock) {
+          int64_t nk = std::min(kKeyBlock, keys_end - k0);
           Status st =
               GemmBlock(kT, kA, nq, nk, d.d, q.At(b, q0, h), k.At(b, k0, hk, true), s.data(), nk);
           for (int64_t i = 0; st.ok() && i < nq; ++i) {
-            A* row = s.data() + i * nk;
             T* prow = p.data() + i * nk;
-            int64_t visible = VisibleKeys(d, causal, q0 + i, k0, nk);
-            std::fill(prow + visible, prow + nk, T(0));
-            if (visible == 0) continue;
-            A mn = std::max(m[i], RowMax(row, visible) * scale);  // scale > 0
-            A sum = ExpSum(row, visible, scale, mn, prow);
+            auto [begin, end] = ranges.Visible(b, q0 + i, k0, nk);
+            std::fill(prow, prow + begin, T(0));
+            std::fill(prow + std::max(begin, end), prow + nk, T(0));
+            if (end <= begin) continue;
+            const A* row = s.data() + i * nk + begin;
+            A mn = std::max(m[i], RowMax(row, end - begin) * scale);  // scale > 0
+            A sum = ExpSum(row, end - begin, scale, mn, prow + begin);
             A corr = Exp(m[i] - mn);
             l[i] = l[i] * corr + sum;
             for (int64_t x = 0; x < d.dv; ++x) acc[i * d.dv + x] *= corr;
@@ -167,9 +245,9 @@ Status AttentionCpu(KernelContext& ctx) {
 // block from the saved log-sum-exp; every product is a GEMM. Work is split by (batch, kv head)
 // so the query heads that share a kv head accumulate into dk and dv without races.
 Status AttentionGradCpu(KernelContext& ctx) {
-  WEIR_ASSIGN_OR_RETURN(Problem pr, Prepare(ctx));
+  WEIR_ASSIGN_OR_RETURN(Problem pr, Prepare(ctx, kBackwardSegments));
   const Dims& d = pr.d;
-  bool causal = pr.causal;
+  const KeyRanges& ranges = pr.ranges;
   return DispatchFloat(pr.in[0].dtype(), [&](auto tag) {
     using T = decltype(tag);
     using A = AccumulatorOf<T>;
@@ -212,21 +290,25 @@ Status AttentionGradCpu(KernelContext& ctx) {
               delta[i] = sum;
             }
             std::fill(dq_acc.begin(), dq_acc.end(), A(0));
-            int64_t last = LastKey(d, q0 + nq - 1, causal);
-            for (int64_t k0 = 0; k0 <= last; k0 += kKeyBlock) {
-              int64_t nk = std::min(kKeyBlock, last + 1 - k0);
+            int64_t keys_end = ranges.End(b, q0 + nq - 1);
+            for (int64_t k0 = ranges.Begin(b, q0); k0 < keys_end; k0 += kKeyBlock) {
+              int64_t nk = std::min(kKeyBlock, keys_end - k0);
               gemm(nq, nk, d.d, q.At(b, q0, h), k.At(b, k0, hk, true), s.data(), nk, false);
               gemm(nq, nk, d.dv, dout.At(b, q0, h), v.At(b, k0, hk, true), dp.data(), nk, false);
               if (first.failed()) break;
               for (int64_t i = 0; i < nq; ++i) {
-                int64_t visible = VisibleKeys(d, causal, q0 + i, k0, nk), at = i * nk;
-                for (int64_t j = 0; j < visible; ++j) {
+                auto [begin, end] = ranges.Visible(b, q0 + i, k0, nk);
+                int64_t at = i * nk;
+                for (int64_t j = begin; j < end; ++j) {
                   A pij = Exp(s[at + j] * scale - block_lse[i]);
                   p[at + j] = Narrow<T>(pij);
                   ds[at + j] = Narrow<T>(pij * (dp[at + j] - delta[i]) * scale);
                 }
-                std::fill(p.begin() + at + visible, p.begin() + at + nk, Narrow<T>(A(0)));
-                std::fill(ds.begin() + at + visible, ds.begin() + at + nk, Narrow<T>(A(0)));
+                for (std::vector<T>* zeroed : {&p, &ds}) {
+                  std::fill(zeroed->begin() + at, zeroed->begin() + at + begin, Narrow<T>(A(0)));
+                  std::fill(zeroed->begin() + at + std::max(begin, end), zeroed->begin() + at + nk,
+                            Narrow<T>(A(0)));
+                }
               }
               gemm(nk, d.dv, nq, MatrixRef{p.data(), nk, true}, dout.At(b, q0, h),
                    dv_acc.data() + k0 * d.dv, d.dv, true);
@@ -254,10 +336,10 @@ Status AttentionGradCpu(KernelContext& ctx) {
 
 Status AttentionGrad(GradContext& g) {
   if (!g.grad(0).valid()) return Status();  // only the lse output was used: nothing to send back
-  WEIR_ASSIGN_OR_RETURN(
-      auto d, g.Op("nn.AttentionGrad",
-                   {g.input(0), g.input(1), g.input(2), g.output(0), g.output(1), g.grad(0)},
-                   g.attrs().values()));
+  std::vector<ValueRef> in = {g.input(0),  g.input(1),  g.input(2),
+                              g.output(0), g.output(1), g.grad(0)};
+  if (g.num_inputs() > kForwardSegments) in.push_back(g.input(kForwardSegments));  // no gradient
+  WEIR_ASSIGN_OR_RETURN(auto d, g.Op("nn.AttentionGrad", in, g.attrs().values()));
   for (int i = 0; i < 3; ++i)
     if (g.needs_grad(i)) g.set_input_grad(i, d[static_cast<size_t>(i)]);
   return Status();
@@ -271,10 +353,14 @@ void RegisterAttention(Registrar& r) {
           "Scaled dot-product attention: o = softmax(q·kᵀ·scale + mask) · v per head. Grouped-"
           "query attention when k and v have fewer heads (each serves heads/kv_heads query "
           "heads). Causal masking aligns the last query with the last key, so it also serves "
-          "decoding against a cache. Also returns the log-sum-exp of each query's scores.")
+          "decoding against a cache. Also returns the log-sum-exp of each query's scores. With "
+          "segments (packed documents), query i sees key j only if segments[j] == segments[i]; "
+          "segments must not decrease along time and need keys == time.")
       .Input("q", "T", "[batch, time, heads, d]")
       .Input("k", "T", "[batch, keys, kv_heads, d]")
       .Input("v", "T", "[batch, keys, kv_heads, dv]")
+      .OptionalInput("segments", "i64",
+                     "[batch, time] document of each position (nn.SegmentIds); no gradient")
       .Output("o", "T", "[batch, time, heads, dv]")
       .Output("lse", "f32", "[batch, heads, time] log-sum-exp of the scaled scores (f64 for f64)")
       .Attr("causal", true, "mask keys after each query's position")
@@ -301,12 +387,17 @@ void RegisterAttention(Registrar& r) {
       .Input("o", "T")
       .Input("lse", "f32")
       .Input("do", "T")
+      .OptionalInput("segments", "i64", "as in the forward op")
       .Output("dq", "T")
       .Output("dk", "T")
       .Output("dv", "T")
       .Attr("causal", true, "as in the forward op")
       .Attr<double>("scale", 0.0, "as in the forward op", Min(0.0))
       .Shape([](ShapeContext& c) {
+        if (c.num_inputs() > kBackwardSegments) {
+          WEIR_ASSIGN_OR_RETURN(Dims d, GetDims(c.input(0), c.input(1), c.input(2)));
+          WEIR_RETURN_IF_ERROR(CheckSegments(c.input(kBackwardSegments), d));
+        }
         c.set_output(0, c.input(0));
         c.set_output(1, c.input(1));
         c.set_output(2, c.input(2));
