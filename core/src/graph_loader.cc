@@ -186,6 +186,7 @@ StatusOr<NodeSpec> ParseNodeSpec(const NodeDef& def, const Locator& at) {
   n.doc = def.doc();
   n.stage = def.stage();
   n.repeat = def.repeat();
+  n.in_flight = def.in_flight();
   n.loc = at.Of("name").known() ? at.Of("name") : SourceLoc{at.file(), 0, 0};
   n.name_loc = at.StringStart("name");
   n.op_loc = at.StringStart("op");
@@ -203,6 +204,11 @@ StatusOr<NodeSpec> ParseNodeSpec(const NodeDef& def, const Locator& at) {
                     .At(n.name_loc));
   }
   if (n.op.empty()) return fail(InvalidArgument("node has no op").At(n.loc));
+  if (n.in_flight < 0) {
+    return fail(InvalidArgument("in_flight must be >= 0 (0: the run's bound), got " +
+                                std::to_string(n.in_flight))
+                    .At(at.Of("in_flight")));
+  }
   for (int i = 0; i < def.input_size(); ++i) {
     auto e = ParseEndpoint(def.input(i), at.StringStart("input", i));
     if (!e.ok()) return fail(e.status());

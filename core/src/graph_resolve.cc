@@ -313,8 +313,39 @@ class Resolver {
       return *parsed;
     }
     Literal out = lit;
+    if (lit.kind == Literal::kQuoted) return Interpolate(lit, scope, at);
     for (Literal& item : out.items) {
       WEIR_ASSIGN_OR_RETURN(item, Substitute(item, scope, at));
+    }
+    return out;
+  }
+
+  // `${name}` inside a quoted string is the param's value as written back ('${runs}/shards',
+  // 'beta=${beta} epsilon=${epsilon}'); a lone `$` stays as it is, since strings hold prices and
+  // LaTeX.
+  StatusOr<Literal> Interpolate(const Literal& lit, const Scope& scope, const SourceLoc& at) {
+    Literal out = lit;
+    out.text.clear();
+    for (size_t i = 0; i < lit.text.size();) {
+      size_t open = lit.text.find("${", i);
+      if (open == std::string::npos) {
+        out.text += lit.text.substr(i);
+        break;
+      }
+      out.text += lit.text.substr(i, open - i);
+      size_t close = lit.text.find('}', open);
+      SourceLoc where = at.Shifted(lit.offset);
+      if (close == std::string::npos)
+        return InvalidArgument("'${' without a closing '}' in '" + lit.text + "'").At(where);
+      std::string name = lit.text.substr(open + 2, close - open - 2);
+      const AttrValue* v = scope.Find(name);
+      if (v == nullptr) {
+        return InvalidArgument("refers to unknown param '${" + name + "}'" +
+                               SuggestClosest(name, scope.Names()))
+            .At(where);
+      }
+      out.text += v->value_case() == AttrValue::kS ? v->s() : FormatAttrValue(*v);
+      i = close + 1;
     }
     return out;
   }
@@ -544,7 +575,7 @@ class Resolver {
       const NodeSpec& s = written.op.starts_with("$") ? chosen : written;
       std::vector<Endpoint> inputs;
       for (const Endpoint& e : s.inputs) {
-        if (!prefix.empty() && !siblings.count(e.node) && !args.count(e.node)) {
+        if ((depth > 0 || !prefix.empty()) && !siblings.count(e.node) && !args.count(e.node)) {
           Fail(InvalidArgument("input '" + e.ToString() + "': no node or argument named '" +
                                e.node + "' in this function")
                    .At(e.loc)
@@ -561,7 +592,7 @@ class Resolver {
       }
       auto fn = graph_.functions.find(s.op);
       if (fn != graph_.functions.end()) {
-        ExpandCall(s, fn->second, name, inputs, scope, depth, out);
+        ExpandCall(s, fn->second, prefix, name, inputs, scope, depth, out);
         continue;
       }
       if (s.repeat != 0) {
@@ -588,6 +619,7 @@ class Resolver {
       n.device = s.device;
       n.doc = s.doc;
       n.stage = s.stage;
+      n.in_flight = s.in_flight;
       n.loc = s.loc;
       n.op_loc = s.op_loc;
       n.entry = entry;
@@ -598,6 +630,13 @@ class Resolver {
         n.inputs.push_back(in);
       }
       for (const WrittenAttr& w : s.attrs) CheckReference(n, w);
+      bool fed =
+          std::any_of(inputs.begin(), inputs.end(), [](const Endpoint& e) { return !e.control; });
+      if (n.in_flight > 0 && (fed || depth > 0)) {
+        Fail(InvalidArgument("in_flight bounds a source's items; this node has inputs")
+                 .At(s.loc)
+                 .InNode(name, s.op));
+      }
       out.push_back(std::move(n));
     }
   }
@@ -634,9 +673,9 @@ class Resolver {
     return prefix.empty() ? name : prefix + "." + name;
   }
 
-  void ExpandCall(const NodeSpec& s, const FunctionSpec& f, const std::string& name,
-                  const std::vector<Endpoint>& inputs, const Scope& scope, int depth,
-                  std::vector<Node>& out) {
+  void ExpandCall(const NodeSpec& s, const FunctionSpec& f, const std::string& caller_prefix,
+                  const std::string& name, const std::vector<Endpoint>& inputs, const Scope& scope,
+                  int depth, std::vector<Node>& out) {
     auto fail = [&](Status st) { Fail(st.InNode(name, s.op)); };
     if (depth >= kMaxCallDepth) {
       fail(InvalidArgument("function calls nest deeper than " + std::to_string(kMaxCallDepth) +
@@ -648,6 +687,19 @@ class Resolver {
     int64_t repeat = s.repeat;
     SourceLoc repeat_loc = s.repeat_loc;
     bool none = false;  // attr repeat=0: no copies, the call's outputs are its inputs
+    // `attr: "inline=true"`: the function's nodes take the caller's names instead of names under
+    // the call's, so a function that wraps a model (a loss head around it) shares the model's
+    // parameter names and loads its checkpoints.
+    bool inlined = false;
+    for (const WrittenAttr& w : s.attrs) {
+      if (w.key != "inline") continue;
+      auto v = TypeValue(w, ATTR_BOOL, scope);
+      if (!v.ok()) {
+        fail(Status(v.status()).InAttr("inline"));
+        return;
+      }
+      inlined = v->b();
+    }
     for (const WrittenAttr& w : s.attrs) {
       if (w.key != "repeat") continue;
       if (s.repeat != 0) {
@@ -668,6 +720,12 @@ class Resolver {
     }
     if (repeat < 0) {
       fail(InvalidArgument("repeat must be >= 0, got " + std::to_string(repeat)).At(repeat_loc));
+      return;
+    }
+    if (inlined && (repeat > 0 || none)) {
+      fail(InvalidArgument("inline=true and repeat cannot be combined: the copies would share "
+                           "their names")
+               .At(repeat_loc));
       return;
     }
     std::vector<Endpoint> data;
@@ -701,7 +759,7 @@ class Resolver {
       attr_names.push_back(a.key);
     }
     for (const WrittenAttr& w : s.attrs) {
-      if (w.key == "repeat") continue;
+      if (w.key == "repeat" || w.key == "inline") continue;
       auto it = base.vars.find(w.key);
       if (it == base.vars.end() || w.key == "repeat_index") {
         fail(InvalidArgument("unknown attr '" + w.key + "'" + SuggestClosest(w.key, attr_names) +
@@ -749,12 +807,13 @@ class Resolver {
     std::vector<Endpoint> current = data;
     for (int64_t k = 0; k < copies && errors_.size() < kMaxErrorsBeforeStopping; ++k) {
       std::string copy = repeat > 0 ? name + "." + std::to_string(k) : name;
+      const std::string& scope_prefix = inlined ? caller_prefix : copy;
       Scope local = base;
       local.vars["repeat_index"].set_i(k);
       std::map<std::string, Endpoint> args;
       for (size_t i = 0; i < f.inputs.size(); ++i) args[f.inputs[i]] = current[i];
       size_t first_new = out.size();
-      ExpandSpecs(f.nodes, copy, local, args, depth + 1, out);
+      ExpandSpecs(f.nodes, scope_prefix, local, args, depth + 1, out);
       for (size_t i = first_new; i < out.size(); ++i) {
         Node& n = out[i];
         if (n.device.empty()) n.device = s.device;
@@ -771,7 +830,7 @@ class Resolver {
       CallOutputs outs;
       for (const FunctionSpec::Output& o : f.outputs) {
         outs.names.push_back(o.name);
-        outs.sources.push_back(MapEndpoint(o.source, copy, siblings, args));
+        outs.sources.push_back(MapEndpoint(o.source, scope_prefix, siblings, args));
       }
       calls_[copy] = outs;
       current.clear();
@@ -1082,6 +1141,7 @@ GraphDef ToResolvedGraphDef(const Graph& graph) {
     nd->set_op(n.op);
     nd->set_device(n.device);
     nd->set_stage(n.stage);
+    nd->set_in_flight(n.in_flight);
     nd->set_doc(n.doc);
     for (const Node::Input& in : n.inputs) {
       const Node& from = graph.nodes[in.node];

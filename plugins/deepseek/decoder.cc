@@ -273,8 +273,9 @@ StatusOr<Generated> Generate(LatentDecoder& decoder, const Tensor& prompts,
                               rngs[static_cast<size_t>(b)]);
       tokens.push_back(t);
       next[static_cast<size_t>(b)] = t;
-      done[static_cast<size_t>(b)] =
-          Stops(options, t) || static_cast<int64_t>(tokens.size()) >= options.max_new;
+      done[static_cast<size_t>(b)] = Stops(options, t) ||
+                                     static_cast<int64_t>(tokens.size()) >= options.max_new ||
+                                     (options.stop_when && options.stop_when(b, tokens));
       any = any || !done[static_cast<size_t>(b)];
     }
     if (!any) break;

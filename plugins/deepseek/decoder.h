@@ -7,6 +7,7 @@
 // (spec §4).
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -69,6 +70,9 @@ struct GenerateOptions {
   uint64_t seed = 0;                 // prompt b of a batch draws from stream (seed, b)
   std::vector<int64_t> stop_tokens;  // a prompt ends with the first of these it generates
   bool speculative = false;          // MTP drafts (greedy, one prompt)
+  // Called after each token a prompt gets (its index in the batch and its new tokens so far):
+  // true ends that prompt there (a stop string completed).
+  std::function<bool(int64_t, const std::vector<int64_t>&)> stop_when;
 };
 
 struct Generated {

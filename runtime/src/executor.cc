@@ -357,11 +357,15 @@ class Run {
               return std::move(emitter.outputs());
             });
         rt.limiter = std::make_unique<flow::limiter_node<Outputs>>(
-            *graph_flow_, static_cast<size_t>(std::max(1, options_.max_in_flight)));
+            *graph_flow_,
+            static_cast<size_t>(
+                std::max(1, rt.node->in_flight > 0 ? rt.node->in_flight : options_.max_in_flight)));
         rt.router = std::make_unique<flow::function_node<Outputs, flow::continue_msg>>(
             *graph_flow_, flow::serial, [this, &rt](Outputs outs) {
               auto token = std::make_shared<Token>(rt.limiter.get());
-              if (!cancelled_) Deliver(rt, outs, token);
+              // An item made before a node asked the sources to finish, and held at the limiter
+              // until now, is not wanted either.
+              if (!cancelled_ && !sources_done_) Deliver(rt, outs, token);
               Release(token);
               return flow::continue_msg();
             });

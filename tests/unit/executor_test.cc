@@ -71,6 +71,17 @@ TEST(Executor, InFlightBoundHoldsAFastSourceBack) {
   }
 }
 
+// A source's `in_flight` overrides the run's bound for that source.
+TEST(Executor, ASourcesOwnInFlightBoundWins) {
+  RunOptions options;
+  options.max_in_flight = 16;
+  Ran ran = RunTestGraph("good/slow_sink_in_flight.pbtxt", {}, options);
+  ASSERT_TRUE(ran.result.status.ok()) << ran.result.status.ToString();
+  std::vector<double> in_flight = ran.metrics->Values("sink", "in_flight");
+  ASSERT_EQ(in_flight.size(), 60u);
+  EXPECT_LE(*std::max_element(in_flight.begin(), in_flight.end()), 3.0);
+}
+
 TEST(Executor, AnErrorCancelsTheRunAndNamesTheNode) {
   for (std::string mode : {"status", "throw"}) {
     Ran ran = RunTestGraph("good/failing.pbtxt", {"at=5", "mode=" + mode});

@@ -298,6 +298,73 @@ TEST(Errors, HostileGraphsFailCleanly) {
   }
 }
 
+// inline=true: the called function's nodes keep the caller's names (a wrapper shares the
+// parameter names of the model it wraps); names it would duplicate are errors.
+TEST(Functions, InlineCallsKeepTheCallersNames) {
+  std::string path = ::testing::TempDir() + "/inline.pbtxt";
+  auto write = [&](const std::string& extra) {
+    std::ofstream(path) << "import: \"" << WEIR_SOURCE_DIR
+                        << "/tests/graphs/good/lib/blocks.pbtxt\"\n"
+                           "function { name: \"Wrap\" input: \"x\" output: \"y=after:out\"\n"
+                           "  node { name: \"inner\" op: \"Stage\" input: \"x\" attr: "
+                           "\"inline=true\" }\n"
+                           "  node { name: \"after\" op: \"test.Jitter\" input: \"inner\" } }\n"
+                           "node { name: \"src\" op: \"test.Count\" }\n"
+                           "node { name: \"w\" op: \"Wrap\" input: \"src\" }\n"
+                        << extra << "node { name: \"sink\" op: \"test.Record\" input: \"w\" }\n";
+  };
+  write("");
+  auto g = LoadTestGraph(path);
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  // Stage's nodes are named under the call of Wrap, not under "inner".
+  EXPECT_EQ(FindNode(*g, "w.first").op, "test.Jitter");
+  EXPECT_EQ(FindNode(*g, "w.second").op, "test.Fail");
+  EXPECT_LT(g->FindNode("w.inner.first"), 0);
+  EXPECT_EQ(g->nodes[FindNode(*g, "w.after").inputs[0].node].name, "w.second");
+  // At the top level an inlined function's nodes take bare names, which may clash.
+  write(
+      "node { name: \"top\" op: \"Stage\" input: \"src\" attr: \"inline=true\" }\n"
+      "node { name: \"first\" op: \"test.Jitter\" input: \"src\" }\n");
+  auto clash = LoadTestGraph(path);
+  ASSERT_FALSE(clash.ok());
+  EXPECT_NE(clash.status().ToString().find("duplicate node name 'first'"), std::string::npos)
+      << clash.status().ToString();
+  write("node { name: \"top\" op: \"Stage\" input: \"src\" attr: \"inline=true repeat=2\" }\n");
+  auto repeated = LoadTestGraph(path);
+  ASSERT_FALSE(repeated.ok());
+  EXPECT_NE(repeated.status().ToString().find("inline=true and repeat cannot be combined"),
+            std::string::npos)
+      << repeated.status().ToString();
+}
+
+// `${name}` in a quoted string is the param's value; `in_flight` belongs to sources.
+TEST(Params, QuotedStringsInterpolateBracedParams) {
+  std::string path = ::testing::TempDir() + "/interpolate.pbtxt";
+  auto load = [&](const std::string& body) {
+    std::ofstream(path) << "param: \"beta=0.04 name=run\"\n" << body;
+    return LoadTestGraph(path);
+  };
+  auto g = load(
+      "node { name: \"src\" op: \"test.Count\" }\n"
+      "node { name: \"k\" op: \"test.Knobs\" input: \"src\" "
+      "attr: \"k=1 tags=['beta=${beta} at ${name}/x', 'costs $5']\" }\n");
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  EXPECT_EQ(Attr(FindNode(*g, "k"), "tags"), "['beta=0.04 at run/x', 'costs $5']");
+  auto unknown = load(
+      "node { name: \"src\" op: \"test.Count\" }\n"
+      "node { name: \"k\" op: \"test.Knobs\" input: \"src\" attr: \"k=1 tags=['${bta}']\" }\n");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.status().ToString().find("unknown param '${bta}'; did you mean 'beta'?"),
+            std::string::npos)
+      << unknown.status().ToString();
+  auto fed = load(
+      "node { name: \"src\" op: \"test.Count\" }\n"
+      "node { name: \"sink\" op: \"test.Record\" input: \"src\" in_flight: 1 }\n");
+  ASSERT_FALSE(fed.ok());
+  EXPECT_NE(fed.status().ToString().find("in_flight bounds a source's items"), std::string::npos)
+      << fed.status().ToString();
+}
+
 TEST(Functions, TheOpOfANodeCanBeAParam) {
   auto g = LoadTestGraph(TestGraph("good/op_param.pbtxt"));
   ASSERT_TRUE(g.ok()) << g.status().ToString();

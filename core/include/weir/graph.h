@@ -52,6 +52,7 @@ struct NodeSpec {
   std::string doc;
   int stage = 0;
   int repeat = 0;
+  int in_flight = 0;
   std::vector<Endpoint> inputs;
   std::vector<WrittenAttr> attrs;
   SourceLoc loc;  // of the node
@@ -106,6 +107,9 @@ struct Node {
   std::string device;
   std::string doc;
   int stage = 0;
+  // A source's bound on items in flight (0: the run's). 1 makes each item's work finish before
+  // the next item starts: a generator reads the weights its trainer wrote for the last item.
+  int in_flight = 0;
   std::vector<Input> inputs;  // data inputs in written order
   std::vector<int> controls;  // nodes that must finish before this one starts
   std::vector<std::pair<std::string, AttrValue>> attrs;

@@ -1,51 +1,11 @@
-#include "model/model.h"
-
-#include <set>
+// The "model" resource kind: weir::Model (weir/runtime/model.h) built from a graph's resource.
+#include "weir/runtime/model.h"
 
 #include "weir/checkpoints.h"
 #include "weir/graph.h"
 #include "weir/safetensors.h"
 
 namespace weir::train {
-
-StatusOr<std::shared_ptr<const Program>> Model::GetProgram(const std::vector<TensorType>& inputs,
-                                                           const std::string& loss) {
-  std::string key = loss + "|";
-  for (const TensorType& t : inputs) key += t.ToString() + ";";
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = programs_.find(key);
-  if (it != programs_.end()) return it->second;
-  ProgramOptions options = options_;
-  options.loss = loss;
-  WEIR_ASSIGN_OR_RETURN(auto program,
-                        Program::Build(*graph_, function_, attrs_, inputs, *ops_, options));
-  std::vector<std::string> unused;
-  for (const ParamInfo& p : program->params()) {
-    auto it = initial_.find(p.name);
-    if (it == initial_.end() || params_.Find(p.name) != nullptr) continue;
-    if (it->second.shape() != p.type.shape) {
-      return InvalidArgument("init_from " + initial_source_ + ": parameter '" + p.name + "' is " +
-                             ShapeString(it->second.shape()) + ", the model's is " +
-                             ShapeString(p.type.shape));
-    }
-    params_.Set(p.name, it->second.To(DT_F32));
-  }
-  if (!loss.empty()) {
-    // A training program holds every parameter: a name it lacks is a mismatched checkpoint.
-    std::set<std::string> names;
-    for (const ParamInfo& p : program->params()) names.insert(p.name);
-    for (const auto& [name, t] : initial_)
-      if (!names.count(name)) unused.push_back(name);
-    if (!unused.empty()) {
-      return InvalidArgument("init_from " + initial_source_ + " holds " +
-                             std::to_string(unused.size()) + " parameters the model (function " +
-                             function_ + ") does not have, e.g. '" + unused[0] + "'");
-    }
-  }
-  params_.Initialize(program->params(), seed_);
-  programs_[key] = program;
-  return program;
-}
 
 void RegisterModel(Registrar& r) {
   r.ResourceKind("model")

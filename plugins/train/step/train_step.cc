@@ -11,12 +11,12 @@
 #include <fstream>
 #include <sstream>
 
-#include "model/model.h"
 #include "step/schedule.h"
 #include "weir/atomic_file.h"
 #include "weir/checkpoints.h"
 #include "weir/dispatch.h"
 #include "weir/json.h"
+#include "weir/runtime/model.h"
 #include "weir/safetensors.h"
 
 namespace weir::train {
@@ -31,6 +31,7 @@ class TrainStep : public StreamKernel {
       : ctx_(ctx), model_(model), optimizer_(optimizer), opt_attrs_(std::move(optimizer_attrs)) {
     inputs_ = ctx.StringList("inputs");
     loss_ = ctx.String("loss");
+    function_ = ctx.String("function");
     steps_ = ctx.Int("steps");
     accumulate_ = ctx.Int("accumulate");
     clip_ = ctx.Float("grad_clip");
@@ -47,6 +48,15 @@ class TrainStep : public StreamKernel {
     skip_nonfinite_ = ctx.String("on_nonfinite") == "skip";
     for (int o = 1; o < optimizer_->def.output_size(); ++o)
       state_names_.push_back(optimizer_->def.output(o).name());
+  }
+
+  Status ParseFunctionAttrs() {
+    auto parsed = ParseAttrValues(ctx_.String("function_attrs"), SourceLoc{});
+    if (!parsed.ok()) return ctx_.Error("function_attrs: " + parsed.status().message());
+    function_attrs_ = std::move(*parsed);
+    if (!function_attrs_.empty() && function_.empty())
+      return ctx_.Error("function_attrs is set but function is not");
+    return Status();
   }
 
   Status Restore() {
@@ -93,7 +103,8 @@ class TrainStep : public StreamKernel {
     auto t0 = Clock::now();
     ++data_position_;
     WEIR_ASSIGN_OR_RETURN(auto inputs, Inputs(batch));
-    WEIR_ASSIGN_OR_RETURN(auto program, model_->GetProgram(Types(inputs), loss_));
+    WEIR_ASSIGN_OR_RETURN(auto program,
+                          model_->GetProgram(Types(inputs), loss_, function_, function_attrs_));
     Program::Outputs result;
     {
       // Parameters may not change under a running step.
@@ -305,6 +316,7 @@ class TrainStep : public StreamKernel {
         KernelContext kc(ins, outs, &attrs);
         WEIR_RETURN_IF_ERROR((*kernel)(kc));
       }
+      model_->Updated();
     }
     std::vector<std::pair<std::string, double>> values = {{"loss", loss},
                                                           {"grad_norm", grad_norm},
@@ -356,7 +368,8 @@ class TrainStep : public StreamKernel {
     std::map<std::string, double> totals;
     for (const Batch& b : eval_) {
       WEIR_ASSIGN_OR_RETURN(auto inputs, Inputs(b));
-      WEIR_ASSIGN_OR_RETURN(auto program, model_->GetProgram(Types(inputs), ""));
+      WEIR_ASSIGN_OR_RETURN(auto program,
+                            model_->GetProgram(Types(inputs), "", function_, function_attrs_));
       std::lock_guard<std::mutex> lock(model_->mutex());
       WEIR_ASSIGN_OR_RETURN(auto result, program->Run(inputs, model_->params()));
       for (size_t o = 0; o < result.values.size(); ++o) {
@@ -428,6 +441,8 @@ class TrainStep : public StreamKernel {
   std::vector<std::string> state_names_;
   std::vector<std::string> inputs_;
   std::string loss_;
+  std::string function_;
+  std::map<std::string, AttrValue> function_attrs_;
   int64_t steps_, accumulate_, eval_every_, eval_batches_, checkpoint_every_, keep_;
   double clip_;
   Schedule schedule_;
@@ -477,6 +492,7 @@ StatusOr<std::unique_ptr<StreamKernel>> MakeTrainStep(const NodeContext& ctx) {
     values[a.key] = *typed;
   }
   auto kernel = std::make_unique<TrainStep>(ctx, model, entry, Attrs(values, "op '" + op + "'"));
+  WEIR_RETURN_IF_ERROR(kernel->ParseFunctionAttrs());
   WEIR_RETURN_IF_ERROR(kernel->Restore());
   return std::unique_ptr<StreamKernel>(std::move(kernel));
 }
@@ -500,6 +516,12 @@ void RegisterTrainStep(Registrar& r) {
       .Attr("inputs", std::vector<std::string>{"tokens", "targets"},
             "batch columns passed to the model function, in its input order")
       .Attr<std::string>("loss", "loss", "the model function's output to minimize")
+      .Attr<std::string>("function", "",
+                         "train through this function of the graph instead of the model's own: "
+                         "one that calls the model's function with inline=true, so the "
+                         "parameters are shared by name (a GRPO or reward-model loss head)")
+      .Attr<std::string>("function_attrs", "",
+                         "that function's own attrs, key=value (the model's come from the model)")
       .Attr<int64_t>("steps", 100, "optimizer steps to take", Min(1))
       .Attr<int64_t>("accumulate", 1, "micro-batches per optimizer step", Min(1))
       .Attr<std::string>("optimizer", "optim.AdamW", "the update op")

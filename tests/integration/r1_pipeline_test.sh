@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The tiny R1 pipeline, shortened (a few steps per stage), from the graph files: data, pretrain,
+# cold-start SFT, GRPO, held-out evaluation. Checks that each stage hands the next what it needs
+# and that GRPO really trains:
+#   - SFT batches score completion tokens only, and its eval loss falls;
+#   - GRPO emits whole groups of num_generations completions per prompt, logs TRL's metrics,
+#     on-policy (one generation batch in flight: kl and clip_ratio are 0 at μ = 1), and its
+#     checkpoint differs from the SFT one it started from;
+#   - the same GRPO run twice gives the same completions and parameters (seeded sampling);
+#   - eval.json holds accuracy and format rate in [0, 1].
+# usage: r1_pipeline_test.sh WEIR SOURCE_DIR
+set -euo pipefail
+weir=$1
+src=$2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail() {
+  echo "FAIL: $*" >&2
+  exit 1
+}
+run() { "$weir" run "$@" --progress none > /dev/null 2>> "$work/log" || { cat "$work/log" >&2; fail "weir run $1"; }; }
+py() { /usr/bin/python3 -c "$@"; }
+
+g=$src/graphs/tiny
+run "$g/data.pbtxt" --out "$work/data"
+tok=$work/data/tokenizer.json
+run "$g/pretrain.pbtxt" --out "$work/pre" --set shards="$work/data/shards" --set steps=4
+run "$g/sft.pbtxt" --out "$work/sft" --set tokenizer="$tok" --set steps=6 --set epochs=2 \
+  --set init_from="$work/pre/checkpoints/step-000004"
+sft=$work/sft/checkpoints/step-000006
+[ -f "$sft/model.safetensors" ] || fail "no SFT checkpoint"
+py "
+import json
+rows = [json.loads(l) for l in open('$work/sft/metrics.jsonl')]
+ev = [r['eval_lm_loss'] for r in rows if 'eval_lm_loss' in r]
+assert len(ev) >= 1, rows
+" || fail "SFT logged no evaluation loss"
+
+grpo=(--set tokenizer="$tok" --set init_from="$sft" --set steps=3 --set prompts_per_step=2
+  --set num_generations=4 --set max_new_tokens=16)
+run "$g/grpo.pbtxt" --out "$work/grpo" "${grpo[@]}"
+run "$g/grpo.pbtxt" --out "$work/grpo2" "${grpo[@]}"
+cmp -s "$work/grpo/completions.jsonl" "$work/grpo2/completions.jsonl" ||
+  fail "two GRPO runs with one seed sampled different completions"
+cmp -s "$work/grpo/checkpoints/step-000003/model.safetensors" \
+  "$work/grpo2/checkpoints/step-000003/model.safetensors" ||
+  fail "two GRPO runs with one seed ended with different parameters"
+cmp -s "$sft/model.safetensors" "$work/grpo/checkpoints/step-000003/model.safetensors" &&
+  fail "GRPO did not change the parameters"
+py "
+import json
+rows = [json.loads(l) for l in open('$work/grpo/completions.jsonl', errors='surrogateescape')]
+assert len(rows) == 3 * 2 * 4, len(rows)
+for i in range(0, len(rows), 4):
+    assert len({r['group'] for r in rows[i:i + 4]}) == 1, rows[i:i + 4]
+    assert len({r['prompt'] for r in rows[i:i + 4]}) == 1
+metrics = [json.loads(l) for l in open('$work/grpo/metrics.jsonl')]
+batch = [m for m in metrics if m['node'] == 'batch']
+train = [m for m in metrics if m['node'] == 'train' and 'loss' in m]
+assert len(batch) == 3 and len(train) == 3, (batch, train)
+for m in batch:
+    for k in ('reward', 'reward_std', 'frac_reward_zero_std', 'rewards/accuracy/mean',
+              'rewards/format/mean', 'completions/clipped_ratio'):
+        assert k in m, (k, m)
+for m in train:
+    assert abs(m['kl']) < 1e-6 and m['clip_ratio'] == 0, m  # on-policy at iterations=1
+" || fail "GRPO's completions or metrics are wrong"
+
+run "$g/eval.pbtxt" --out "$work/eval" --set tokenizer="$tok" \
+  --set init_from="$work/grpo/checkpoints/step-000003" --set max_new_tokens=16
+py "
+import json
+e = json.load(open('$work/eval/eval.json'))
+assert e['rows'] == 200, e
+for k in ('accuracy', 'format_rate'):
+    assert 0 <= e[k] <= 1, e
+" || fail "eval.json is wrong"
+echo "r1 pipeline ok"
