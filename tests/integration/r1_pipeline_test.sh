@@ -75,4 +75,20 @@ assert e['rows'] == 200, e
 for k in ('accuracy', 'format_rate'):
     assert 0 <= e[k] <= 1, e
 " || fail "eval.json is wrong"
+
+# weir generate with text prompts: one JSON line per prompt, in order, ended by <|eos|> or the cap.
+printf '{"prompt": "What is 1 + 2 + 3?"}\n{"prompt": "What is 9 + 9 + 9 + 9?"}\n' > "$work/prompts.jsonl"
+"$weir" generate "$g/model.pbtxt" --checkpoint "$work/grpo/checkpoints/step-000003" \
+  --tokenizer "$tok" --prompt "What is 4 + 4?" --prompts "$work/prompts.jsonl" --max-new 12 \
+  > "$work/generated.jsonl" 2> "$work/generate.log" || { cat "$work/generate.log" >&2; fail "weir generate"; }
+py "
+import json
+rows = [json.loads(l) for l in open('$work/generated.jsonl', errors='surrogateescape')]
+assert [r['prompt'] for r in rows] == ['What is 4 + 4?', 'What is 1 + 2 + 3?', 'What is 9 + 9 + 9 + 9?'], rows
+for r in rows:
+    assert 1 <= r['tokens'] <= 12 and isinstance(r['completion'], str), r
+    # A completion shorter than the cap ended at <|eos|>; one at the cap may not have.
+    assert r['tokens'] == 12 or not r['truncated'], r
+" || fail "weir generate's text output is wrong"
+grep -q "tokens/s" "$work/generate.log" || fail "weir generate printed no tokens/s"
 echo "r1 pipeline ok"

@@ -4,12 +4,16 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
+#include <map>
 
 #include "args.h"
+#include "bpe.h"
 #include "commands.h"
 #include "decoder.h"
 #include "model_inputs.h"
+#include "weir/json.h"
 #include "weir/runtime/prepare.h"
 #include "weir/safetensors.h"
 
@@ -19,6 +23,8 @@ namespace {
 constexpr char kHelp[] = R"(usage: weir generate GRAPH --checkpoint DIR --tokens FILE [--max-new N]
                      [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop ID]...
                      [--speculative] [--model NAME] [--set key=value]...
+       weir generate GRAPH --checkpoint DIR --tokenizer FILE (--prompt TEXT... | --prompts FILE.jsonl)
+                     [--template T] [--stop-text S]... [the options above]
 
 Generates with the model resource of GRAPH (function DeepseekV3 of
 graphs/models/deepseek_v3.pbtxt and its attrs), its parameters read from DIR/model.safetensors
@@ -26,6 +32,13 @@ graphs/models/deepseek_v3.pbtxt and its attrs), its parameters read from DIR/mod
 Every line of FILE is a prompt of space-separated token ids (all the same length); the prompts
 run as one batch: a prefill, then one token per step over MLA's latent cache in the absorbed
 form. For each prompt the new ids are printed on one line.
+
+With --tokenizer, prompts are text: each --prompt, or the "prompt" field of every line of
+--prompts FILE.jsonl. Each is written with --template (default the chat template the tiny
+pipeline trains with, "<|user|>{prompt}<|assistant|>"; "{prompt}" for raw text) and encoded;
+prompts of equal length decode as one batch. A completion ends at a --stop-text entry (a special
+token such as <|eos|>, the default, or a string the text is cut before). One JSON line per prompt
+is printed: {"prompt": ..., "completion": ..., "tokens": N, "truncated": true|false}.
 
 Greedy by default; with --temperature > 0 tokens are sampled (after --top-k and --top-p), each
 prompt from its own stream of --seed, so a run repeats exactly. A prompt ends at a --stop id
@@ -44,10 +57,48 @@ Options:
   --top-p P         ... within the smallest set holding P of the probability (default 1)
   --seed S          sampling seed (default 0)
   --stop ID         a token id that ends a prompt's generation (repeatable)
+  --tokenizer FILE  a tokenizer.json (or tiktoken file): prompts and completions are text
+  --prompt TEXT     a text prompt (repeatable)
+  --prompts FILE    a JSONL file of text prompts (field "prompt")
+  --template T      the prompt template, {prompt} replaced (default: the chat template)
+  --stop-text S     a special token or string that ends a completion (repeatable; default
+                    <|eos|>)
   --speculative     draft with MTP (needs num_nextn_predict_layers >= 1)
   --model NAME      the model resource, when the graph has several
   --set key=value   override a graph param (repeatable)
 )";
+
+// The chat template of the tiny pipeline's SFT and GRPO stages (plugins/rl).
+constexpr char kChatTemplate[] = "<|user|>{prompt}<|assistant|>";
+
+// Where the first of `stops` begins in `text` (npos: none).
+size_t CutAt(const std::string& text, const std::vector<std::string>& stops) {
+  size_t first = std::string::npos;
+  for (const std::string& s : stops) first = std::min(first, text.find(s));
+  return first;
+}
+
+// --prompt TEXT..., then the "prompt" field of every line of --prompts FILE.jsonl.
+StatusOr<std::vector<std::string>> TextPrompts(const Args& args) {
+  std::vector<std::string> texts = args.All("prompt");
+  if (auto file = args.Get("prompts")) {
+    std::ifstream in(*file);
+    if (!in) return NotFound("cannot read --prompts " + *file);
+    std::string line;
+    for (int number = 1; std::getline(in, line); ++number) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      auto row = ParseJsonObject(line);
+      auto where = [&] { return *file + ":" + std::to_string(number) + ": "; };
+      if (!row.ok()) return InvalidArgument(where() + row.status().message());
+      auto it = row->fields().find("prompt");
+      if (it == row->fields().end() || !it->second.has_string_value())
+        return InvalidArgument(where() + "expected a string field \"prompt\"");
+      texts.push_back(it->second.string_value());
+    }
+  }
+  if (texts.empty()) return InvalidArgument("no prompts: give --prompt TEXT or --prompts FILE");
+  return texts;
+}
 
 Status Generate(const Args& args) {
   WEIR_ASSIGN_OR_RETURN(Graph graph, PrepareGraph(args.positional[0], args.All("set")));
@@ -61,7 +112,6 @@ Status Generate(const Args& args) {
   ParamStore params;
   for (auto& [name, t] : tensors) params.Set(name, t.To(DT_F32));
   int64_t vocab = model.attrs.count("vocab_size") ? model.attrs.at("vocab_size").i() : 129280;
-  WEIR_ASSIGN_OR_RETURN(auto prompts, ReadTokenFile(*args.Get("tokens"), vocab));
   deepseek::GenerateOptions options;
   WEIR_ASSIGN_OR_RETURN(int max_new, args.GetInt("max-new", 32));
   WEIR_ASSIGN_OR_RETURN(int top_k, args.GetInt("top-k", 0));
@@ -83,26 +133,67 @@ Status Generate(const Args& args) {
                              "), got '" + id + "'");
     options.stop_tokens.push_back(v);
   }
-  // One batch of every prompt, or one prompt at a time for speculative decoding.
-  std::vector<std::vector<std::vector<int64_t>>> batches;
-  if (options.speculative) {
-    for (const auto& p : prompts) batches.push_back({p});
+  // Token prompts from --tokens, or text prompts encoded with --tokenizer.
+  std::vector<std::vector<int64_t>> prompts;
+  std::vector<std::string> texts;
+  std::shared_ptr<tokenizer::Tokenizer> tok;
+  std::vector<std::string> stop_strings;
+  if (args.Has("tokens")) {
+    WEIR_ASSIGN_OR_RETURN(prompts, ReadTokenFile(*args.Get("tokens"), vocab));
   } else {
-    batches.push_back(prompts);
+    WEIR_ASSIGN_OR_RETURN(tok, tokenizer::Tokenizer::Load(*args.Get("tokenizer")));
+    WEIR_ASSIGN_OR_RETURN(texts, TextPrompts(args));
+    std::string tmpl = args.Get("template").value_or(kChatTemplate);
+    for (const std::string& text : texts) {
+      size_t at = tmpl.find("{prompt}");
+      if (at == std::string::npos)
+        return InvalidArgument("--template '" + tmpl + "' has no {prompt}");
+      std::string written = tmpl.substr(0, at) + text + tmpl.substr(at + 8);
+      prompts.push_back(tok->Encode(written, /*specials=*/true));
+      if (prompts.back().empty()) return InvalidArgument("an empty prompt");
+    }
+    std::vector<std::string> stops = args.All("stop-text");
+    if (stops.empty()) stops.push_back("<|eos|>");
+    for (const std::string& stop : stops) {
+      std::vector<int64_t> ids = tok->Encode(stop, /*specials=*/true);
+      if (ids.size() == 1 && tok->Encode(stop, /*specials=*/false) != ids) {
+        options.stop_tokens.push_back(ids[0]);
+      } else if (!stop.empty()) {
+        stop_strings.push_back(stop);
+      }
+    }
+    if (!stop_strings.empty()) {
+      options.stop_when = [&](int64_t, const std::vector<int64_t>& t) {
+        auto text = tok->Decode(t);
+        return text.ok() && CutAt(*text, stop_strings) != std::string::npos;
+      };
+    }
   }
+  // Prompts of one length decode as one batch; speculative decoding takes one at a time.
+  std::vector<std::vector<size_t>> batches;
+  std::map<size_t, std::vector<size_t>> by_length;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    if (options.speculative) {
+      batches.push_back({i});
+    } else {
+      by_length[prompts[i].size()].push_back(i);
+    }
+  }
+  for (auto& [length, members] : by_length) batches.push_back(members);
+  std::vector<std::vector<int64_t>> outputs(prompts.size());
   deepseek::Generated total;
   int64_t prompt_tokens = 0, made = 0;
   for (const auto& batch : batches) {
     std::vector<double> ids;
-    for (const auto& p : batch) ids.insert(ids.end(), p.begin(), p.end());
+    for (size_t i : batch) ids.insert(ids.end(), prompts[i].begin(), prompts[i].end());
     Tensor tokens = Tensor::FromValues(
-        DT_I64, {static_cast<int64_t>(batch.size()), static_cast<int64_t>(batch[0].size())}, ids);
+        DT_I64,
+        {static_cast<int64_t>(batch.size()), static_cast<int64_t>(prompts[batch[0]].size())}, ids);
     deepseek::LatentDecoder decoder(graph, model.attrs, OpRegistry::Global(), params);
     WEIR_ASSIGN_OR_RETURN(auto out, deepseek::Generate(decoder, tokens, options));
-    for (const auto& row : out.tokens) {
-      for (size_t i = 0; i < row.size(); ++i) std::cout << (i ? " " : "") << row[i];
-      std::cout << "\n";
-      made += static_cast<int64_t>(row.size());
+    for (size_t r = 0; r < batch.size(); ++r) {
+      made += static_cast<int64_t>(out.tokens[r].size());
+      outputs[batch[r]] = std::move(out.tokens[r]);
     }
     prompt_tokens += tokens.numel();
     total.drafted += out.drafted;
@@ -110,6 +201,25 @@ Status Generate(const Args& args) {
     total.main_steps += out.main_steps;
     total.prefill_seconds += out.prefill_seconds;
     total.decode_seconds += out.decode_seconds;
+  }
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const std::vector<int64_t>& row = outputs[i];
+    if (tok == nullptr) {
+      for (size_t k = 0; k < row.size(); ++k) std::cout << (k ? " " : "") << row[k];
+      std::cout << "\n";
+      continue;
+    }
+    bool stopped = !row.empty() && std::find(options.stop_tokens.begin(), options.stop_tokens.end(),
+                                             row.back()) != options.stop_tokens.end();
+    WEIR_ASSIGN_OR_RETURN(std::string text,
+                          tok->Decode({row.begin(), stopped ? row.end() - 1 : row.end()}));
+    if (size_t cut = CutAt(text, stop_strings); cut != std::string::npos) {
+      text.resize(cut);
+      stopped = true;
+    }
+    std::cout << "{\"prompt\": " << JsonQuote(texts[i]) << ", \"completion\": " << JsonQuote(text)
+              << ", \"tokens\": " << row.size()
+              << ", \"truncated\": " << (stopped ? "false" : "true") << "}\n";
   }
   std::fprintf(stderr,
                "weir generate: %zu prompts; prefill %lld tokens in %.2f s (%.0f tokens/s), "
@@ -142,15 +252,23 @@ int GenerateCommand(const std::vector<std::string>& argv) {
                                 {"top-p", true, false},
                                 {"seed", true, false},
                                 {"stop", true, true},
+                                {"tokenizer", true, false},
+                                {"prompt", true, true},
+                                {"prompts", true, false},
+                                {"template", true, false},
+                                {"stop-text", true, true},
                                 {"model", true, false},
                                 {"set", true, true}},
                                kHelp, 1, 1, &args))
     return *exit;
-  for (const char* flag : {"checkpoint", "tokens"}) {
-    if (!args.Has(flag)) {
-      std::cerr << "weir generate: --" << flag << " is required\n";
-      return 2;
-    }
+  if (!args.Has("checkpoint")) {
+    std::cerr << "weir generate: --checkpoint is required\n";
+    return 2;
+  }
+  if (args.Has("tokens") == args.Has("tokenizer")) {
+    std::cerr << "weir generate: give --tokens FILE (token ids) or --tokenizer FILE with "
+                 "--prompt/--prompts (text), not both\n";
+    return 2;
   }
   Status s = Generate(args);
   if (!s.ok()) {

@@ -130,7 +130,9 @@ class GroupBatchKernel : public StreamKernel {
     std::vector<TensorType> types = {{tokens.dtype(), tokens.shape()},
                                      {targets.dtype(), targets.shape()}};
     const std::string& function = ctx_.String("logprob_function");
-    auto program = model.GetProgram(types, "", function);
+    std::map<std::string, AttrValue> attrs = {
+        {"temperature", ToAttrValue(ctx_.Float("temperature"))}};
+    auto program = model.GetProgram(types, "", function, attrs);
     if (!program.ok()) return ctx_.Error(function + ": " + program.status().message());
     std::lock_guard<std::mutex> lock(model.mutex());
     auto run = (*program)->Run({tokens, targets}, model.params());
@@ -176,6 +178,10 @@ void RegisterGroupBatch(Registrar& r) {
                          "the graph function (tokens, targets) -> logp that calls the model's "
                          "function inline")
       .Attr<std::string>("reward_column", "reward", "the reward to normalize (float or int)")
+      .Attr<double>("temperature", 1.0,
+                    "the sampling temperature: logits are divided by it before the "
+                    "log-probabilities (logprob_function's attr of that name)",
+                    Min(1e-6))
       .Attr<int64_t>("num_generations", 8, "completions per prompt (rl.Generate's)", Min(2))
       .Attr<std::string>("scale_rewards", "group",
                          "divide advantages by the group's std, the batch's, or not at all",
