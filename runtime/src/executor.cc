@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "weir/json.h"
+#include "weir/runtime/trace.h"
 
 namespace weir {
 namespace flow = tbb::flow;
@@ -257,13 +258,15 @@ class Run {
     return false;
   }
 
-  // Calls into a kernel, turning exceptions into errors and counting busy time.
+  // Calls into a kernel, turning exceptions into errors, counting busy time and tracing the call
+  // (`what`: produce, process or finish).
   template <typename F>
-  Status Call(RtNode& rt, F&& f) {
+  Status Call(RtNode& rt, const char* what, F&& f) {
     auto t0 = Clock::now();
     rt.last_progress_ns = NowNs();
     rt.calls += 1;
     Status s;
+    TraceScope traced(options_.trace);
     try {
       s = f();
     } catch (const std::exception& e) {
@@ -271,6 +274,7 @@ class Run {
     } catch (...) {
       s = Internal("kernel threw an exception that is not a std::exception");
     }
+    if (options_.trace != nullptr) options_.trace->Complete(rt.node->name, rt.node->op, t0, what);
     rt.busy_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
     rt.last_progress_ns = NowNs();
     rt.calls -= 1;
@@ -305,7 +309,7 @@ class Run {
       rt.items_in += 1;
       rt.rows_in += p.batch->num_rows();
       CollectingEmitter emitter(rt.num_outputs);
-      Status s = Call(rt, [&] { return rt.kernel->Process(p.slot, *p.batch, emitter); });
+      Status s = Call(rt, "process", [&] { return rt.kernel->Process(p.slot, *p.batch, emitter); });
       if (s.ok()) s = emitter.Check();
       if (!s.ok()) Fail(rt, s);
       outs = std::move(emitter.outputs());
@@ -341,7 +345,7 @@ class Run {
               }
               CollectingEmitter emitter(rt.num_outputs);
               StatusOr<bool> more = true;
-              Status s = Call(rt, [&] {
+              Status s = Call(rt, "produce", [&] {
                 more = rt.kernel->Produce(emitter);
                 return more.ok() ? emitter.Check() : more.status();
               });
@@ -416,7 +420,7 @@ class Run {
         if (finished[i] || (nodes_[i]->source && !started[i]) || !Ready(i, finished)) continue;
         RtNode& rt = *nodes_[i];
         CollectingEmitter emitter(rt.num_outputs);
-        Status s = Call(rt, [&] { return rt.kernel->Finish(emitter); });
+        Status s = Call(rt, "finish", [&] { return rt.kernel->Finish(emitter); });
         if (s.ok()) s = emitter.Check();
         if (!s.ok()) {
           Fail(rt, s);

@@ -3,11 +3,13 @@
 #include <tbb/parallel_for.h>
 
 #include <algorithm>
+#include <chrono>
 #include <random>
 #include <set>
 #include <sstream>
 
 #include "weir/gemm.h"
+#include "weir/runtime/trace.h"
 
 namespace weir {
 
@@ -695,6 +697,9 @@ StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
   auto value = [&](ValueRef v) -> const Tensor& {
     return values[static_cast<size_t>(v.node)][static_cast<size_t>(v.port)];
   };
+  // A traced run (weir run --trace) records every op node; only the calling thread's trace is
+  // known, so nodes of a concurrent wave that run on other threads record into it explicitly.
+  Trace* trace = Trace::Current();
   // Runs one node; writes only values[i], reads only values of earlier waves.
   auto run_node = [&](size_t i) -> Status {
     const Node& n = nodes_[i];
@@ -761,10 +766,15 @@ StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
         for (Tensor& t : made) outs.push_back(&t);
         KernelContext ctx(std::move(ins), std::move(outs), &n.attrs);
         Status s;
+        auto started = std::chrono::steady_clock::now();
         try {
           s = (*n.kernel)(ctx);
         } catch (const std::exception& e) {
           s = Internal(std::string("kernel threw: ") + e.what());
+        }
+        if (trace != nullptr) {
+          static const char* const kPhases[] = {"F", "B", "W"};
+          trace->Complete(n.name, n.entry->def.name(), started, kPhases[n.phase]);
         }
         if (!s.ok()) return s.At(n.loc).InNode(n.name, n.entry->def.name());
         if (check_finite_) {

@@ -218,5 +218,24 @@ check "a bad schedule combination exits 1" test $? -eq 1
 check "the bad combination is explained" grep -q \
   "dualpipe needs at least 2 x ranks = 8 micro-batches, got 6" "$work/err"
 
+# --- run --trace: Chrome trace events for every kernel call and every tensor-program node
+check "run --trace" "$weir" run graphs/tiny/pretrain_dense.pbtxt --set steps=2 --out "$work/traced" \
+  --trace --progress none
+check "the trace is Chrome trace-event JSON with stream calls and F/B/W tensor nodes" \
+  /usr/bin/python3 -c "
+import json, sys
+t = json.load(open(sys.argv[1]))
+x = [e for e in t['traceEvents'] if e['ph'] == 'X']
+assert all({'name', 'cat', 'pid', 'tid', 'ts', 'dur'} <= e.keys() and e['dur'] >= 0 for e in x)
+details = {e['args']['detail'] for e in x}
+assert {'produce', 'process', 'finish', 'F', 'B', 'W'} <= details, details
+assert 'train' in {e['name'] for e in x}
+# Tensor nodes run inside the trainer's calls: each lies within a 'process' event of 'train'.
+calls = [e for e in x if e['name'] == 'train' and e['args']['detail'] == 'process']
+inner = [e for e in x if e['cat'] == 'nn.MatMul']
+assert inner and all(any(c['ts'] <= e['ts'] and e['ts'] + e['dur'] <= c['ts'] + c['dur'] + 1
+                         for c in calls) for e in inner)
+" "$work/traced/trace.json"
+
 echo "cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -17,6 +17,7 @@
 #include "weir/runtime/executor.h"
 #include "weir/runtime/metrics.h"
 #include "weir/runtime/prepare.h"
+#include "weir/runtime/trace.h"
 
 namespace weir::cli {
 
@@ -31,6 +32,7 @@ Runs GRAPH. Writes into DIR (default runs/NAME-YYYYmmdd-HHMMSS/):
   metrics.jsonl         one JSON object per line: {"node": ..., "step": ..., values...}
   summary.json          status, wall time, per-node counters (items, rows, busy seconds)
   run.log               the log
+  trace.json            with --trace: Chrome trace events (open in Perfetto or chrome://tracing)
 Relative input paths in the graph are read relative to the graph file; relative output paths
 are written relative to DIR. Ctrl-C stops the sources, lets work in flight finish and exits 130;
 a second Ctrl-C kills the process.
@@ -45,6 +47,8 @@ Options:
   --progress-interval S  seconds between progress lines when not live (default 10)
   --hang-timeout S       fail the run when a node stays inside one call for S seconds,
                          naming it (default 1800; 0: never)
+  --trace                write trace.json: an event per kernel call of every node and per
+                         tensor-program node inside it (its phase F, B or W), thread by thread
   --resume DIR           continue from DIR: a training checkpoint folder (trainers and their
                          data readers restore their state; its checksums must verify), or an
                          earlier run's output folder: its newest undamaged checkpoint when it
@@ -162,7 +166,8 @@ int RunCommand(const std::vector<std::string>& argv) {
                                 {"progress", true, false},
                                 {"progress-interval", true, false},
                                 {"resume", true, false},
-                                {"hang-timeout", true, false}},
+                                {"hang-timeout", true, false},
+                                {"trace", false, false}},
                                kHelp, 1, 1, &args))
     return *exit;
   fs::path graph_file = args.positional[0];
@@ -237,6 +242,11 @@ int RunCommand(const std::vector<std::string>& argv) {
   options.stop = &g_stop;
   options.progress_interval_s = *interval;
   options.hang_timeout_s = *hang_timeout;
+  std::unique_ptr<Trace> trace;
+  if (args.Has("trace")) {
+    trace = std::make_unique<Trace>();
+    options.trace = trace.get();
+  }
   options.on_hang = [&](const Status& error) {
     std::cerr << error.ToString() << "\n";
     log.Line("error: " + error.ToString());
@@ -257,6 +267,13 @@ int RunCommand(const std::vector<std::string>& argv) {
   std::signal(SIGINT, SIG_DFL);
 
   Status summary = WriteFileAtomically(out_dir / "summary.json", SummaryJson(graph_file, result));
+  if (trace != nullptr && summary.ok()) {
+    summary = trace->Write(out_dir / "trace.json");
+    if (summary.ok()) {
+      std::cerr << "weir run: trace in " << (out_dir / "trace.json").string() << " ("
+                << trace->size() << " events)\n";
+    }
+  }
   int code = 0;
   if (!result.status.ok()) {
     std::cerr << result.status.ToString() << "\n";

@@ -27,6 +27,8 @@
 
 namespace weir {
 
+class Trace;
+
 struct RunOptions {
   std::filesystem::path out_dir;            // where relative outputs go
   int max_in_flight = 16;                   // per source: items in flight at once
@@ -45,6 +47,8 @@ struct RunOptions {
   // that must end (the CLI) reports and exits here; without it, the run ends with the error once
   // the call returns.
   std::function<void(const Status&)> on_hang;
+  // Records every kernel call (and the tensor-program nodes inside them) when set.
+  Trace* trace = nullptr;
 };
 
 struct NodeStats {
