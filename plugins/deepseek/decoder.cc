@@ -9,9 +9,41 @@
 
 namespace weir::deepseek {
 
+StatusOr<std::shared_ptr<const Program>> DecodePrograms::Get(
+    const Graph& graph, const std::string& function, const std::map<std::string, AttrValue>& attrs,
+    const std::vector<TensorType>& types, const OpRegistry& ops, const ProgramOptions& options) {
+  std::string key = function + "|" + options.prefix + "|";
+  for (const auto& [name, value] : attrs) key += name + "=" + value.ShortDebugString() + ";";
+  key += "|";
+  for (const TensorType& t : types) key += t.ToString() + ";";
+  key += "|";
+  for (const std::string& o : options.outputs) key += o + ";";
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (auto it = programs_.find(key); it != programs_.end()) {
+      ++hits_;
+      return it->second;
+    }
+  }
+  // Built outside the lock: decoders on other threads need not wait for it.
+  WEIR_ASSIGN_OR_RETURN(auto program, Program::Build(graph, function, attrs, types, ops, options));
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++builds_;
+  if (capacity_ == 0) return program;
+  // Programs of long-gone positions are never asked for again; a full cache starts over.
+  if (programs_.size() >= capacity_) programs_.clear();
+  programs_.emplace(key, program);
+  return program;
+}
+
 LatentDecoder::LatentDecoder(const Graph& graph, std::map<std::string, AttrValue> attrs,
-                             const OpRegistry& ops, const ParamStore& params)
-    : graph_(graph), attrs_(std::move(attrs)), ops_(ops), params_(params) {}
+                             const OpRegistry& ops, const ParamStore& params,
+                             std::shared_ptr<DecodePrograms> programs)
+    : graph_(graph),
+      attrs_(std::move(attrs)),
+      ops_(ops),
+      params_(params),
+      programs_(programs ? std::move(programs) : std::make_shared<DecodePrograms>()) {}
 
 int64_t LatentDecoder::Int(const std::string& name) const {
   auto it = attrs_.find(name);
@@ -41,11 +73,25 @@ StatusOr<std::vector<Tensor>> LatentDecoder::Run(const std::string& function,
   std::vector<TensorType> types;
   for (const Tensor& t : inputs) types.push_back({t.dtype(), t.shape()});
   ProgramOptions options;
-  options.prefix = prefix;
   options.outputs = outputs;
+  const ParamStore* params = &params_;
+  if (!prefix.empty()) {
+    // The block's parameters under the shared prefix (the tensors share storage with params_).
+    auto [it, added] = block_params_.try_emplace(prefix);
+    if (added) {
+      std::string from = prefix + ".";
+      for (const auto& [name, value] : params_.values()) {
+        if (name.compare(0, from.size(), from) == 0)
+          it->second.Set(std::string(DecodePrograms::kBlockPrefix) + "." + name.substr(from.size()),
+                         value);
+      }
+    }
+    params = &it->second;
+    options.prefix = DecodePrograms::kBlockPrefix;
+  }
   WEIR_ASSIGN_OR_RETURN(auto program,
-                        Program::Build(graph_, function, attrs, types, ops_, options));
-  WEIR_ASSIGN_OR_RETURN(auto result, program->Run(inputs, params_));
+                        programs_->Get(graph_, function, attrs, types, ops_, options));
+  WEIR_ASSIGN_OR_RETURN(auto result, program->Run(inputs, *params));
   return std::move(result.values);
 }
 

@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
@@ -20,11 +21,45 @@
 
 namespace weir::deepseek {
 
+// Decoding programs by (function, attrs, input types), built with the prefix kBlockPrefix when
+// they are blocks (so every layer of a kind shares one program, run over that layer's parameters
+// under the shared name). A program depends on the position and cache length it was built for,
+// so a decoder alone reuses only the embedding and head ones and a block's across layers; a
+// cache shared by decoders of one graph (generations of equal prompt lengths) also reuses every
+// block program from the second generation on. Thread-safe.
+class DecodePrograms {
+ public:
+  static constexpr const char* kBlockPrefix = "block";
+  // At most `capacity` programs are kept (0: none, every program is built when asked for).
+  explicit DecodePrograms(size_t capacity = 4096) : capacity_(capacity) {}
+  StatusOr<std::shared_ptr<const Program>> Get(const Graph& graph, const std::string& function,
+                                               const std::map<std::string, AttrValue>& attrs,
+                                               const std::vector<TensorType>& types,
+                                               const OpRegistry& ops,
+                                               const ProgramOptions& options);
+  int64_t builds() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return builds_;
+  }
+  int64_t hits() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return hits_;
+  }
+
+ private:
+  size_t capacity_;
+  mutable std::mutex mutex_;
+  std::map<std::string, std::shared_ptr<const Program>> programs_;
+  int64_t builds_ = 0, hits_ = 0;
+};
+
 class LatentDecoder {
  public:
-  // `attrs` are the DeepseekV3 function's (HfConfig::Attrs); `params` must outlive the decoder.
+  // `attrs` are the DeepseekV3 function's (HfConfig::Attrs); `params` must outlive the decoder
+  // and keep its values while it decodes. `programs` may be shared by decoders of the same
+  // `graph` and `ops` (null: the decoder's own).
   LatentDecoder(const Graph& graph, std::map<std::string, AttrValue> attrs, const OpRegistry& ops,
-                const ParamStore& params);
+                const ParamStore& params, std::shared_ptr<DecodePrograms> programs = nullptr);
 
   // Feeds tokens [batch, t] that follow the ones fed so far (the first call is the prefill);
   // returns their logits [batch, t, vocab] and appends them to the cache. hidden() then holds
@@ -58,6 +93,9 @@ class LatentDecoder {
   std::map<std::string, AttrValue> attrs_;
   const OpRegistry& ops_;
   const ParamStore& params_;
+  std::shared_ptr<DecodePrograms> programs_;
+  // Per block prefix ("moe_layers.1"): its parameters, named under DecodePrograms::kBlockPrefix.
+  std::map<std::string, ParamStore> block_params_;
   Cache main_, mtp_;
   Tensor hidden_;
 };

@@ -181,6 +181,8 @@ Status Generate(const Args& args) {
   }
   for (auto& [length, members] : by_length) batches.push_back(members);
   std::vector<std::vector<int64_t>> outputs(prompts.size());
+  // The batches share compiled programs (one per block position and shape).
+  auto programs = std::make_shared<deepseek::DecodePrograms>();
   deepseek::Generated total;
   int64_t prompt_tokens = 0, made = 0;
   for (const auto& batch : batches) {
@@ -189,7 +191,7 @@ Status Generate(const Args& args) {
     Tensor tokens = Tensor::FromValues(
         DT_I64,
         {static_cast<int64_t>(batch.size()), static_cast<int64_t>(prompts[batch[0]].size())}, ids);
-    deepseek::LatentDecoder decoder(graph, model.attrs, OpRegistry::Global(), params);
+    deepseek::LatentDecoder decoder(graph, model.attrs, OpRegistry::Global(), params, programs);
     WEIR_ASSIGN_OR_RETURN(auto out, deepseek::Generate(decoder, tokens, options));
     for (size_t r = 0; r < batch.size(); ++r) {
       made += static_cast<int64_t>(out.tokens[r].size());

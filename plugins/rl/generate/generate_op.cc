@@ -94,8 +94,10 @@ class GenerateKernel : public StreamKernel {
       {
         // The parameters may not change under a generation.
         std::lock_guard<std::mutex> lock(model_->mutex());
+        // A fresh decoder per call (the weights change between calls); its programs, which do
+        // not hold weights, are kept across calls: GRPO's prompts repeat the same lengths.
         deepseek::LatentDecoder decoder(model_->graph(), model_->attrs(), model_->ops(),
-                                        model_->params());
+                                        model_->params(), programs_);
         auto run = deepseek::Generate(decoder, tokens, options);
         if (!run.ok()) return ctx_.Error(run.status().message());
         generated = std::move(*run);
@@ -167,6 +169,8 @@ class GenerateKernel : public StreamKernel {
   Model* model_;
   std::shared_ptr<Tokenizer> tokenizer_;
   deepseek::GenerateOptions options_;
+  std::shared_ptr<deepseek::DecodePrograms> programs_ =
+      std::make_shared<deepseek::DecodePrograms>();
   std::vector<std::string> stop_strings_;
   uint64_t seed_ = 0;
   int64_t group_size_ = 1;
