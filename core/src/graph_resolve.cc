@@ -656,7 +656,8 @@ class Resolver {
                  .InAttr(w.key)
                  .InNode(n.name, n.op));
       }
-      if (d.type() == ATTR_RESOURCE) {
+      // An empty resource name is "none", for ops whose resource is optional (their default).
+      if (d.type() == ATTR_RESOURCE && !v->s().empty()) {
         std::vector<std::string> names;
         for (const ResourceSpec& r : graph_.resources) names.push_back(r.name);
         if (std::find(names.begin(), names.end(), v->s()) == names.end()) {

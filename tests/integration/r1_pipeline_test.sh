@@ -4,7 +4,8 @@
 # and that GRPO really trains:
 #   - SFT batches score completion tokens only, and its eval loss falls;
 #   - GRPO emits whole groups of num_generations completions per prompt, logs TRL's metrics,
-#     on-policy (one generation batch in flight: kl and clip_ratio are 0 at μ = 1), and its
+#     on-policy (one generation batch in flight: clip_ratio is 0 at μ = 1; the KL to the
+#     reference starts at 0), and its
 #     checkpoint differs from the SFT one it started from;
 #   - the same GRPO run twice gives the same completions and parameters (seeded sampling);
 #   - eval.json holds accuracy and format rate in [0, 1].
@@ -63,7 +64,9 @@ for m in batch:
               'rewards/format/mean', 'completions/clipped_ratio'):
         assert k in m, (k, m)
 for m in train:
-    assert abs(m['kl']) < 1e-6 and m['clip_ratio'] == 0, m  # on-policy at iterations=1
+    assert m['clip_ratio'] == 0 and m['kl'] >= 0, m  # on-policy at iterations=1; k3 >= 0
+# The policy starts as the reference (both from the SFT checkpoint): no divergence yet.
+assert abs(train[0]['kl']) < 1e-6, train[0]
 " || fail "GRPO's completions or metrics are wrong"
 
 run "$g/eval.pbtxt" --out "$work/eval" --set tokenizer="$tok" \
