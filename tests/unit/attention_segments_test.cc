@@ -7,6 +7,7 @@
 #include <random>
 
 #include "test_util.h"
+#include "tiny_v3.h"
 #include "weir/runtime/program.h"
 #include "weir/testing/op_check.h"
 
@@ -226,36 +227,9 @@ TEST(AttentionSegments, ErrorsNameTheProblem) {
 
 // ---- DeepSeek-V3 with doc_separator
 
-// The sizes of deepseek_model_test.cc's tiny model: MLA, a dense and a MoE layer, MTP.
 std::map<std::string, AttrValue> TinyV3(int64_t doc_separator) {
-  std::map<std::string, AttrValue> a;
-  auto i = [&](const char* k, int64_t v) { a[k].set_i(v); };
-  auto f = [&](const char* k, double v) { a[k].set_f(v); };
-  i("vocab_size", 13);
-  i("hidden_size", 8);
-  i("intermediate_size", 12);
-  i("moe_intermediate_size", 4);
-  i("num_hidden_layers", 2);
-  i("first_k_dense_replace", 1);
-  i("num_attention_heads", 2);
-  i("q_lora_rank", 6);
-  i("kv_lora_rank", 4);
-  i("qk_nope_head_dim", 4);
-  i("qk_rope_head_dim", 4);
-  i("v_head_dim", 3);
-  i("n_routed_experts", 4);
-  i("n_shared_experts", 1);
-  i("num_experts_per_tok", 2);
-  i("n_group", 2);
-  i("topk_group", 1);
-  i("num_nextn_predict_layers", 1);
-  f("rope_factor", 4.0);
-  i("original_max_position_embeddings", 4);
-  f("aux_loss_alpha", 0.01);
-  f("init_std", 0.4);
-  i("doc_separator", doc_separator);
-  a["T"].set_type(DT_F64);
-  a["loss_dtype"].set_type(DT_F64);
+  std::map<std::string, AttrValue> a = TinyV3Attrs(DT_F64);
+  a["doc_separator"].set_i(doc_separator);
   return a;
 }
 

@@ -10,6 +10,7 @@
 
 #include "args.h"
 #include "bpe.h"
+#include "chat/chat.h"
 #include "commands.h"
 #include "decoder.h"
 #include "model_inputs.h"
@@ -67,16 +68,6 @@ Options:
   --model NAME      the model resource, when the graph has several
   --set key=value   override a graph param (repeatable)
 )";
-
-// The chat template of the tiny pipeline's SFT and GRPO stages (plugins/rl).
-constexpr char kChatTemplate[] = "<|user|>{prompt}<|assistant|>";
-
-// Where the first of `stops` begins in `text` (npos: none).
-size_t CutAt(const std::string& text, const std::vector<std::string>& stops) {
-  size_t first = std::string::npos;
-  for (const std::string& s : stops) first = std::min(first, text.find(s));
-  return first;
-}
 
 // --prompt TEXT..., then the "prompt" field of every line of --prompts FILE.jsonl.
 StatusOr<std::vector<std::string>> TextPrompts(const Args& args) {
@@ -143,17 +134,15 @@ Status Generate(const Args& args) {
   } else {
     WEIR_ASSIGN_OR_RETURN(tok, tokenizer::Tokenizer::Load(*args.Get("tokenizer")));
     WEIR_ASSIGN_OR_RETURN(texts, TextPrompts(args));
-    std::string tmpl = args.Get("template").value_or(kChatTemplate);
+    std::string tmpl = args.Get("template").value_or(rl::kDefaultTemplate);
     for (const std::string& text : texts) {
-      size_t at = tmpl.find("{prompt}");
-      if (at == std::string::npos)
-        return InvalidArgument("--template '" + tmpl + "' has no {prompt}");
-      std::string written = tmpl.substr(0, at) + text + tmpl.substr(at + 8);
-      prompts.push_back(tok->Encode(written, /*specials=*/true));
+      auto written = rl::FormatPrompt(tmpl, text);
+      if (!written.ok()) return Status(written.status()).Prepend("--template");
+      prompts.push_back(tok->Encode(*written, /*specials=*/true));
       if (prompts.back().empty()) return InvalidArgument("an empty prompt");
     }
     std::vector<std::string> stops = args.All("stop-text");
-    if (stops.empty()) stops.push_back("<|eos|>");
+    if (stops.empty()) stops.push_back(rl::kDefaultEnd);
     for (const std::string& stop : stops) {
       std::vector<int64_t> ids = tok->Encode(stop, /*specials=*/true);
       if (ids.size() == 1 && tok->Encode(stop, /*specials=*/false) != ids) {
@@ -165,7 +154,7 @@ Status Generate(const Args& args) {
     if (!stop_strings.empty()) {
       options.stop_when = [&](int64_t, const std::vector<int64_t>& t) {
         auto text = tok->Decode(t);
-        return text.ok() && CutAt(*text, stop_strings) != std::string::npos;
+        return text.ok() && rl::FirstStop(*text, stop_strings) != std::string::npos;
       };
     }
   }
@@ -215,7 +204,7 @@ Status Generate(const Args& args) {
                                              row.back()) != options.stop_tokens.end();
     WEIR_ASSIGN_OR_RETURN(std::string text,
                           tok->Decode({row.begin(), stopped ? row.end() - 1 : row.end()}));
-    if (size_t cut = CutAt(text, stop_strings); cut != std::string::npos) {
+    if (size_t cut = rl::FirstStop(text, stop_strings); cut != std::string::npos) {
       text.resize(cut);
       stopped = true;
     }

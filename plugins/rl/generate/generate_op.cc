@@ -53,7 +53,7 @@ class GenerateKernel : public StreamKernel {
     if (!stop_strings_.empty()) {
       options_.stop_when = [this](int64_t, const std::vector<int64_t>& tokens) {
         auto text = tokenizer_->Decode(tokens);
-        return text.ok() && Cut(*text) != std::string::npos;
+        return text.ok() && FirstStop(*text, stop_strings_) != std::string::npos;
       };
     }
     return Status();
@@ -115,7 +115,7 @@ class GenerateKernel : public StreamKernel {
         std::vector<int64_t> text_ids(got.begin(), stopped ? got.end() - 1 : got.end());
         auto text = tokenizer_->Decode(text_ids);
         if (!text.ok()) return ctx_.Error(text.status().message());
-        size_t cut = Cut(*text);
+        size_t cut = FirstStop(*text, stop_strings_);
         if (cut != std::string::npos) {
           text->resize(cut);
           stopped = true;
@@ -156,13 +156,6 @@ class GenerateKernel : public StreamKernel {
  private:
   static double Rate(int64_t tokens, double seconds) {
     return seconds > 0 ? static_cast<double>(tokens) / seconds : 0;
-  }
-
-  // Where the first stop string begins in `text` (npos: none).
-  size_t Cut(const std::string& text) const {
-    size_t first = std::string::npos;
-    for (const std::string& s : stop_strings_) first = std::min(first, text.find(s));
-    return first;
   }
 
   const NodeContext& ctx_;
