@@ -54,19 +54,21 @@ int64_t LatentDecoder::Int(const std::string& name) const {
   return 0;
 }
 
-StatusOr<std::vector<Tensor>> LatentDecoder::Run(const std::string& function,
-                                                 const std::string& prefix, int64_t position,
-                                                 const std::vector<Tensor>& inputs,
-                                                 const std::vector<std::string>& outputs) {
-  auto fn = graph_.functions.find(function);
-  if (fn == graph_.functions.end())
+StatusOr<std::vector<Tensor>> RunDecodeFunction(const DecodeModel& model,
+                                                std::map<std::string, ParamStore>& block_params,
+                                                const std::string& function,
+                                                const std::string& prefix, int64_t position,
+                                                const std::vector<Tensor>& inputs,
+                                                const std::vector<std::string>& outputs) {
+  auto fn = model.graph.functions.find(function);
+  if (fn == model.graph.functions.end())
     return NotFound("the model graph has no function '" + function + "'");
   // The model's attrs that this function takes, and the position of its first token.
   std::map<std::string, AttrValue> attrs;
   for (const WrittenAttr& a : fn->second.attrs) {
     if (a.key == "position") {
       attrs["position"].set_i(position);
-    } else if (auto it = attrs_.find(a.key); it != attrs_.end()) {
+    } else if (auto it = model.attrs.find(a.key); it != model.attrs.end()) {
       attrs[a.key] = it->second;
     }
   }
@@ -74,13 +76,13 @@ StatusOr<std::vector<Tensor>> LatentDecoder::Run(const std::string& function,
   for (const Tensor& t : inputs) types.push_back({t.dtype(), t.shape()});
   ProgramOptions options;
   options.outputs = outputs;
-  const ParamStore* params = &params_;
+  const ParamStore* params = &model.params;
   if (!prefix.empty()) {
-    // The block's parameters under the shared prefix (the tensors share storage with params_).
-    auto [it, added] = block_params_.try_emplace(prefix);
+    // The block's parameters under the shared prefix (the tensors share storage with params).
+    auto [it, added] = block_params.try_emplace(prefix);
     if (added) {
       std::string from = prefix + ".";
-      for (const auto& [name, value] : params_.values()) {
+      for (const auto& [name, value] : model.params.values()) {
         if (name.compare(0, from.size(), from) == 0)
           it->second.Set(std::string(DecodePrograms::kBlockPrefix) + "." + name.substr(from.size()),
                          value);
@@ -89,10 +91,18 @@ StatusOr<std::vector<Tensor>> LatentDecoder::Run(const std::string& function,
     params = &it->second;
     options.prefix = DecodePrograms::kBlockPrefix;
   }
-  WEIR_ASSIGN_OR_RETURN(auto program,
-                        programs_->Get(graph_, function, attrs, types, ops_, options));
+  WEIR_ASSIGN_OR_RETURN(
+      auto program, model.programs.Get(model.graph, function, attrs, types, model.ops, options));
   WEIR_ASSIGN_OR_RETURN(auto result, program->Run(inputs, *params));
   return std::move(result.values);
+}
+
+StatusOr<std::vector<Tensor>> LatentDecoder::Run(const std::string& function,
+                                                 const std::string& prefix, int64_t position,
+                                                 const std::vector<Tensor>& inputs,
+                                                 const std::vector<std::string>& outputs) {
+  return RunDecodeFunction({graph_, attrs_, ops_, params_, *programs_}, block_params_, function,
+                           prefix, position, inputs, outputs);
 }
 
 void LatentDecoder::Open(Cache& cache, int64_t batch, int64_t layers) const {

@@ -53,6 +53,27 @@ class DecodePrograms {
   int64_t builds_ = 0, hits_ = 0;
 };
 
+// What a decoder runs its graph functions with: the model graph, the model's attrs, the ops, its
+// parameters and the program cache.
+struct DecodeModel {
+  const Graph& graph;
+  const std::map<std::string, AttrValue>& attrs;
+  const OpRegistry& ops;
+  const ParamStore& params;
+  DecodePrograms& programs;
+};
+
+// Runs `function` of the model graph over tokens at `position` (the model's attrs it declares,
+// `position` set), as a cached program. With a `prefix` (a block's name: "layers.3") the
+// program is built under DecodePrograms::kBlockPrefix and runs on that block's parameters,
+// renamed into `block_params` (sharing storage), so one program serves every layer.
+StatusOr<std::vector<Tensor>> RunDecodeFunction(const DecodeModel& model,
+                                                std::map<std::string, ParamStore>& block_params,
+                                                const std::string& function,
+                                                const std::string& prefix, int64_t position,
+                                                const std::vector<Tensor>& inputs,
+                                                const std::vector<std::string>& outputs = {});
+
 class LatentDecoder {
  public:
   // `attrs` are the DeepseekV3 function's (HfConfig::Attrs); `params` must outlive the decoder

@@ -73,38 +73,8 @@ class GptDecoder {
 
   StatusOr<std::vector<Tensor>> Run(const std::string& function, const std::string& prefix,
                                     const std::vector<Tensor>& inputs) {
-    auto fn = graph_.functions.find(function);
-    if (fn == graph_.functions.end())
-      return NotFound("the model graph has no function '" + function + "'");
-    std::map<std::string, AttrValue> attrs;
-    for (const WrittenAttr& a : fn->second.attrs) {
-      if (a.key == "position") {
-        attrs["position"].set_i(position_);
-      } else if (auto it = attrs_.find(a.key); it != attrs_.end()) {
-        attrs[a.key] = it->second;
-      }
-    }
-    std::vector<TensorType> types;
-    for (const Tensor& t : inputs) types.push_back({t.dtype(), t.shape()});
-    ProgramOptions options;
-    const ParamStore* params = &params_;
-    if (!prefix.empty()) {
-      auto [it, added] = block_params_.try_emplace(prefix);
-      if (added) {
-        std::string from = prefix + ".";
-        for (const auto& [name, value] : params_.values())
-          if (name.compare(0, from.size(), from) == 0)
-            it->second.Set(std::string(deepseek::DecodePrograms::kBlockPrefix) + "." +
-                               name.substr(from.size()),
-                           value);
-      }
-      params = &it->second;
-      options.prefix = deepseek::DecodePrograms::kBlockPrefix;
-    }
-    WEIR_ASSIGN_OR_RETURN(auto program,
-                          programs_->Get(graph_, function, attrs, types, ops_, options));
-    WEIR_ASSIGN_OR_RETURN(auto result, program->Run(inputs, *params));
-    return std::move(result.values);
+    return deepseek::RunDecodeFunction({graph_, attrs_, ops_, params_, *programs_}, block_params_,
+                                       function, prefix, position_, inputs);
   }
 
   const Graph& graph_;
