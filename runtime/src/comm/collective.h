@@ -63,6 +63,37 @@ struct CollectiveCall {
   static CollectiveCall Decode(const Signature& s);
 };
 
+// A backend's collectives, each one call of its StartCollective (what every backend's Start…
+// methods would otherwise repeat).
+class CollectiveBackend : public Communicator {
+ public:
+  using Communicator::Communicator;
+  CommHandle StartAllReduce(const Tensor& t, ReduceOp op, int tag) override {
+    return StartCollective(CollectiveCall::Of(CollectiveKind::kAllReduce, tag, op), t, {});
+  }
+  CommHandle StartAllGather(const Tensor& t, int tag) override {
+    return StartCollective(CollectiveCall::Of(CollectiveKind::kAllGather, tag), t, {});
+  }
+  CommHandle StartReduceScatter(const Tensor& t, ReduceOp op, int tag) override {
+    return StartCollective(CollectiveCall::Of(CollectiveKind::kReduceScatter, tag, op), t, {});
+  }
+  CommHandle StartAllToAllV(const Tensor& t, const std::vector<int64_t>& send_counts,
+                            int tag) override {
+    return StartCollective(CollectiveCall::Of(CollectiveKind::kAllToAllV, tag), t, send_counts);
+  }
+  CommHandle StartBroadcast(const Tensor& t, int root, int tag) override {
+    return StartCollective(
+        CollectiveCall::Of(CollectiveKind::kBroadcast, tag, ReduceOp::kSum, root), t, {});
+  }
+  CommHandle StartBarrier(int tag) override {
+    return StartCollective(CollectiveCall::Of(CollectiveKind::kBarrier, tag), Tensor(), {});
+  }
+
+ protected:
+  virtual CommHandle StartCollective(CollectiveCall call, const Tensor& t,
+                                     const std::vector<int64_t>& send_counts) = 0;
+};
+
 // The call's arguments checked without its peers: a CPU tensor, a reducible dtype, dim 0
 // divisible by `size` for reduce_scatter, counts for all_to_all_v, the root in range. Messages
 // start with "rank R: LABEL: ".

@@ -268,10 +268,10 @@ void ComputeCollective(const std::vector<std::shared_ptr<LocalOp>>& ops) {
   }
 }
 
-class LocalCommunicator : public Communicator {
+class LocalCommunicator : public comm::CollectiveBackend {
  public:
   LocalCommunicator(std::shared_ptr<Hub> hub, int rank, const CommOptions& options)
-      : Communicator(options), hub_(std::move(hub)), rank_(rank) {}
+      : CollectiveBackend(options), hub_(std::move(hub)), rank_(rank) {}
 
   int rank() const override { return rank_; }
   int size() const override { return hub_->size; }
@@ -282,26 +282,6 @@ class LocalCommunicator : public Communicator {
   }
   CommHandle StartRecv(int src, int tag) override {
     return StartPointToPoint(LocalOp::Kind::kRecv, nullptr, src, tag);
-  }
-  CommHandle StartAllReduce(const Tensor& t, ReduceOp op, int tag) override {
-    return StartCollective(CollectiveCall::Of(CollectiveKind::kAllReduce, tag, op), t, {});
-  }
-  CommHandle StartAllGather(const Tensor& t, int tag) override {
-    return StartCollective(CollectiveCall::Of(CollectiveKind::kAllGather, tag), t, {});
-  }
-  CommHandle StartReduceScatter(const Tensor& t, ReduceOp op, int tag) override {
-    return StartCollective(CollectiveCall::Of(CollectiveKind::kReduceScatter, tag, op), t, {});
-  }
-  CommHandle StartAllToAllV(const Tensor& t, const std::vector<int64_t>& send_counts,
-                            int tag) override {
-    return StartCollective(CollectiveCall::Of(CollectiveKind::kAllToAllV, tag), t, send_counts);
-  }
-  CommHandle StartBroadcast(const Tensor& t, int root, int tag) override {
-    return StartCollective(
-        CollectiveCall::Of(CollectiveKind::kBroadcast, tag, ReduceOp::kSum, root), t, {});
-  }
-  CommHandle StartBarrier(int tag) override {
-    return StartCollective(CollectiveCall::Of(CollectiveKind::kBarrier, tag), Tensor(), {});
   }
 
  private:
@@ -316,7 +296,7 @@ class LocalCommunicator : public Communicator {
   }
 
   CommHandle StartCollective(CollectiveCall call, const Tensor& t,
-                             const std::vector<int64_t>& send_counts) {
+                             const std::vector<int64_t>& send_counts) override {
     if (call.kind != CollectiveKind::kBarrier && t.defined()) {
       call.dtype = t.dtype();
       call.shape = t.shape();

@@ -615,10 +615,10 @@ void State::BreakLocked(MpiOp& culprit, const Status& cause) {
   point_to_point.clear();
 }
 
-class MpiCommunicator : public Communicator {
+class MpiCommunicator : public comm::CollectiveBackend {
  public:
   MpiCommunicator(std::shared_ptr<State> state, const CommOptions& options)
-      : Communicator(options), state_(std::move(state)) {}
+      : CollectiveBackend(options), state_(std::move(state)) {}
 
   int rank() const override { return state_->rank; }
   int size() const override { return state_->size; }
@@ -651,27 +651,6 @@ class MpiCommunicator : public Communicator {
     return CommHandle(op);
   }
 
-  CommHandle StartAllReduce(const Tensor& t, ReduceOp op, int tag) override {
-    return StartCollective(CollectiveCall::Of(CollectiveKind::kAllReduce, tag, op), t, {});
-  }
-  CommHandle StartAllGather(const Tensor& t, int tag) override {
-    return StartCollective(CollectiveCall::Of(CollectiveKind::kAllGather, tag), t, {});
-  }
-  CommHandle StartReduceScatter(const Tensor& t, ReduceOp op, int tag) override {
-    return StartCollective(CollectiveCall::Of(CollectiveKind::kReduceScatter, tag, op), t, {});
-  }
-  CommHandle StartAllToAllV(const Tensor& t, const std::vector<int64_t>& send_counts,
-                            int tag) override {
-    return StartCollective(CollectiveCall::Of(CollectiveKind::kAllToAllV, tag), t, send_counts);
-  }
-  CommHandle StartBroadcast(const Tensor& t, int root, int tag) override {
-    return StartCollective(
-        CollectiveCall::Of(CollectiveKind::kBroadcast, tag, ReduceOp::kSum, root), t, {});
-  }
-  CommHandle StartBarrier(int tag) override {
-    return StartCollective(CollectiveCall::Of(CollectiveKind::kBarrier, tag), Tensor(), {});
-  }
-
  private:
   static CommHandle Finished(Status s) { return CommHandle(FinishedCommOp(std::move(s))); }
 
@@ -696,7 +675,7 @@ class MpiCommunicator : public Communicator {
   }
 
   CommHandle StartCollective(CollectiveCall call, const Tensor& t,
-                             const std::vector<int64_t>& send_counts) {
+                             const std::vector<int64_t>& send_counts) override {
     if (call.kind != CollectiveKind::kBarrier && t.defined()) {
       call.dtype = t.dtype();
       call.shape = t.shape();
