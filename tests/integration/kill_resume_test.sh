@@ -12,7 +12,7 @@ weir=$1
 src=$2
 graph=$src/tests/graphs/good/train_kill.pbtxt
 every=4
-steps=24
+steps=40
 work=$(mktemp -d)
 pid=
 trap '[ -n "$pid" ] && kill -9 $pid 2> /dev/null; rm -rf "$work"' EXIT
@@ -47,10 +47,20 @@ out=$work/killed
 kills=0
 in_checkpoint=0
 done_ok=0
+# Newest step logged (0 when none), cheap enough to poll between steps of a few milliseconds.
+logged_step() {
+  local line
+  line=$(tail -n 1 "$1" 2> /dev/null) || true
+  line=${line#*\"step\":}
+  line=${line%%[!0-9]*}
+  echo "${line:-0}"
+}
+
 # Attempts 1, 3 and 5 are killed inside a checkpoint write (5 only while fewer than two kills
-# landed in one: a loaded machine can let the polling miss a short write), the others after a
-# random share of the uninterrupted run's time; attempt 8 (or an earlier one that finishes first)
-# completes the run.
+# landed in one: a loaded machine can let the polling miss a short write), the others once they
+# logged a random step 1-6 past the previous attempt's last (time shares of the uninterrupted run
+# let a fast machine finish before the kill: its first run pays for loading the plugins); attempt
+# 8 (or an earlier one that finishes first) completes the run.
 for attempt in 1 2 3 4 5 6 7 8; do
   resume=()
   [ -d "$out/checkpoints" ] && resume=(--resume "$out")
@@ -67,7 +77,12 @@ for attempt in 1 2 3 4 5 6 7 8; do
       :
     done
   elif [ $attempt -lt 8 ]; then
-    sleep "$(awk -v t="$ref_s" -v r=$RANDOM 'BEGIN { print t * (15 + r % 40) / 100 }')"
+    # At most steps - 2 * every: the last checkpoints and the exit leave time for the kill.
+    target=$((before + 1 + RANDOM % 6))
+    [ $target -le $((steps - 2 * every)) ] || target=$((steps - 2 * every))
+    until [ "$(logged_step "$out/metrics.jsonl")" -ge $target ] || ! kill -0 $pid 2> /dev/null; do
+      :
+    done
   fi
   if [ $attempt -lt 8 ] && kill -9 $pid 2> /dev/null; then
     wait $pid 2> /dev/null || true
