@@ -525,8 +525,11 @@ Status ApplyOverrides(Graph& graph, const std::vector<std::string>& sets) {
       continue;
     }
     auto lit = ParseLiteral(set.substr(eq + 1));
-    StatusOr<AttrValue> value = lit.ok() ? CoerceLiteral(*lit, InferredType(param->value))
-                                         : StatusOr<AttrValue>(lit.status());
+    // An empty list declares no element type: the override's own list gives it.
+    bool untyped = param->value.has_list() && param->value.list().value_size() == 0;
+    StatusOr<AttrValue> value = !lit.ok() ? StatusOr<AttrValue>(lit.status())
+                                : untyped ? InferLiteral(*lit)
+                                          : CoerceLiteral(*lit, InferredType(param->value));
     if (!value.ok()) {
       errors.push_back(
           InvalidArgument("--set " + set + ": param '" + key + "' " + value.status().message()));

@@ -22,6 +22,7 @@ namespace weir::nn {
 
 void RegisterMatMul(Registrar& r);
 void RegisterLinear(Registrar& r);
+void RegisterLoraLinear(Registrar& r);
 void RegisterEmbedding(Registrar& r);
 void RegisterElementwise(Registrar& r);
 void RegisterRmsNorm(Registrar& r);

@@ -9,6 +9,7 @@ void RegisterNn(weir::Registrar& r) {
   using namespace weir::nn;
   RegisterMatMul(r);
   RegisterLinear(r);
+  RegisterLoraLinear(r);
   RegisterEmbedding(r);
   RegisterElementwise(r);
   RegisterRmsNorm(r);

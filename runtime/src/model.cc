@@ -70,4 +70,15 @@ StatusOr<std::shared_ptr<const Program>> Model::GetProgram(
   return program;
 }
 
+StatusOr<const ParamStore*> Model::InferenceParams() {
+  if (!lora_.enabled()) return &params_;
+  if (merged_version_ != version_ || merged_.values().empty()) {
+    WEIR_ASSIGN_OR_RETURN(auto merged, MergeLora(params_.values(), lora_.alpha));
+    merged_ = ParamStore();
+    for (auto& [name, t] : merged) merged_.Set(name, std::move(t));
+    merged_version_ = version_;
+  }
+  return &merged_;
+}
+
 }  // namespace weir

@@ -153,8 +153,10 @@ class ProgramBuilder {
                                      : ValueRef{index.at(static_cast<size_t>(in.node)), in.port});
       }
       std::map<std::string, AttrValue> typed(node.attrs.begin(), node.attrs.end());
-      auto added = AddOp(node.entry, node.name, std::move(inputs), std::move(typed), node.loc,
-                         /*forward=*/true);
+      const OpEntry* entry = node.entry;
+      WEIR_RETURN_IF_ERROR(Rewrite(node, entry, typed));
+      auto added =
+          AddOp(entry, node.name, std::move(inputs), std::move(typed), node.loc, /*forward=*/true);
       if (!added.ok()) return added.status();
       index[k] = added->node;
     }
@@ -175,9 +177,41 @@ class ProgramBuilder {
   }
 
  private:
+  // The op a node runs and its attrs after options_.rewrites.
+  Status Rewrite(const weir::Node& node, const OpEntry*& entry,
+                 std::map<std::string, AttrValue>& attrs) const {
+    for (const NodeRewrite& r : options_.rewrites) {
+      if (!MatchesPathSuffix(node.name, r.pattern)) continue;
+      if (entry->def.name() != r.from_op) {
+        return InvalidArgument("'" + r.pattern + "' names a node of op " + entry->def.name() +
+                               "; it should name " + r.from_op + " nodes")
+            .At(node.loc)
+            .InNode(node.name, entry->def.name());
+      }
+      entry = ops_.Find(r.to_op);
+      if (entry == nullptr)
+        return NotFound("no tensor op '" + r.to_op + "' to rewrite " + r.from_op);
+      for (const auto& [k, v] : r.attrs) attrs[k] = v;
+      return Status();
+    }
+    return Status();
+  }
+
+  bool Frozen(const std::string& param) const {
+    if (options_.trainable.empty()) return false;
+    for (const std::string& pattern : options_.trainable)
+      if (MatchesPathSuffix(param, pattern)) return false;
+    return true;
+  }
+
   ValueRef Add(Program::Node n) {
     p_.nodes_.push_back(std::move(n));
     return {static_cast<int>(p_.nodes_.size()) - 1, 0};
+  }
+  // A parameter leaf that takes a gradient.
+  bool Trained(const Program::Node& param) const {
+    const ParamInfo& info = p_.params_[static_cast<size_t>(param.index)];
+    return info.trainable() && !info.frozen;
   }
   const TensorType& TypeOf(ValueRef v) const {
     return p_.nodes_.at(static_cast<size_t>(v.node)).outputs.at(static_cast<size_t>(v.port));
@@ -229,6 +263,7 @@ class ProgramBuilder {
       info.type = {dtype, *shape};
       info.init = pd.init(n.attrs, *shape);
       info.op = entry->def.name();
+      info.frozen = Frozen(info.name);
       if (!pd.trainable()) {
         info.update_op = pd.update_op;
         info.statistic = name + "." + pd.statistic;
@@ -376,8 +411,7 @@ class ProgramBuilder {
     for (size_t i = 0; i < forward_end; ++i) {
       const Program::Node& n = p_.nodes_[i];
       if (n.kind == Program::Node::kParam)
-        requires_grad[i] =
-            IsFloating(n.outputs[0].dtype) && p_.params_[static_cast<size_t>(n.index)].trainable();
+        requires_grad[i] = IsFloating(n.outputs[0].dtype) && Trained(n);
       if (n.kind == Program::Node::kInput) requires_grad[i] = wanted_args.count(n.index) > 0;
       if (n.kind == Program::Node::kOp)
         for (ValueRef v : n.inputs)
@@ -442,8 +476,7 @@ class ProgramBuilder {
     }
     for (size_t i = 0; i < forward_end; ++i) {
       const Program::Node& n = p_.nodes_[i];
-      if (n.kind != Program::Node::kParam || !p_.params_[static_cast<size_t>(n.index)].trainable())
-        continue;
+      if (n.kind != Program::Node::kParam || !Trained(n)) continue;
       std::string name = n.name;
       TensorType type = n.outputs[0];
       auto pit = pending.find({static_cast<int>(i), 0});
@@ -860,6 +893,24 @@ std::string Program::DebugString() const {
     out << "\n";
   }
   return out.str();
+}
+
+bool MatchesPathSuffix(const std::string& path, const std::string& pattern) {
+  auto split = [](const std::string& s) {
+    std::vector<std::string> parts;
+    size_t start = 0;
+    for (size_t dot; (dot = s.find('.', start)) != std::string::npos; start = dot + 1)
+      parts.push_back(s.substr(start, dot - start));
+    parts.push_back(s.substr(start));
+    return parts;
+  };
+  std::vector<std::string> p = split(path), q = split(pattern);
+  if (pattern.empty() || q.size() > p.size()) return false;
+  for (size_t i = 0; i < q.size(); ++i) {
+    const std::string& want = q[q.size() - 1 - i];
+    if (want != "*" && want != p[p.size() - 1 - i]) return false;
+  }
+  return true;
 }
 
 void ParamStore::Initialize(const std::vector<ParamInfo>& params, uint64_t seed) {

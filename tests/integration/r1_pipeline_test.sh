@@ -8,11 +8,13 @@
 #     reference starts at 0), and its
 #     checkpoint differs from the SFT one it started from;
 #   - the same GRPO run twice gives the same completions and parameters (seeded sampling);
-#   - eval.json holds accuracy and format rate in [0, 1].
+#   - eval.json holds accuracy and format rate in [0, 1];
+#   - LoRA SFT saves adapters alone, leaves the base as it was, and its adapters decode the same
+#     kept separate, merged by the model resource, or merged by weir generate --adapter.
 # usage: r1_pipeline_test.sh WEIR SOURCE_DIR
 set -euo pipefail
 weir=$1
-src=$2
+src=$(cd "$2" && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 fail() {
@@ -78,6 +80,37 @@ assert e['rows'] == 200, e
 for k in ('accuracy', 'format_rate'):
     assert 0 <= e[k] <= 1, e
 " || fail "eval.json is wrong"
+
+# LoRA SFT from the pretrained model: adapters alone in the checkpoint; separate or merged, the
+# same greedy completions, and not the base model's.
+run "$g/sft.pbtxt" --out "$work/lora" --set tokenizer="$tok" --set steps=4 --set epochs=2 \
+  --set init_from="$work/pre/checkpoints/step-000004" --set lr=1e-2 \
+  --set 'lora_targets=[attn.q.wq_b, attn.wo, ffn.w2]' --set lora_rank=4
+lora=$work/lora/checkpoints/step-000004
+[ -f "$lora/adapter.safetensors" ] && [ -f "$lora/adapter_config.json" ] || fail "no LoRA adapter"
+[ -f "$lora/model.safetensors" ] && fail "a LoRA checkpoint holds the base weights"
+for how in base separate merged; do
+  extra=()
+  [ $how != base ] && extra=(--set lora_from="$lora")
+  [ $how = merged ] && extra+=(--set lora_merge=true)
+  run "$g/eval.pbtxt" --out "$work/eval_$how" --set tokenizer="$tok" --set max_new_tokens=8 \
+    --set init_from="$work/pre/checkpoints/step-000004" --set tasks="$src/graphs/data/tiny/r1/sft_val.jsonl" \
+    "${extra[@]}"
+done
+cmp -s "$work/eval_separate/completions.jsonl" "$work/eval_merged/completions.jsonl" ||
+  fail "LoRA adapters kept separate and merged generate differently"
+cmp -s "$work/eval_base/completions.jsonl" "$work/eval_separate/completions.jsonl" &&
+  fail "the LoRA adapters did not change the model"
+"$weir" generate "$g/model.pbtxt" --checkpoint "$work/pre/checkpoints/step-000004" \
+  --adapter "$lora" --tokenizer "$tok" --prompts "$src/graphs/data/tiny/r1/sft_val.jsonl" \
+  --max-new 8 > "$work/lora_generated.jsonl" 2> "$work/generate.log" ||
+  { cat "$work/generate.log" >&2; fail "weir generate --adapter"; }
+py "
+import json
+cli = [json.loads(l)['completion'] for l in open('$work/lora_generated.jsonl', errors='surrogateescape')]
+graph = [json.loads(l)['completion'] for l in open('$work/eval_separate/completions.jsonl', errors='surrogateescape')]
+assert cli == graph, (cli[:3], graph[:3])
+" || fail "weir generate --adapter differs from the LoRA model's generations"
 
 # weir generate with text prompts: one JSON line per prompt, in order, ended by <|eos|> or the cap.
 printf '{"prompt": "What is 1 + 2 + 3?"}\n{"prompt": "What is 9 + 9 + 9 + 9?"}\n' > "$work/prompts.jsonl"

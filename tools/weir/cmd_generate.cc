@@ -15,6 +15,7 @@
 #include "decoder.h"
 #include "model_inputs.h"
 #include "weir/json.h"
+#include "weir/runtime/lora.h"
 #include "weir/runtime/prepare.h"
 #include "weir/safetensors.h"
 
@@ -23,7 +24,7 @@ namespace weir::cli {
 namespace {
 constexpr char kHelp[] = R"(usage: weir generate GRAPH --checkpoint DIR --tokens FILE [--max-new N]
                      [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop ID]...
-                     [--speculative] [--model NAME] [--set key=value]...
+                     [--speculative] [--adapter DIR] [--model NAME] [--set key=value]...
        weir generate GRAPH --checkpoint DIR --tokenizer FILE (--prompt TEXT... | --prompts FILE.jsonl)
                      [--template T] [--stop-text S]... [the options above]
 
@@ -45,6 +46,9 @@ Greedy by default; with --temperature > 0 tokens are sampled (after --top-k and 
 prompt from its own stream of --seed, so a run repeats exactly. A prompt ends at a --stop id
 (kept) or after --max-new tokens.
 
+With --adapter DIR (a LoRA checkpoint: adapter.safetensors and adapter_config.json), the
+adapters are merged into the checkpoint's weights (W + lora_alpha/r · B·A) before decoding.
+
 With --speculative (greedy), the MTP module drafts the token after the next one and each step of
 the main model verifies it (DeepSeek-V3 §5.4.3): the same tokens, fewer main steps; prompts run
 one at a time and the share of drafts the main model accepted is printed.
@@ -65,6 +69,7 @@ Options:
   --stop-text S     a special token or string that ends a completion (repeatable; default
                     <|eos|>)
   --speculative     draft with MTP (needs num_nextn_predict_layers >= 1)
+  --adapter DIR     LoRA adapters to merge into the weights (a LoRA training checkpoint)
   --model NAME      the model resource, when the graph has several
   --set key=value   override a graph param (repeatable)
 )";
@@ -100,6 +105,12 @@ Status Generate(const Args& args) {
   }
   std::filesystem::path dir = *args.Get("checkpoint");
   WEIR_ASSIGN_OR_RETURN(auto tensors, ReadSafetensorsSharded(dir, "model"));
+  if (auto adapter = args.Get("adapter")) {
+    WEIR_ASSIGN_OR_RETURN(double alpha, ReadLoraAlpha(*adapter));
+    WEIR_ASSIGN_OR_RETURN(auto adapters, ReadSafetensorsSharded(*adapter, kAdapterStem));
+    for (auto& [name, t] : adapters) tensors[name] = t;
+    WEIR_ASSIGN_OR_RETURN(tensors, MergeLora(tensors, alpha));
+  }
   ParamStore params;
   for (auto& [name, t] : tensors) params.Set(name, t.To(DT_F32));
   int64_t vocab = model.attrs.count("vocab_size") ? model.attrs.at("vocab_size").i() : 129280;
@@ -238,6 +249,7 @@ int GenerateCommand(const std::vector<std::string>& argv) {
                                 {"tokens", true, false},
                                 {"max-new", true, false},
                                 {"speculative", false, false},
+                                {"adapter", true, false},
                                 {"temperature", true, false},
                                 {"top-k", true, false},
                                 {"top-p", true, false},

@@ -96,8 +96,11 @@ class GenerateKernel : public StreamKernel {
         std::lock_guard<std::mutex> lock(model_->mutex());
         // A fresh decoder per call (the weights change between calls); its programs, which do
         // not hold weights, are kept across calls: GRPO's prompts repeat the same lengths.
-        deepseek::LatentDecoder decoder(model_->graph(), model_->attrs(), model_->ops(),
-                                        model_->params(), programs_);
+        // LoRA adapters decode merged into their weights (MLA's absorbed decode folds wkv_b).
+        auto params = model_->InferenceParams();
+        if (!params.ok()) return ctx_.Error(params.status().message());
+        deepseek::LatentDecoder decoder(model_->graph(), model_->attrs(), model_->ops(), **params,
+                                        programs_);
         auto run = deepseek::Generate(decoder, tokens, options);
         if (!run.ok()) return ctx_.Error(run.status().message());
         generated = std::move(*run);

@@ -3,9 +3,69 @@
 
 #include "weir/checkpoints.h"
 #include "weir/graph.h"
+#include "weir/json.h"
 #include "weir/safetensors.h"
 
 namespace weir::train {
+namespace {
+
+struct LoraSetup {
+  LoraConfig config;
+  std::map<std::string, Tensor> adapters;  // lora_from's
+};
+
+// The LoRA settings of a model resource: its attrs, or lora_from's adapter_config.json.
+StatusOr<LoraSetup> ReadLora(const ResourceContext& ctx, const FunctionInstance& instance) {
+  LoraSetup lora;
+  lora.config.targets = ctx.attrs().StringList("lora_targets");
+  lora.config.rank = ctx.attrs().Int("lora_rank");
+  lora.config.alpha = ctx.attrs().Float("lora_alpha");
+  lora.config.dropout = ctx.attrs().Float("lora_dropout");
+  lora.config.seed = ctx.attrs().Int("seed");
+  if (const std::string& from = ctx.attrs().String("lora_from"); !from.empty()) {
+    std::filesystem::path dir = ctx.InputPath(from);
+    if (std::filesystem::exists(dir / kChecksumsFile))
+      WEIR_RETURN_IF_ERROR(VerifyChecksums(dir).Prepend("lora_from"));
+    std::filesystem::path config_path = dir / kAdapterConfigFile;
+    WEIR_ASSIGN_OR_RETURN(auto config, ReadJsonFile(config_path));
+    auto number = [&](const char* key) -> StatusOr<double> {
+      auto it = config.fields().find(key);
+      if (it == config.fields().end() || !it->second.has_number_value())
+        return InvalidArgument(config_path.string() + " has no number '" + key + "'");
+      return it->second.number_value();
+    };
+    WEIR_ASSIGN_OR_RETURN(lora.config.alpha, number("lora_alpha"));
+    WEIR_ASSIGN_OR_RETURN(double rank, number("r"));
+    lora.config.rank = static_cast<int64_t>(rank);
+    if (lora.config.targets.empty()) {
+      auto it = config.fields().find("target_modules");
+      if (it != config.fields().end())
+        for (const auto& v : it->second.list_value().values())
+          lora.config.targets.push_back(v.string_value());
+    }
+    auto values = ReadSafetensorsSharded(dir, kAdapterStem);
+    if (!values.ok()) return Status(values.status()).Prepend("lora_from " + dir.string());
+    for (auto& [name, t] : *values) lora.adapters[name] = t.Clone();
+    if (lora.config.targets.empty())
+      return InvalidArgument("lora_from " + dir.string() +
+                             ": no target_modules and no lora_targets");
+  }
+  // Every target names at least one Linear: a typo would otherwise train nothing.
+  for (const std::string& target : lora.config.targets) {
+    bool found = false;
+    for (const Node& node : instance.nodes)
+      found =
+          found || (MatchesPathSuffix(node.name, target) && node.entry->def.name() == "nn.Linear");
+    if (!found) {
+      return InvalidArgument("lora_targets: '" + target + "' names no nn.Linear node of " +
+                             ctx.attrs().Get("function").func() +
+                             " (targets name nodes by the end of their path, e.g. attn.wq_b)");
+    }
+  }
+  return lora;
+}
+
+}  // namespace
 
 void RegisterModel(Registrar& r) {
   r.ResourceKind("model")
@@ -28,13 +88,30 @@ void RegisterModel(Registrar& r) {
       .Attr("concurrent_nodes", false,
             "run independent nodes at the same time (their GEMMs single-threaded); helps when "
             "single ops cannot fill the cores, slower on 2 cores (plugins/train/README.md)")
+      .Attr("lora_targets", std::vector<std::string>{},
+            "LoRA: the nn.Linear nodes to adapt, by the end of their path (`attn.wq_b`, "
+            "`wkv_b`, `*.w2`); the adapters alone are trained, the base frozen")
+      .Attr<int64_t>("lora_rank", 8, "LoRA: rank of each adapter", Min(1))
+      .Attr<double>("lora_alpha", 16.0, "LoRA: adapters are scaled by lora_alpha / lora_rank",
+                    Min(0.0))
+      .Attr<double>("lora_dropout", 0.0, "LoRA: dropout on the adapters' inputs in training",
+                    Min(0.0), Max(0.99))
+      .Attr<std::string>("lora_from", "",
+                         "a folder with adapter.safetensors and adapter_config.json (a LoRA "
+                         "checkpoint) whose adapters the model starts from; its targets and "
+                         "alpha apply unless lora_targets is set")
+      .Attr("lora_merge", false,
+            "merge lora_from's adapters into the base weights (W + alpha/rank · B·A) and run "
+            "the plain model: inference without adapter ops")
       .Factory([](const ResourceContext& ctx) -> StatusOr<std::shared_ptr<Resource>> {
         WEIR_ASSIGN_OR_RETURN(auto attrs,
                               ParseAttrValues(ctx.attrs().String("attrs"), SourceLoc{}));
         const std::string& function = ctx.attrs().Get("function").func();
         // Instantiating once here reports a bad function or attr when the run starts.
-        WEIR_RETURN_IF_ERROR(
-            InstantiateFunction(*ctx.env().graph, function, attrs, *ctx.env().ops).status());
+        WEIR_ASSIGN_OR_RETURN(
+            FunctionInstance instance,
+            InstantiateFunction(*ctx.env().graph, function, attrs, *ctx.env().ops));
+        WEIR_ASSIGN_OR_RETURN(LoraSetup lora, ReadLora(ctx, instance));
         ProgramOptions options;
         options.recompute = ctx.attrs().Bool("recompute");
         options.concurrent_nodes = ctx.attrs().Bool("concurrent_nodes");
@@ -42,6 +119,8 @@ void RegisterModel(Registrar& r) {
         auto model = std::make_shared<Model>(
             ctx.env().graph, ctx.env().ops, function, std::move(attrs),
             static_cast<uint64_t>(ctx.attrs().Int("seed")), std::move(options));
+        std::map<std::string, Tensor> initial;
+        std::string source = ctx.attrs().String("lora_from");
         if (const std::string& from = ctx.attrs().String("init_from"); !from.empty()) {
           std::filesystem::path dir = ctx.InputPath(from);
           // A training checkpoint carries checksums; a `weir hf import` folder does not.
@@ -49,10 +128,21 @@ void RegisterModel(Registrar& r) {
             WEIR_RETURN_IF_ERROR(VerifyChecksums(dir).Prepend("init_from"));
           auto values = ReadSafetensorsSharded(dir, "model");
           if (!values.ok()) return Status(values.status()).Prepend("init_from " + dir.string());
-          std::map<std::string, Tensor> owned;
-          for (auto& [name, t] : *values) owned[name] = t.Clone();  // off the mapping
-          model->SetInitial(std::move(owned), dir.string());
+          for (auto& [name, t] : *values) initial[name] = t.Clone();  // off the mapping
+          source = dir.string();
         }
+        for (auto& [name, t] : lora.adapters) initial[name] = std::move(t);
+        if (ctx.attrs().Bool("lora_merge")) {
+          if (lora.adapters.empty()) return InvalidArgument("lora_merge needs lora_from");
+          if (ctx.attrs().String("init_from").empty())
+            return InvalidArgument("lora_merge needs init_from: the base weights to merge into");
+          auto merged = MergeLora(initial, lora.config.alpha);
+          if (!merged.ok()) return Status(merged.status()).Prepend("lora_merge");
+          initial = std::move(*merged);
+        } else {
+          model->SetLora(lora.config);
+        }
+        if (!initial.empty()) model->SetInitial(std::move(initial), source);
         return std::shared_ptr<Resource>(model);
       });
 }

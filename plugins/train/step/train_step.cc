@@ -82,10 +82,13 @@ class TrainStep : public StreamKernel {
     step_ = static_cast<int64_t>(state->fields().at("step").number_value());
     data_position_ = static_cast<int64_t>(state->fields().at("data_position").number_value());
     last_checkpoint_ = resumed_step_ = step_;
-    WEIR_ASSIGN_OR_RETURN(auto params, ReadSafetensorsSharded(dir, "model"));
+    // A LoRA run's checkpoint holds its adapters; the base comes from the model's init_from.
+    const char* stem = model_->lora().enabled() ? kAdapterStem : "model";
+    WEIR_ASSIGN_OR_RETURN(auto params, ReadSafetensorsSharded(dir, stem));
     {
       std::lock_guard<std::mutex> lock(model_->mutex());
       for (auto& [name, t] : params) model_->params().Set(name, t.Clone());  // off the mapping
+      model_->Updated();
     }
     WEIR_ASSIGN_OR_RETURN(auto states, ReadSafetensorsSharded(dir, "optimizer"));
     for (auto& [name, t] : states) restored_states_[name] = t.Clone();
@@ -173,7 +176,7 @@ class TrainStep : public StreamKernel {
     std::string row = "{\"step\": " + std::to_string(step_);
     for (const ParamInfo& info : program_->params()) {
       auto stat = statistics_.find(info.name);
-      if (info.trainable() || stat == statistics_.end()) continue;
+      if (info.trainable() || info.frozen || stat == statistics_.end()) continue;
       const OpEntry* op = ctx_.ops().Find(info.update_op);
       if (op == nullptr || !op->shape)
         return ctx_.Error("state '" + info.name + "': no tensor op '" + info.update_op + "'");
@@ -404,16 +407,24 @@ class TrainStep : public StreamKernel {
     fs::create_directories(temp, ec);
     if (ec) return ctx_.Error("cannot create " + temp.string() + ": " + ec.message());
     std::vector<std::pair<std::string, Tensor>> params, states;
+    const LoraConfig& lora = model_->lora();
     {
       std::lock_guard<std::mutex> lock(model_->mutex());
-      for (const auto& [n, t] : model_->params().values()) params.emplace_back(n, t);
+      for (const auto& [n, t] : model_->params().values())
+        if (!lora.enabled() || IsLoraParam(n)) params.emplace_back(n, t);
     }
     for (const auto& [n, st] : states_)
       for (size_t i = 0; i < st.size(); ++i) states.emplace_back(n + "." + state_names_[i], st[i]);
     int64_t shard = ctx_.Int("max_shard_bytes");
     std::map<std::string, std::string> meta = {{"format", "pt"},
                                                {"weir_model", model_->function()}};
-    WEIR_RETURN_IF_ERROR(WriteSafetensorsSharded(temp, "model", params, shard, meta));
+    if (lora.enabled()) {
+      // The adapters alone, as Hugging Face PEFT saves them: the frozen base is init_from's.
+      WEIR_RETURN_IF_ERROR(WriteSafetensorsSharded(temp, kAdapterStem, params, shard, meta));
+      WEIR_RETURN_IF_ERROR(WriteFileAtomically(temp / kAdapterConfigFile, lora.ConfigJson()));
+    } else {
+      WEIR_RETURN_IF_ERROR(WriteSafetensorsSharded(temp, "model", params, shard, meta));
+    }
     WEIR_RETURN_IF_ERROR(WriteSafetensorsSharded(temp, "optimizer", states, shard, meta));
     std::string json = "{\"step\": " + std::to_string(step_) +
                        ", \"data_position\": " + std::to_string(data_position_) +

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "weir/registrar.h"
+#include "weir/runtime/lora.h"
 #include "weir/runtime/program.h"
 
 namespace weir {
@@ -43,13 +44,23 @@ class __attribute__((visibility("default"))) Model : public Resource {
     initial_ = std::move(values);
     initial_source_ = std::move(source);
   }
+  // Adapters on the targets, trained alone (before the first GetProgram).
+  void SetLora(LoraConfig lora) {
+    lora_ = std::move(lora);
+    lora_.AddTo(options_);
+  }
+  const LoraConfig& lora() const { return lora_; }
+  // The parameters for inference without the adapter ops (incremental decoding): params() with
+  // the adapters merged into their base weights, recomputed after each change; params() itself
+  // without adapters. Callers hold mutex().
+  StatusOr<const ParamStore*> InferenceParams();
   std::mutex& mutex() { return mu_; }
   const std::string& function() const { return function_; }
   const std::map<std::string, AttrValue>& attrs() const { return attrs_; }
   const Graph& graph() const { return *graph_; }
   const OpRegistry& ops() const { return *ops_; }
-  // Counts optimizer steps applied to the parameters (trainers call Updated() after each), so a
-  // reader can tell which version of the weights it saw.
+  // Counts changes to the parameters (trainers call Updated() after each optimizer step and
+  // after restoring a checkpoint), so a reader can tell which version of the weights it saw.
   int64_t version() const { return version_; }
   void Updated() { ++version_; }
 
@@ -66,6 +77,9 @@ class __attribute__((visibility("default"))) Model : public Resource {
   std::map<std::string, Tensor> initial_;
   std::string initial_source_;
   int64_t version_ = 0;
+  LoraConfig lora_;
+  ParamStore merged_;
+  int64_t merged_version_ = -1;
 };
 
 }  // namespace weir

@@ -31,7 +31,24 @@ struct ParamInfo {
   std::string update_op;
   std::string statistic;  // the value the update sums: "<node>.<output>"
   std::map<std::string, AttrValue> node_attrs;
+  // Kept as it is: no gradient, no optimizer step, no state update (ProgramOptions::trainable).
+  bool frozen = false;
   bool trainable() const { return update_op.empty(); }
+};
+
+// Whether the dotted node or parameter path ends with `pattern`, component by component, where a
+// `*` component matches any one: `attn.wq_b` and `*.wq_b` match `moe_layers.3.attn.wq_b`, `wq`
+// does not. (Hugging Face PEFT's target_modules name modules by such suffixes.)
+bool MatchesPathSuffix(const std::string& path, const std::string& pattern);
+
+// Nodes whose path matches `pattern` (MatchesPathSuffix) run op `to_op` instead of `from_op`,
+// with `attrs` added to theirs: an adapter around a layer (LoRA) without editing the model's
+// graph. A matched node of another op is an error.
+struct NodeRewrite {
+  std::string pattern;
+  std::string from_op;
+  std::string to_op;
+  std::map<std::string, AttrValue> attrs;
 };
 
 struct ProgramOptions {
@@ -61,6 +78,11 @@ struct ProgramOptions {
   // After every node, check its floating outputs for NaN and Inf; the first one found is an
   // error naming the node, its op and the output (a debugging aid: it reads every value).
   bool check_finite = false;
+  // Applied while the function is instantiated, in order; the first that matches a node wins.
+  std::vector<NodeRewrite> rewrites;
+  // Parameters to train, by path patterns (MatchesPathSuffix); empty: all. The others are
+  // frozen: they take no gradient (their weight-gradient nodes are never built).
+  std::vector<std::string> trainable;
 };
 
 struct MemoryPlanStats {
