@@ -10,7 +10,9 @@
 #   - the same GRPO run twice gives the same completions and parameters (seeded sampling);
 #   - eval.json holds accuracy and format rate in [0, 1];
 #   - LoRA SFT saves adapters alone, leaves the base as it was, and its adapters decode the same
-#     kept separate, merged by the model resource, or merged by weir generate --adapter.
+#     kept separate, merged by the model resource, or merged by weir generate --adapter;
+#   - rl.Generate with speculative=true (MTP drafts) gives the greedy completions and logs
+#     mtp_acceptance.
 # usage: r1_pipeline_test.sh WEIR SOURCE_DIR
 set -euo pipefail
 weir=$1
@@ -89,10 +91,11 @@ run "$g/sft.pbtxt" --out "$work/lora" --set tokenizer="$tok" --set steps=4 --set
 lora=$work/lora/checkpoints/step-000004
 [ -f "$lora/adapter.safetensors" ] && [ -f "$lora/adapter_config.json" ] || fail "no LoRA adapter"
 [ -f "$lora/model.safetensors" ] && fail "a LoRA checkpoint holds the base weights"
-for how in base separate merged; do
+for how in base separate merged speculative; do
   extra=()
-  [ $how != base ] && extra=(--set lora_from="$lora")
+  [ $how = separate ] || [ $how = merged ] && extra=(--set lora_from="$lora")
   [ $how = merged ] && extra+=(--set lora_merge=true)
+  [ $how = speculative ] && extra=(--set speculative=true)
   run "$g/eval.pbtxt" --out "$work/eval_$how" --set tokenizer="$tok" --set max_new_tokens=8 \
     --set init_from="$work/pre/checkpoints/step-000004" --set tasks="$src/graphs/data/tiny/r1/sft_val.jsonl" \
     "${extra[@]}"
@@ -101,6 +104,10 @@ cmp -s "$work/eval_separate/completions.jsonl" "$work/eval_merged/completions.js
   fail "LoRA adapters kept separate and merged generate differently"
 cmp -s "$work/eval_base/completions.jsonl" "$work/eval_separate/completions.jsonl" &&
   fail "the LoRA adapters did not change the model"
+# rl.Generate with MTP drafts: the same greedy completions, and the share of drafts accepted.
+cmp -s "$work/eval_base/completions.jsonl" "$work/eval_speculative/completions.jsonl" ||
+  fail "speculative decoding changed the greedy completions"
+grep -q '"mtp_acceptance":' "$work/eval_speculative/metrics.jsonl" || fail "no mtp_acceptance logged"
 "$weir" generate "$g/model.pbtxt" --checkpoint "$work/pre/checkpoints/step-000004" \
   --adapter "$lora" --tokenizer "$tok" --prompts "$src/graphs/data/tiny/r1/sft_val.jsonl" \
   --max-new 8 > "$work/lora_generated.jsonl" 2> "$work/generate.log" ||

@@ -27,6 +27,7 @@ class GenerateKernel : public StreamKernel {
     options_.temperature = ctx.Float("temperature");
     options_.top_k = ctx.Int("top_k");
     options_.top_p = ctx.Float("top_p");
+    options_.speculative = ctx.Bool("speculative");
     seed_ = static_cast<uint64_t>(ctx.Int("seed"));
     group_size_ = ctx.Int("num_generations");
   }
@@ -35,6 +36,8 @@ class GenerateKernel : public StreamKernel {
   // completion's ids, so a trainer learns to end); any other entry is a string the decoded
   // completion is cut before.
   Status Init() {
+    if (options_.speculative && options_.temperature > 0)
+      return ctx_.Error("speculative decoding is greedy: set temperature=0");
     for (const std::string& stop : ctx_.StringList("stop")) {
       if (stop.empty()) return ctx_.Error("stop: an empty stop string");
       std::vector<int64_t> ids = tokenizer_->Encode(stop, /*specials=*/true);
@@ -70,7 +73,8 @@ class GenerateKernel : public StreamKernel {
     IntListColumn prompt_ids(n), completion_ids(n);
     IntColumn groups(n), truncated(n), lengths(n);
     StringColumn completions(n);
-    // Rows whose prompts encode to the same length decode as one batch.
+    // Rows whose prompts encode to the same length decode as one batch; speculative decoding
+    // takes one row at a time.
     std::map<size_t, std::vector<size_t>> by_length;
     for (size_t i = 0; i < n; ++i) {
       WEIR_ASSIGN_OR_RETURN(std::string text,
@@ -78,11 +82,16 @@ class GenerateKernel : public StreamKernel {
       prompt_ids[i] = tokenizer_->Encode(text, /*specials=*/true);
       if (prompt_ids[i].empty()) return ctx_.Error("row " + std::to_string(i) + ": empty prompt");
       groups[i] = groups_seen_ + static_cast<int64_t>(copies[i]);
-      by_length[prompt_ids[i].size()].push_back(i);
+      if (!options_.speculative) by_length[prompt_ids[i].size()].push_back(i);
     }
+    std::vector<std::vector<size_t>> batches;
+    for (size_t i = 0; options_.speculative && i < n; ++i) batches.push_back({i});
+    for (auto& [length, members] : by_length) batches.push_back(std::move(members));
     int64_t prompt_tokens = 0, new_tokens = 0;
     double prefill_s = 0, decode_s = 0;
-    for (const auto& [length, members] : by_length) {
+    int64_t drafted = 0, accepted = 0;
+    for (const std::vector<size_t>& members : batches) {
+      size_t length = prompt_ids[members[0]].size();
       std::vector<double> ids;
       for (size_t i : members) ids.insert(ids.end(), prompt_ids[i].begin(), prompt_ids[i].end());
       Tensor tokens = Tensor::FromValues(
@@ -105,6 +114,8 @@ class GenerateKernel : public StreamKernel {
         if (!run.ok()) return ctx_.Error(run.status().message());
         generated = std::move(*run);
       }
+      drafted += generated.drafted;
+      accepted += generated.accepted;
       prefill_s += generated.prefill_seconds;
       decode_s += generated.decode_seconds;
       prompt_tokens += tokens.numel();
@@ -135,9 +146,17 @@ class GenerateKernel : public StreamKernel {
     total_prefill_s_ += prefill_s;
     total_decode_s_ += decode_s;
     double mean_length = n ? static_cast<double>(new_tokens) / static_cast<double>(n) : 0;
-    ctx_.Metric(calls_, {{"prefill_tokens_per_s", prefill_s > 0 ? prompt_tokens / prefill_s : 0},
-                         {"decode_tokens_per_s", decode_s > 0 ? new_tokens / decode_s : 0},
-                         {"completions/mean_length", mean_length}});
+    std::vector<std::pair<std::string, double>> metrics = {
+        {"prefill_tokens_per_s", prefill_s > 0 ? prompt_tokens / prefill_s : 0},
+        {"decode_tokens_per_s", decode_s > 0 ? new_tokens / decode_s : 0},
+        {"completions/mean_length", mean_length}};
+    if (options_.speculative) {
+      // The share of MTP drafts the main model agreed with (DeepSeek-V3 reports 85-90 %).
+      metrics.emplace_back("mtp_acceptance", drafted ? static_cast<double>(accepted) / drafted : 0);
+      total_drafted_ += drafted;
+      total_accepted_ += accepted;
+    }
+    ctx_.Metric(calls_, metrics);
     WEIR_RETURN_IF_ERROR(rows.Set(ctx_.String("output"), std::move(completions)));
     WEIR_RETURN_IF_ERROR(rows.Set("prompt_ids", std::move(prompt_ids)));
     WEIR_RETURN_IF_ERROR(rows.Set("completion_ids", std::move(completion_ids)));
@@ -153,6 +172,9 @@ class GenerateKernel : public StreamKernel {
     LOG(INFO) << ctx_.node() << ": " << total_new_ << " tokens generated after " << total_prompt_
               << " prompt tokens; prefill " << Rate(total_prompt_, total_prefill_s_)
               << " tokens/s, decode " << Rate(total_new_, total_decode_s_) << " tokens/s";
+    if (options_.speculative)
+      LOG(INFO) << ctx_.node() << ": " << total_accepted_ << " of " << total_drafted_
+                << " MTP drafts accepted";
     return Status();
   }
 
@@ -171,7 +193,7 @@ class GenerateKernel : public StreamKernel {
   uint64_t seed_ = 0;
   int64_t group_size_ = 1;
   int64_t calls_ = 0, groups_seen_ = 0;
-  int64_t total_new_ = 0, total_prompt_ = 0;
+  int64_t total_new_ = 0, total_prompt_ = 0, total_drafted_ = 0, total_accepted_ = 0;
   double total_prefill_s_ = 0, total_decode_s_ = 0;
 };
 
@@ -188,7 +210,7 @@ void RegisterGenerate(Registrar& r) {
           "`max_new_tokens` (then `truncated` is 1). Adds the completion text, prompt_ids and "
           "completion_ids (int lists; a stop token ends completion_ids), completion_length, "
           "truncated and group (the prompt's index in the run). Logs prefill and decode "
-          "tokens/s.")
+          "tokens/s (and mtp_acceptance with speculative=true).")
       .Input("prompts", "batch", "rows with a string column of prompts")
       .Output("out", "batch", "each row num_generations times, with its completion")
       .AttrOfType("model", ATTR_RESOURCE, std::nullopt, "the model resource to generate with")
@@ -207,6 +229,10 @@ void RegisterGenerate(Registrar& r) {
       .Attr<double>("top_p", 1.0, "... within the smallest set holding top_p of the mass", Min(0.0),
                     Max(1.0))
       .Attr<int64_t>("seed", 0, "sampling seed")
+      .Attr("speculative", false,
+            "greedy only: the model's MTP module drafts the token after the next one and each "
+            "main step verifies it (the same tokens in fewer main steps; rows decode one at a "
+            "time); logs mtp_acceptance, the share of drafts accepted")
       .Stateful()
       .Factory([](const NodeContext& ctx) -> StatusOr<std::unique_ptr<StreamKernel>> {
         WEIR_ASSIGN_OR_RETURN(Model * model, ctx.Resource<Model>("model"));
