@@ -15,8 +15,13 @@
 #include "weir/checkpoints.h"
 #include "weir/json.h"
 #include "weir/runtime/executor.h"
+#include "weir/runtime/launch.h"
 #include "weir/runtime/metrics.h"
 #include "weir/runtime/prepare.h"
+#include "weir/runtime/world.h"
+#ifdef WEIR_HAVE_MPI
+#include "weir/runtime/mpi_communicator.h"
+#endif
 #include "weir/runtime/trace.h"
 
 namespace weir::cli {
@@ -198,6 +203,28 @@ int RunCommand(const std::vector<std::string>& argv) {
   std::string name = graph->name.empty() ? graph_file.stem().string() : graph->name;
   fs::path out_dir =
       args.Get("out").value_or((fs::path("runs") / (name + "-" + Timestamp())).string());
+  // One of several processes a launcher started: they train data-parallel over the world
+  // communicator, and every rank but 0 writes its outputs into OUT/rank-N.
+  auto launch = DetectLaunch();
+  if (!launch.ok()) {
+    std::cerr << "weir run: " << launch.status().ToString() << "\n";
+    return 1;
+  }
+  if (launch->world_size > 1) {
+#ifdef WEIR_HAVE_MPI
+    auto world = MakeMpiCommunicator();
+    if (!world.ok()) {
+      std::cerr << "weir run: " << launch->ToString() << ": " << world.status().ToString() << "\n";
+      return 1;
+    }
+    SetWorldCommunicator(std::shared_ptr<Communicator>(std::move(*world)));
+    if (launch->rank > 0) out_dir /= "rank-" + std::to_string(launch->rank);
+#else
+    std::cerr << "weir run: launched as " << launch->ToString()
+              << ", but this weir was built without MPI (install libopenmpi-dev and rebuild)\n";
+    return 1;
+#endif
+  }
   std::error_code ec;
   // Resuming a run in its own folder continues it; anything else must not mix with an earlier run.
   bool in_place = args.Has("resume") && IsWithin(*args.Get("resume"), out_dir);

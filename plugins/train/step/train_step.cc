@@ -4,19 +4,24 @@
 // `weir run --resume` continues from exactly.
 #include <glog/logging.h>
 #include <tbb/blocked_range.h>
+#include <tbb/info.h>
 #include <tbb/parallel_reduce.h>
+#include <tbb/task_arena.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
+#include "step/data_parallel.h"
 #include "step/schedule.h"
 #include "weir/atomic_file.h"
 #include "weir/checkpoints.h"
 #include "weir/dispatch.h"
 #include "weir/json.h"
 #include "weir/runtime/model.h"
+#include "weir/runtime/world.h"
 #include "weir/safetensors.h"
 
 namespace weir::train {
@@ -46,8 +51,30 @@ class TrainStep : public StreamKernel {
     schedule_.min_ratio = ctx.Float("min_lr_ratio");
     schedule_.decay_fraction = ctx.Float("decay_fraction");
     skip_nonfinite_ = ctx.String("on_nonfinite") == "skip";
+    ranks_ = static_cast<int>(ctx.Int("data_parallel"));
+    zero_ = ctx.Int("zero_stage") == 1;
     for (int o = 1; o < optimizer_->def.output_size(); ++o)
       state_names_.push_back(optimizer_->def.output(o).name());
+  }
+
+  // Data parallelism across the launcher's processes (the world communicator) or, in one
+  // process, across `data_parallel` virtual ranks.
+  Status SetUpRanks() {
+    Communicator* world = WorldCommunicator();
+    if (world != nullptr && world->size() > 1) {
+      if (ranks_ != world->size()) {
+        return ctx_.Error("this process is rank " + std::to_string(world->rank()) + " of " +
+                          std::to_string(world->size()) + " (" + world->backend() +
+                          "): set data_parallel=" + std::to_string(world->size()) + ", got " +
+                          std::to_string(ranks_));
+      }
+      world_ = world;
+    } else if (ranks_ > 1) {
+      local_ = MakeLocalCommunicators(ranks_);
+    }
+    if (zero_ && ranks_ == 1)
+      return ctx_.Error("zero_stage=1 shards the optimizer over data_parallel > 1 ranks");
+    return Status();
   }
 
   Status ParseFunctionAttrs() {
@@ -106,13 +133,16 @@ class TrainStep : public StreamKernel {
     auto t0 = Clock::now();
     ++data_position_;
     WEIR_ASSIGN_OR_RETURN(auto inputs, Inputs(batch));
+    // With data parallelism the program runs on one rank's rows.
+    WEIR_ASSIGN_OR_RETURN(auto rows, RowShard(inputs, 0, ranks_));
     WEIR_ASSIGN_OR_RETURN(auto program,
-                          model_->GetProgram(Types(inputs), loss_, function_, function_attrs_));
+                          model_->GetProgram(Types(rows), loss_, function_, function_attrs_));
     Program::Outputs result;
     {
       // Parameters may not change under a running step.
       std::lock_guard<std::mutex> lock(model_->mutex());
-      auto run = program->Run(inputs, model_->params());
+      auto run =
+          ranks_ == 1 ? program->Run(inputs, model_->params()) : RunDataParallel(*program, inputs);
       if (!run.ok())
         return Status(run.status())
             .Prepend("step " + std::to_string(step_ + 1) + " of " + ctx_.node());
@@ -231,6 +261,49 @@ class TrainStep : public StreamKernel {
     return Status();
   }
 
+  // Every rank's rows forward and backward, then the outputs combined over the ranks.
+  StatusOr<Program::Outputs> RunDataParallel(const Program& program,
+                                             const std::vector<Tensor>& inputs) {
+    if (world_ != nullptr) {
+      WEIR_ASSIGN_OR_RETURN(auto rows, RowShard(inputs, world_->rank(), ranks_));
+      WEIR_ASSIGN_OR_RETURN(auto out, program.Run(rows, model_->params()));
+      WEIR_RETURN_IF_ERROR(CombineOverRanks(*world_, out));
+      return out;
+    }
+    std::vector<StatusOr<Program::Outputs>> outs(static_cast<size_t>(ranks_),
+                                                 StatusOr<Program::Outputs>(Internal("not run")));
+    // Each virtual rank computes in its own arena. The combine waits on the other ranks, so it
+    // starts only once every rank has computed: a failed rank fails the step instead of leaving
+    // the others waiting for it.
+    OnVirtualRanks([&](int r) {
+      auto rows = RowShard(inputs, r, ranks_);
+      outs[static_cast<size_t>(r)] =
+          rows.ok() ? program.Run(*rows, model_->params()) : rows.status();
+    });
+    for (auto& out : outs) WEIR_RETURN_IF_ERROR(out.status());
+    std::vector<Status> combined(static_cast<size_t>(ranks_));
+    OnVirtualRanks([&](int r) {
+      combined[static_cast<size_t>(r)] =
+          CombineOverRanks(*local_[static_cast<size_t>(r)], *outs[static_cast<size_t>(r)]);
+    });
+    for (const Status& c : combined) WEIR_RETURN_IF_ERROR(c);
+    return std::move(*outs[0]);
+  }
+
+  // Runs fn(rank) for every virtual rank at once: a thread each (collectives block), each in its
+  // own TBB arena with an equal share of the cores.
+  void OnVirtualRanks(const std::function<void(int)>& fn) const {
+    int share = std::max(1, tbb::info::default_concurrency() / ranks_);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < ranks_; ++r) {
+      threads.emplace_back([&fn, r, share] {
+        tbb::task_arena arena(share);
+        arena.execute([&] { fn(r); });
+      });
+    }
+    for (std::thread& t : threads) t.join();
+  }
+
   // Sums micro-batch gradients in f32.
   void Accumulate(const std::map<std::string, Tensor>& grads) {
     for (const auto& [name, g] : grads) {
@@ -294,31 +367,7 @@ class TrainStep : public StreamKernel {
     attrs.Set("step", ToAttrValue(int64_t{step_}));
     {
       std::lock_guard<std::mutex> lock(model_->mutex());
-      for (auto& [name, param] : model_->params().mutable_values()) {
-        auto g = grads_.find(name);
-        if (g == grads_.end()) continue;  // a parameter this program does not use
-        std::vector<Tensor>& state = states_[name];
-        if (state.empty()) {
-          for (const std::string& s : state_names_) {
-            auto restored = restored_states_.find(name + "." + s);
-            state.push_back(restored != restored_states_.end()
-                                ? restored->second
-                                : Tensor::Zeros(param.dtype(), param.shape()));
-          }
-        }
-        const KernelFn* kernel = optimizer_->FindKernel("cpu", param.dtype());
-        if (kernel == nullptr)
-          return ctx_.Error("optimizer has no cpu kernel for " + param.DebugString());
-        Tensor grad = g->second.Contiguous();
-        std::vector<const Tensor*> ins = {&param, &grad};
-        std::vector<Tensor*> outs = {&param};
-        for (Tensor& s : state) {
-          ins.push_back(&s);
-          outs.push_back(&s);
-        }
-        KernelContext kc(ins, outs, &attrs);
-        WEIR_RETURN_IF_ERROR((*kernel)(kc));
-      }
+      WEIR_RETURN_IF_ERROR(UpdateParameters(attrs));
       model_->Updated();
     }
     std::vector<std::pair<std::string, double>> values = {{"loss", loss},
@@ -336,6 +385,91 @@ class TrainStep : public StreamKernel {
     values[3].second = busy_ > 0 ? static_cast<double>(tokens_) / busy_ : 0;
     values[4].second = busy_;
     return EndStep(values, out);
+  }
+
+  // The optimizer step of every parameter with a gradient. ZeRO-1: each rank keeps the state of,
+  // and updates, its shard of the parameters; processes then send every updated parameter from
+  // its owner to the others (virtual ranks share one copy).
+  Status UpdateParameters(const Attrs& attrs) {
+    std::map<std::string, Tensor>& params = model_->params().mutable_values();
+    std::vector<std::string> names;  // a parameter this program does not use has no gradient
+    for (const auto& [name, param] : params)
+      if (grads_.count(name)) names.push_back(name);
+    if (!zero_) {
+      for (const std::string& name : names) WEIR_RETURN_IF_ERROR(UpdateParameter(name, attrs));
+      return Status();
+    }
+    if (owners_.empty()) {
+      std::map<std::string, Tensor> trained;
+      for (const std::string& name : names) trained[name] = params.at(name);
+      owners_ = OptimizerShards(trained, ranks_);
+    }
+    if (world_ != nullptr) {
+      for (const std::string& name : names)
+        if (owners_.at(name) == world_->rank()) WEIR_RETURN_IF_ERROR(UpdateParameter(name, attrs));
+      for (const std::string& name : names) {
+        Tensor& param = params.at(name);
+        WEIR_ASSIGN_OR_RETURN(Tensor value, world_->Broadcast(param, owners_.at(name)));
+        param = value;
+      }
+      return Status();
+    }
+    for (const std::string& name : names) states_[name];  // no map insertions across threads
+    std::vector<Status> done(static_cast<size_t>(ranks_));
+    OnVirtualRanks([&](int r) {
+      for (const std::string& name : names) {
+        if (owners_.at(name) != r) continue;
+        Status s = UpdateParameter(name, attrs);
+        if (!s.ok() && done[static_cast<size_t>(r)].ok()) done[static_cast<size_t>(r)] = s;
+      }
+    });
+    for (const Status& s : done) WEIR_RETURN_IF_ERROR(s);
+    return Status();
+  }
+
+  Status UpdateParameter(const std::string& name, const Attrs& attrs) {
+    Tensor& param = model_->params().mutable_values().at(name);
+    std::vector<Tensor>& state = states_[name];
+    if (state.empty()) {
+      for (const std::string& s : state_names_) {
+        auto restored = restored_states_.find(name + "." + s);
+        state.push_back(restored != restored_states_.end()
+                            ? restored->second
+                            : Tensor::Zeros(param.dtype(), param.shape()));
+      }
+    }
+    const KernelFn* kernel = optimizer_->FindKernel("cpu", param.dtype());
+    if (kernel == nullptr)
+      return ctx_.Error("optimizer has no cpu kernel for " + param.DebugString());
+    Tensor grad = grads_.at(name).Contiguous();
+    std::vector<const Tensor*> ins = {&param, &grad};
+    std::vector<Tensor*> outs = {&param};
+    for (Tensor& s : state) {
+      ins.push_back(&s);
+      outs.push_back(&s);
+    }
+    KernelContext kc(ins, outs, &attrs);
+    return (*kernel)(kc);
+  }
+
+  // ZeRO-1 across processes: every rank gets the optimizer state of every parameter from its
+  // owner, so each rank's checkpoint is complete (and equal to plain data parallelism's).
+  Status GatherOptimizerStates() {
+    if (!zero_ || world_ == nullptr) return Status();
+    for (const auto& [name, owner] : owners_) {
+      const Tensor& param = *model_->params().Find(name);
+      std::vector<Tensor>& state = states_[name];
+      for (size_t i = 0; i < state_names_.size(); ++i) {
+        bool mine = owner == world_->rank();
+        Tensor sent = mine ? state.at(i) : Tensor::Zeros(param.dtype(), param.shape());
+        WEIR_ASSIGN_OR_RETURN(Tensor value, world_->Broadcast(sent, owner));
+        if (!mine) {
+          state.resize(state_names_.size());
+          state[i] = value;
+        }
+      }
+    }
+    return Status();
   }
 
   // on_nonfinite=skip: the step's gradients are dropped and the parameters stay as they were.
@@ -394,6 +528,7 @@ class TrainStep : public StreamKernel {
   // checkpoints/step-000100/: model.safetensors, optimizer.safetensors, trainer_state.json and
   // checksums.json (last), written into a temporary folder that is renamed when complete.
   Status Save() {
+    WEIR_RETURN_IF_ERROR(GatherOptimizerStates());
     fs::path root = ctx_.OutputPath(ctx_.String("checkpoint_dir"));
     char name[32];
     std::snprintf(name, sizeof(name), "step-%06lld", static_cast<long long>(step_));
@@ -469,6 +604,11 @@ class TrainStep : public StreamKernel {
   int64_t tokens_ = 0;
   std::map<std::string, Tensor> grads_;
   std::map<std::string, std::vector<Tensor>> states_;
+  int ranks_ = 1;
+  bool zero_ = false;
+  Communicator* world_ = nullptr;                     // ranks are processes
+  std::vector<std::unique_ptr<Communicator>> local_;  // ranks are threads of this process
+  std::map<std::string, int> owners_;                 // ZeRO-1: parameter -> rank
   std::map<std::string, Tensor> restored_states_;
   std::vector<Batch> eval_;
 };
@@ -504,6 +644,7 @@ StatusOr<std::unique_ptr<StreamKernel>> MakeTrainStep(const NodeContext& ctx) {
   }
   auto kernel = std::make_unique<TrainStep>(ctx, model, entry, Attrs(values, "op '" + op + "'"));
   WEIR_RETURN_IF_ERROR(kernel->ParseFunctionAttrs());
+  WEIR_RETURN_IF_ERROR(kernel->SetUpRanks());
   WEIR_RETURN_IF_ERROR(kernel->Restore());
   return std::unique_ptr<StreamKernel>(std::move(kernel));
 }
@@ -553,6 +694,16 @@ void RegisterTrainStep(Registrar& r) {
       .Attr<int64_t>("checkpoint_every", 0, "save every N steps and at the end (0: never)", Min(0))
       .Attr<std::string>("checkpoint_dir", "checkpoints", "under the run's output folder")
       .Attr<int64_t>("keep_checkpoints", 2, "newest checkpoints kept (0: all)", Min(0))
+      .Attr<int64_t>("data_parallel", 1,
+                     "data-parallel ranks: each computes the gradients of 1/data_parallel of "
+                     "every batch's rows, averaged before the optimizer step; virtual ranks "
+                     "(threads) in one process, or the processes of an mpirun launch (then it "
+                     "must equal their number)",
+                     Min(1))
+      .Attr<int64_t>("zero_stage", 0,
+                     "1: ZeRO-1, the optimizer state sharded over the data-parallel ranks (each "
+                     "updates its shard of the parameters)",
+                     Min(0), Max(1))
       .Attr<int64_t>("max_shard_bytes", int64_t{4} << 30, "split safetensors files past this size",
                      Min(1))
       .Stateful()

@@ -1,5 +1,7 @@
 #include "weir/runtime/communicator.h"
 
+#include "weir/runtime/world.h"
+
 namespace weir {
 
 const char* ReduceOpName(ReduceOp op) { return op == ReduceOp::kSum ? "sum" : "max"; }
@@ -80,5 +82,18 @@ StatusOr<Tensor> Communicator::Broadcast(const Tensor& t, int root, int tag) {
 }
 
 Status Communicator::Barrier(int tag) { return StartBarrier(tag).Wait(); }
+
+}  // namespace weir
+
+namespace weir {
+namespace {
+std::shared_ptr<Communicator>& World() {
+  static std::shared_ptr<Communicator> world;
+  return world;
+}
+}  // namespace
+
+void SetWorldCommunicator(std::shared_ptr<Communicator> world) { World() = std::move(world); }
+Communicator* WorldCommunicator() { return World().get(); }
 
 }  // namespace weir
