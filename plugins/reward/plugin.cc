@@ -1,44 +1,22 @@
 // The reward plugin: rule-based rewards as stream ops. Each op passes every input column through
 // and adds one float column of rewards, named after the reward as TRL names its metrics
 // (rewards/<name>), so a trainer logs rewards/<name>/mean from it; reward.Combine sums them.
+// model/ adds a learned reward: a Bradley-Terry loss, preference-pair batches and reward.Model,
+// which scores rows with a trained model in the same slot as the rules.
 #include "weir/plugin.h"
 
 #include <cctype>
 #include <charconv>
 #include <cmath>
-#include <functional>
 
+#include "model/reward_model.h"
+#include "reward_column.h"
 #include "rewards.h"
 #include "weir/registrar.h"
 #include "weir/stream_kernel.h"
 
 namespace weir::reward {
 namespace {
-
-// Scores every row of a batch; an error names the column that could not be read.
-using Scorer = std::function<StatusOr<FloatColumn>(const Batch& batch)>;
-
-class AddRewardColumn : public StreamKernel {
- public:
-  AddRewardColumn(std::string output, Scorer score)
-      : output_(std::move(output)), score_(std::move(score)) {}
-
-  Status Process(int, const Batch& batch, Emitter& out) override {
-    WEIR_ASSIGN_OR_RETURN(FloatColumn rewards, score_(batch));
-    Batch scored = batch;
-    WEIR_RETURN_IF_ERROR(scored.Set(output_, std::move(rewards)));
-    out.Emit(std::move(scored));
-    return Status();
-  }
-
- private:
-  std::string output_;
-  Scorer score_;
-};
-
-StatusOr<std::unique_ptr<StreamKernel>> MakeKernel(const NodeContext& ctx, Scorer score) {
-  return std::unique_ptr<StreamKernel>(new AddRewardColumn(ctx.String("output"), std::move(score)));
-}
 
 Status WrongType(const std::string& column, const Column& c, const std::string& expected) {
   return InvalidArgument("column '" + column + "' holds " + ColumnTypeName(c) + ", expected " +
@@ -166,16 +144,6 @@ constexpr char kSourceDoc[] =
     "where the final answer is: `tag` the last `<answer>...</answer>`, `boxed` the last "
     "`\\boxed{...}`, `either` a `\\boxed{...}` inside the tag, else the tag, else the last "
     "`\\boxed{...}`";
-
-OpBuilder& RewardOp(Registrar& r, const std::string& name, const std::string& doc,
-                    const std::string& output) {
-  return r.StreamOp(name)
-      .Doc(doc)
-      .Input("in", "batch", "rows with the completions to score")
-      .Output("out", "batch", "the same rows with the reward column added")
-      .Attr<std::string>("completion_column", "completion", "the text scored (string)")
-      .Attr<std::string>("output", output, "the float column of rewards added");
-}
 
 void RegisterAccuracy(Registrar& r) {
   RewardOp(r, "reward.Accuracy",
@@ -329,6 +297,9 @@ void RegisterReward(Registrar& r) {
   RegisterLanguage(r);
   RegisterCountdown(r);
   RegisterCombine(r);
+  RegisterBradleyTerryLoss(r);
+  RegisterPreferencePairs(r);
+  RegisterRewardModel(r);
 }
 
 }  // namespace

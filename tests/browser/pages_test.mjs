@@ -75,8 +75,8 @@ const count = (page, selector) => page.locator(selector).count();
   // Printed, not asserted: tests never assert on time (DESIGN.md §9). The goal is under 2 s.
   console.log(`671B folded page: opened (load, parse, layout, first drawing) in ${ms.toFixed(0)} ms`);
   // DeepseekV3 folded: 2 inputs, 19 ops of its own (segments included), 3 calls (dense_layers,
-  // moe_layers, mtp), 6 outputs.
-  check(await count(page, '.node') === 30, `671B folded view draws 30 nodes (${
+  // moe_layers, mtp), 7 outputs.
+  check(await count(page, '.node') === 31, `671B folded view draws 31 nodes (${
     await count(page, '.node')})`);
   check(await count(page, '.cluster') === 1, 'one open box: the model resource');
   const repeat = page.locator('.node[data-name="moe_layers"]');
@@ -118,8 +118,8 @@ const count = (page, selector) => page.locator(selector).count();
   const file = out('tiny_pretrain.html');
   weir('viz', 'graphs/tiny/pretrain.pbtxt', '-o', file);
   const page = await open(file);
-  // 4 stream nodes, train open: 2 inputs, 19 ops, 3 folded calls, 6 outputs.
-  check(await count(page, '.node') === 33, `tiny pretrain draws 33 nodes (${
+  // 4 stream nodes, train open: 2 inputs, 19 ops, 3 folded calls, 7 outputs.
+  check(await count(page, '.node') === 34, `tiny pretrain draws 34 nodes (${
     await count(page, '.node')})`);
   check(await count(page, '.cluster[data-name="train"]') === 1,
         'the model is drawn inside the train.Step node that runs it');
