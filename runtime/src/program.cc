@@ -480,6 +480,7 @@ class ProgramBuilder {
       std::string name = n.name;
       TensorType type = n.outputs[0];
       auto pit = pending.find({static_cast<int>(i), 0});
+      if (pit == pending.end()) p_.params_without_gradient_.insert(name);
       ValueRef g =
           pit == pending.end() ? Constant(type, 0.0, name + "/grad.zero") : Sum(pit->second, name);
       p_.param_grads_[name] = g;
@@ -678,6 +679,8 @@ class ProgramBuilder {
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
     std::stable_sort(order.begin(), order.end(),
                      [&](size_t a, size_t b) { return values[a].bytes > values[b].bytes; });
+    p_.offsets_.assign(n, {});
+    for (size_t i = 0; i < n; ++i) p_.offsets_[i].assign(p_.nodes_[i].outputs.size(), -1);
     std::vector<std::pair<int64_t, size_t>> placed;  // (offset, value index)
     int64_t arena = 0, unplanned = 0;
     for (size_t k : order) {
@@ -696,7 +699,7 @@ class ProgramBuilder {
         offset = std::max(offset, hi);
       }
       placed.push_back({offset, k});
-      p_.offsets_[v.v] = offset;
+      p_.offsets_[static_cast<size_t>(v.v.node)][static_cast<size_t>(v.v.port)] = offset;
       arena = std::max(arena, offset + v.bytes);
     }
     p_.stats_.memory = {arena, unplanned, static_cast<int>(values.size())};
@@ -739,7 +742,7 @@ StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
     std::vector<Tensor>& out = values[i];
     auto planned = [&](size_t o) {
       const TensorType& t = n.outputs[o];
-      int64_t offset = offsets_.at({static_cast<int>(i), static_cast<int>(o)});
+      int64_t offset = offsets_[i][o];
       return Tensor::FromStorage(arena, t.dtype, t.shape,
                                  offset / static_cast<int64_t>(DataTypeSize(t.dtype)));
     };

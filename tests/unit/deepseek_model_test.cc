@@ -359,3 +359,23 @@ TEST(TinyDeepseekV3, DenseOnlyModelHasNoMoeLayers) {
 
 }  // namespace
 }  // namespace weir::testing
+
+namespace weir::testing {
+namespace {
+
+// Trained through lm_loss alone, the MTP module gets no gradient: the program says so, and
+// train.Step leaves those parameters alone (no weight decay or momentum on them).
+TEST(TinyDeepseekV3, ParametersTheLossDoesNotReachAreListed) {
+  auto lm = Build(TinyV3("f32"), 2, 6, "lm_loss");
+  auto all = Build(TinyV3("f32"), 2, 6, "loss");
+  ASSERT_TRUE(lm.ok()) << lm.status().ToString();
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  EXPECT_TRUE((*all)->params_without_gradient().empty());
+  const std::set<std::string>& skipped = (*lm)->params_without_gradient();
+  EXPECT_TRUE(skipped.count("mtp.0.eh_proj.weight"));
+  EXPECT_FALSE(skipped.count("head.weight"));  // shared by the main model's logits
+  for (const std::string& name : skipped) EXPECT_EQ(name.rfind("mtp.", 0), 0u) << name;
+}
+
+}  // namespace
+}  // namespace weir::testing

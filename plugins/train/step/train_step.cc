@@ -148,6 +148,8 @@ class TrainStep : public StreamKernel {
             .Prepend("step " + std::to_string(step_ + 1) + " of " + ctx_.node());
       result = std::move(*run);
     }
+    for (const std::string& name : program->params_without_gradient())
+      result.param_grads.erase(name);
     Accumulate(result.param_grads);
     AccumulateStatistics(*program, result);
     program_ = program;

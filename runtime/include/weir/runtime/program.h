@@ -11,6 +11,7 @@
 
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -145,6 +146,10 @@ class Program {
   StatusOr<Outputs> Run(const std::vector<Tensor>& inputs, const ParamStore& params) const;
 
   const std::vector<ParamInfo>& params() const { return params_; }
+  // Trained parameters the loss does not depend on (a head another loss uses): their gradient is
+  // zero, and an optimizer should leave them alone, as PyTorch's skip parameters whose .grad is
+  // None (a zero gradient would still move them by weight decay and momentum).
+  const std::set<std::string>& params_without_gradient() const { return params_without_gradient_; }
   const std::vector<std::string>& output_names() const { return output_names_; }
   const ProgramStats& stats() const { return stats_; }
   ProgramCost Cost() const;
@@ -168,11 +173,14 @@ class Program {
   std::vector<std::string> output_names_;
   std::vector<ValueRef> outputs_;
   std::map<std::string, ValueRef> param_grads_;
+  std::set<std::string> params_without_gradient_;
   std::map<std::string, ValueRef> statistics_;
   std::vector<ValueRef> input_grads_;
   std::vector<TensorType> input_types_;
-  // Memory plan: byte offset in the arena of every planned value (-1: not planned).
-  std::map<ValueRef, int64_t> offsets_;
+  // Memory plan: byte offset in the arena of every planned value, by node and output (-1: not
+  // planned). Indexed, not a map: a decoding step runs hundreds of tiny nodes, each looking up
+  // its outputs' offsets.
+  std::vector<std::vector<int64_t>> offsets_;
   ProgramStats stats_;
   std::string device_;
   bool check_finite_ = false;
