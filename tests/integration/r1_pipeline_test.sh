@@ -108,7 +108,8 @@ cmp -s "$work/eval_base/completions.jsonl" "$work/eval_separate/completions.json
 cmp -s "$work/eval_base/completions.jsonl" "$work/eval_speculative/completions.jsonl" ||
   fail "speculative decoding changed the greedy completions"
 grep -q '"mtp_acceptance":' "$work/eval_speculative/metrics.jsonl" || fail "no mtp_acceptance logged"
-"$weir" generate "$g/model.pbtxt" --checkpoint "$work/pre/checkpoints/step-000004" \
+# The checkpoint alone (its model.json holds the attrs), no graph.
+"$weir" generate --model "$work/pre/checkpoints/step-000004" \
   --adapter "$lora" --tokenizer "$tok" --prompts "$src/graphs/data/tiny/r1/sft_val.jsonl" \
   --max-new 8 > "$work/lora_generated.jsonl" 2> "$work/generate.log" ||
   { cat "$work/generate.log" >&2; fail "weir generate --adapter"; }

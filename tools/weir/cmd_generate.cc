@@ -22,15 +22,18 @@
 namespace weir::cli {
 
 namespace {
-constexpr char kHelp[] = R"(usage: weir generate GRAPH --checkpoint DIR --tokens FILE [--max-new N]
+constexpr char kHelp[] = R"(usage: weir generate --model DIR --tokens FILE [--max-new N]
                      [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop ID]...
-                     [--speculative] [--adapter DIR] [--model NAME] [--set key=value]...
-       weir generate GRAPH --checkpoint DIR --tokenizer FILE (--prompt TEXT... | --prompts FILE.jsonl)
+                     [--speculative] [--adapter DIR]
+       weir generate --model DIR --tokenizer FILE (--prompt TEXT... | --prompts FILE.jsonl)
                      [--template T] [--stop-text S]... [the options above]
+       weir generate GRAPH --checkpoint DIR [--resource NAME] [--set key=value]... [as above]
 
-Generates with the model resource of GRAPH (function DeepseekV3 of
-graphs/models/deepseek_v3.pbtxt and its attrs), its parameters read from DIR/model.safetensors
-(a training checkpoint such as runs/.../checkpoints/step-000200, or `weir hf import` output).
+Generates with a DeepseekV3 model (graphs/models/deepseek_v3.pbtxt) whose parameters are in
+DIR/model.safetensors: a training checkpoint such as runs/.../checkpoints/step-000200, or
+`weir hf import` output. With --model DIR, DIR/model.json (written with every checkpoint and by
+`weir hf import`) gives the model's attrs; with GRAPH, its model resource does (--resource NAME
+when it has several).
 Every line of FILE is a prompt of space-separated token ids (all the same length); the prompts
 run as one batch: a prefill, then one token per step over MLA's latent cache in the absorbed
 form. For each prompt the new ids are printed on one line.
@@ -54,7 +57,6 @@ the main model verifies it (DeepSeek-V3 §5.4.3): the same tokens, fewer main st
 one at a time and the share of drafts the main model accepted is printed.
 
 Options:
-  --checkpoint DIR  the parameters
   --tokens FILE     the prompts
   --max-new N       tokens to generate per prompt (default 32)
   --temperature T   0 (default): greedy
@@ -70,7 +72,9 @@ Options:
                     <|eos|>)
   --speculative     draft with MTP (needs num_nextn_predict_layers >= 1)
   --adapter DIR     LoRA adapters to merge into the weights (a LoRA training checkpoint)
-  --model NAME      the model resource, when the graph has several
+  --model DIR       the model folder (model.safetensors and model.json)
+  --checkpoint DIR  with GRAPH: the parameters
+  --resource NAME   with GRAPH: the model resource, when the graph has several
   --set key=value   override a graph param (repeatable)
 )";
 
@@ -97,13 +101,23 @@ StatusOr<std::vector<std::string>> TextPrompts(const Args& args) {
 }
 
 Status Generate(const Args& args) {
-  WEIR_ASSIGN_OR_RETURN(Graph graph, PrepareGraph(args.positional[0], args.All("set")));
-  WEIR_ASSIGN_OR_RETURN(ModelSpec model, FindModel(graph, args.Get("model").value_or("")));
+  // The model from a graph's resource and a checkpoint, or from a model folder alone (its
+  // model.json names the attrs of the shipped DeepseekV3 graph).
+  std::filesystem::path dir = args.Get("checkpoint").value_or(args.Get("model").value_or(""));
+  Graph graph;
+  ModelSpec model;
+  if (!args.positional.empty()) {
+    WEIR_ASSIGN_OR_RETURN(graph, PrepareGraph(args.positional[0], args.All("set")));
+    WEIR_ASSIGN_OR_RETURN(model, FindModel(graph, args.Get("resource").value_or("")));
+  } else {
+    WEIR_ASSIGN_OR_RETURN(model, ReadModelJson(dir));
+    WEIR_ASSIGN_OR_RETURN(auto graph_file, FindModelGraph());
+    WEIR_ASSIGN_OR_RETURN(graph, PrepareGraph(graph_file, {}));
+  }
   if (model.function != "DeepseekV3") {
     return InvalidArgument("model '" + model.name + "' is function " + model.function +
                            "; weir generate decodes DeepseekV3 models");
   }
-  std::filesystem::path dir = *args.Get("checkpoint");
   WEIR_ASSIGN_OR_RETURN(auto tensors, ReadSafetensorsSharded(dir, "model"));
   if (auto adapter = args.Get("adapter")) {
     WEIR_ASSIGN_OR_RETURN(double alpha, ReadLoraAlpha(*adapter));
@@ -261,11 +275,14 @@ int GenerateCommand(const std::vector<std::string>& argv) {
                                 {"template", true, false},
                                 {"stop-text", true, true},
                                 {"model", true, false},
+                                {"resource", true, false},
                                 {"set", true, true}},
-                               kHelp, 1, 1, &args))
+                               kHelp, 0, 1, &args))
     return *exit;
-  if (!args.Has("checkpoint")) {
-    std::cerr << "weir generate: --checkpoint is required\n";
+  if (args.positional.empty() ? !args.Has("model") || args.Has("checkpoint")
+                              : !args.Has("checkpoint") && !args.Has("model")) {
+    std::cerr << "weir generate: give --model DIR (a checkpoint with model.json), or GRAPH and "
+                 "--checkpoint DIR\n";
     return 2;
   }
   if (args.Has("tokens") == args.Has("tokenizer")) {

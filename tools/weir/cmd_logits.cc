@@ -47,29 +47,6 @@ Options:
                   the weir binary's share/weir folder or in the source tree above it)
 )";
 
-constexpr char kModelGraph[] = "graphs/models/deepseek_v3.pbtxt";
-
-// The shipped model graph: <prefix>/share/weir/<kModelGraph>, else the first folder above the
-// binary that holds it (the source tree of a build folder), else the source tree weir was built
-// from.
-StatusOr<fs::path> FindModelGraph() {
-  std::error_code ec;
-  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-  if (ec) return NotFound(std::string("cannot find ") + kModelGraph + "; pass --graph FILE");
-  fs::path bin = exe.parent_path();
-  fs::path installed = bin.parent_path() / "share" / "weir" / kModelGraph;
-  if (fs::exists(installed, ec)) return installed;
-  for (fs::path dir = bin; !dir.empty(); dir = dir.parent_path()) {
-    if (fs::exists(dir / kModelGraph, ec)) return dir / kModelGraph;
-    if (dir == dir.parent_path()) break;
-  }
-  // A build folder outside the source tree: the source tree it was built from.
-  fs::path source = fs::path(WEIR_SOURCE_DIR) / kModelGraph;
-  if (fs::exists(source, ec)) return source;
-  return NotFound(std::string("cannot find ") + kModelGraph + " near " + exe.string() +
-                  "; pass --graph FILE");
-}
-
 // A float32 .npy file (format 1.0): magic, header length, a Python dict literal padded so the
 // data starts on a 64-byte boundary, then the little-endian values in C order.
 Status WriteNpy(const fs::path& path, const Tensor& t) {

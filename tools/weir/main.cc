@@ -18,7 +18,7 @@ Commands:
   tokenize --tokenizer FILE [--decode]   text on stdin to token ids (or ids to text)
   plan GRAPH [--set k=v]... [--seq-len N]  parameters, FLOPs, activation and KV-cache bytes
   logits --hf DIR --tokens FILE --out F  a Hugging Face DeepSeek checkpoint's logits, as .npy
-  generate GRAPH --checkpoint DIR --tokens FILE [--speculative]  greedy decoding (MTP drafts)
+  generate --model CKPT --tokens FILE [--speculative]  generation (sampling, MTP drafts)
   hf import|export DIR --out DIR         Hugging Face DeepSeek checkpoints to weir and back
   viz GRAPH [-o OUT.html|.svg|.dot]      draw the graph: a self-contained page with folded repeats
   report RUN_DIR [-o OUT.html]           a run's curves, expert load, node times and timeline

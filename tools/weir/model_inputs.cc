@@ -4,8 +4,37 @@
 #include <sstream>
 
 #include "weir/attr.h"
+#include "weir/json.h"
 
 namespace weir::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+constexpr char kModelGraph[] = "graphs/models/deepseek_v3.pbtxt";
+
+}  // namespace
+
+// The shipped model graph: <prefix>/share/weir/<kModelGraph>, else the first folder above the
+// binary that holds it (the source tree of a build folder), else the source tree weir was built
+// from.
+StatusOr<fs::path> FindModelGraph() {
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) return NotFound(std::string("cannot find ") + kModelGraph + "; pass --graph FILE");
+  fs::path bin = exe.parent_path();
+  fs::path installed = bin.parent_path() / "share" / "weir" / kModelGraph;
+  if (fs::exists(installed, ec)) return installed;
+  for (fs::path dir = bin; !dir.empty(); dir = dir.parent_path()) {
+    if (fs::exists(dir / kModelGraph, ec)) return dir / kModelGraph;
+    if (dir == dir.parent_path()) break;
+  }
+  // A build folder outside the source tree: the source tree it was built from.
+  fs::path source = fs::path(WEIR_SOURCE_DIR) / kModelGraph;
+  if (fs::exists(source, ec)) return source;
+  return NotFound(std::string("cannot find ") + kModelGraph + " near " + exe.string() +
+                  "; pass --graph FILE");
+}
 
 namespace fs = std::filesystem;
 
@@ -66,6 +95,25 @@ StatusOr<std::vector<std::vector<int64_t>>> ReadTokenFile(const fs::path& file, 
   }
   if (rows.empty()) return InvalidArgument(file.string() + ": no token sequences");
   return rows;
+}
+
+StatusOr<ModelSpec> ReadModelJson(const fs::path& dir) {
+  fs::path path = dir / "model.json";
+  WEIR_ASSIGN_OR_RETURN(auto json, ReadJsonFile(path));
+  auto field = [&](const char* key) -> StatusOr<std::string> {
+    auto it = json.fields().find(key);
+    if (it == json.fields().end() || !it->second.has_string_value())
+      return InvalidArgument(path.string() + " has no string '" + key + "'");
+    return it->second.string_value();
+  };
+  ModelSpec model;
+  model.name = dir.string();
+  WEIR_ASSIGN_OR_RETURN(model.function, field("function"));
+  WEIR_ASSIGN_OR_RETURN(std::string attrs, field("attr_string"));
+  auto parsed = ParseAttrValues(attrs, SourceLoc{path.string(), 0, 0});
+  if (!parsed.ok()) return Status(parsed.status()).Prepend(path.string() + ": attr_string");
+  model.attrs = std::move(*parsed);
+  return model;
 }
 
 }  // namespace weir::cli

@@ -563,6 +563,13 @@ class TrainStep : public StreamKernel {
       WEIR_RETURN_IF_ERROR(WriteSafetensorsSharded(temp, "model", params, shard, meta));
     }
     WEIR_RETURN_IF_ERROR(WriteSafetensorsSharded(temp, "optimizer", states, shard, meta));
+    // What the model is, for readers without the graph (weir generate --model CKPT).
+    std::string attrs;
+    for (const auto& [key, value] : model_->attrs())
+      attrs += (attrs.empty() ? "" : " ") + key + "=" + FormatAttrValue(value);
+    WEIR_RETURN_IF_ERROR(WriteFileAtomically(temp / "model.json",
+                                             "{\"function\": " + JsonQuote(model_->function()) +
+                                                 ", \"attr_string\": " + JsonQuote(attrs) + "}\n"));
     std::string json = "{\"step\": " + std::to_string(step_) +
                        ", \"data_position\": " + std::to_string(data_position_) +
                        ", \"optimizer\": " + JsonQuote(optimizer_->def.name()) +
