@@ -1,5 +1,7 @@
 #include "weir/runtime/trace.h"
 
+#include <atomic>
+#include <set>
 #include <thread>
 
 #include "weir/atomic_file.h"
@@ -8,14 +10,26 @@
 namespace weir {
 namespace {
 thread_local Trace* current_trace = nullptr;
+thread_local int current_rank = -1;
+std::atomic<int> process_rank{0};
 }  // namespace
 
 Trace::Trace() : origin_(std::chrono::steady_clock::now()) {}
 
 Trace* Trace::Current() { return current_trace; }
 
-TraceScope::TraceScope(Trace* trace) : previous_(current_trace) { current_trace = trace; }
-TraceScope::~TraceScope() { current_trace = previous_; }
+int Trace::CurrentRank() { return current_rank >= 0 ? current_rank : process_rank.load(); }
+void Trace::SetProcessRank(int rank) { process_rank = rank; }
+
+TraceScope::TraceScope(Trace* trace, int rank)
+    : previous_(current_trace), previous_rank_(current_rank) {
+  current_trace = trace;
+  if (rank >= 0) current_rank = rank;
+}
+TraceScope::~TraceScope() {
+  current_trace = previous_;
+  current_rank = previous_rank_;
+}
 
 int Trace::ThreadId() {
   size_t key = std::hash<std::thread::id>()(std::this_thread::get_id());
@@ -33,6 +47,7 @@ void Trace::Complete(const std::string& name, const std::string& category,
     return std::chrono::duration<double, std::micro>(t - origin_).count();
   };
   std::lock_guard<std::mutex> lock(mu_);
+  if (pid < 0) pid = CurrentRank();
   events_.push_back({name, category, detail, pid, ThreadId(), us(start), us(end) - us(start)});
 }
 
@@ -44,12 +59,23 @@ size_t Trace::size() const {
 Status Trace::Write(const std::filesystem::path& path) const {
   std::string json = "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n";
   std::lock_guard<std::mutex> lock(mu_);
-  // Names for the rows Perfetto draws: the process is the rank, threads are numbered.
-  json +=
-      "{\"name\": \"process_name\", \"ph\": \"M\", \"pid\": 0, \"args\": {\"name\": \"rank 0\"}}";
-  for (const auto& [key, tid] : threads_) {
-    json += ",\n{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": 0, \"tid\": " +
-            std::to_string(tid) + ", \"args\": {\"name\": \"thread " + std::to_string(tid) + "\"}}";
+  // Names for the rows Perfetto draws: a process per rank, its threads numbered.
+  std::set<int> ranks = {CurrentRank()};
+  std::set<std::pair<int, int>> threads;
+  for (const Event& e : events_) {
+    ranks.insert(e.pid);
+    threads.insert({e.pid, e.tid});
+  }
+  const char* separator = "";
+  for (int rank : ranks) {
+    json += separator + std::string("{\"name\": \"process_name\", \"ph\": \"M\", \"pid\": ") +
+            std::to_string(rank) + ", \"args\": {\"name\": \"rank " + std::to_string(rank) + "\"}}";
+    separator = ",\n";
+  }
+  for (const auto& [rank, tid] : threads) {
+    json += ",\n{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": " + std::to_string(rank) +
+            ", \"tid\": " + std::to_string(tid) + ", \"args\": {\"name\": \"thread " +
+            std::to_string(tid) + "\"}}";
   }
   for (const Event& e : events_) {
     json += ",\n{\"name\": " + JsonQuote(e.name) + ", \"cat\": " + JsonQuote(e.category) +

@@ -7,9 +7,12 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "test_util.h"
 #include "weir/runtime/executor.h"
+#include "weir/runtime/trace.h"
 #include "weir/safetensors.h"
 
 namespace weir::testing {
@@ -22,7 +25,8 @@ struct Trained {
   std::map<std::string, Tensor> params, states;
 };
 
-Trained Train(const std::string& name, const std::vector<std::string>& sets) {
+Trained Train(const std::string& name, const std::vector<std::string>& sets,
+              Trace* trace = nullptr) {
   fs::path out = fs::path(::testing::TempDir()) / ("dp_" + name);
   fs::remove_all(out);
   auto g = LoadTestGraph(TestGraph("good/train_dp.pbtxt"), sets);
@@ -34,6 +38,7 @@ Trained Train(const std::string& name, const std::vector<std::string>& sets) {
   options.out_dir = out;
   options.ops = &TestRegistry();
   options.metrics = &metrics;
+  options.trace = trace;
   RunResult run = RunGraph(*g, options);
   EXPECT_TRUE(run.status.ok()) << run.status.ToString();
   t.losses = metrics.Values("train", "loss");
@@ -93,6 +98,23 @@ TEST(DataParallel, ZeroOneEqualsPlainDataParallel) {
   EXPECT_TRUE(BitwiseEqual(plain.params, zero.params));
   EXPECT_TRUE(BitwiseEqual(plain.states, zero.states));
   EXPECT_EQ(plain.losses, zero.losses);
+}
+
+// `weir run --trace`: each virtual rank's tensor-program events under its own pid ("rank r").
+TEST(DataParallel, TracesShowEveryRank) {
+  Trace trace;
+  Train("traced", {"dp=2"}, &trace);
+  fs::path file = fs::path(::testing::TempDir()) / "dp_trace.json";
+  ASSERT_TRUE(trace.Write(file).ok());
+  std::ifstream in(file);
+  std::string json((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const char* rank : {"\"rank 0\"", "\"rank 1\""})
+    EXPECT_NE(json.find(rank), std::string::npos) << rank;
+  // A forward MatMul of the program ran on each rank.
+  for (const char* pid : {"\"pid\": 0", "\"pid\": 1"}) {
+    size_t at = json.find(std::string("\"cat\": \"nn.Linear\", \"ph\": \"X\", ") + pid);
+    EXPECT_NE(at, std::string::npos) << pid;
+  }
 }
 
 TEST(DataParallel, BadSettingsAreErrors) {

@@ -218,6 +218,7 @@ int RunCommand(const std::vector<std::string>& argv) {
       return 1;
     }
     SetWorldCommunicator(std::shared_ptr<Communicator>(std::move(*world)));
+    Trace::SetProcessRank(launch->rank);
     if (launch->rank > 0) out_dir /= "rank-" + std::to_string(launch->rank);
 #else
     std::cerr << "weir run: launched as " << launch->ToString()

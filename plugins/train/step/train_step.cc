@@ -21,6 +21,7 @@
 #include "weir/dispatch.h"
 #include "weir/json.h"
 #include "weir/runtime/model.h"
+#include "weir/runtime/trace.h"
 #include "weir/runtime/world.h"
 #include "weir/safetensors.h"
 
@@ -296,9 +297,11 @@ class TrainStep : public StreamKernel {
   // own TBB arena with an equal share of the cores.
   void OnVirtualRanks(const std::function<void(int)>& fn) const {
     int share = std::max(1, tbb::info::default_concurrency() / ranks_);
+    Trace* trace = Trace::Current();  // `weir run --trace`: each rank's events under its pid
     std::vector<std::thread> threads;
     for (int r = 0; r < ranks_; ++r) {
-      threads.emplace_back([&fn, r, share] {
+      threads.emplace_back([&fn, r, share, trace] {
+        TraceScope traced(trace, r);
         tbb::task_arena arena(share);
         arena.execute([&] { fn(r); });
       });

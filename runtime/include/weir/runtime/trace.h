@@ -2,8 +2,9 @@
 // chrome://tracing open. `weir run --trace` records one complete ("X") event per kernel call of
 // every stream node (a source producing, a node processing an item or finishing) and, inside
 // those calls, one per tensor-program node (a MatMul of a training step, with its phase: forward,
-// input gradient B or weight gradient W). pid is the rank (0 until a run has several), tid the
-// thread that ran the call.
+// input gradient B or weight gradient W). pid is the rank that ran the call — a virtual rank's
+// thread sets its own (TraceScope), a process launched as one of several ranks sets the
+// process's (SetProcessRank) — and tid the thread.
 #pragma once
 
 #include <chrono>
@@ -24,7 +25,7 @@ class Trace {
   // (the op, or "tensor"); `detail` goes into the event's args.
   void Complete(const std::string& name, const std::string& category,
                 std::chrono::steady_clock::time_point start, const std::string& detail = "",
-                int pid = 0);
+                int pid = -1);  // -1: CurrentRank()
   // trace.json: {"traceEvents": [...], "displayTimeUnit": "ms"}, written atomically.
   Status Write(const std::filesystem::path& path) const;
   size_t size() const;
@@ -32,6 +33,9 @@ class Trace {
   // The trace the calling thread records into (set while a traced kernel call runs), so code
   // deep inside a call (a tensor program) can add its own events without being handed it.
   static Trace* Current();
+  // The rank the calling thread works for: its TraceScope's, else the process's (0 by default).
+  static int CurrentRank();
+  static void SetProcessRank(int rank);
 
  private:
   friend class TraceScope;
@@ -48,16 +52,18 @@ class Trace {
   std::vector<std::pair<size_t, int>> threads_;  // hash of std::thread::id -> small id
 };
 
-// Makes `trace` the calling thread's current one for the scope's lifetime (null: none).
+// Makes `trace` the calling thread's current one for the scope's lifetime (null: none), and, with
+// rank >= 0, the thread a virtual rank's.
 class TraceScope {
  public:
-  explicit TraceScope(Trace* trace);
+  explicit TraceScope(Trace* trace, int rank = -1);
   ~TraceScope();
   TraceScope(const TraceScope&) = delete;
   TraceScope& operator=(const TraceScope&) = delete;
 
  private:
   Trace* previous_;
+  int previous_rank_;
 };
 
 }  // namespace weir
