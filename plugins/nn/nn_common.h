@@ -50,6 +50,18 @@ inline AttrValue Float(double v) {
 }
 inline AttrValue Ints(const std::vector<int64_t>& v) { return ToAttrValue(v); }
 
+// The weight W [out_features, in_features] of nn.Linear and its adapted form nn.LoRALinear,
+// N(0, init_std²): one definition, so a base checkpoint loads into either.
+inline OpBuilder& LinearWeightParam(OpBuilder& op) {
+  return op.Param(
+      "weight",
+      [](const ShapeContext& c) -> StatusOr<weir::Shape> {
+        if (c.input(0).shape.empty()) return InvalidArgument("x has no dims");
+        return weir::Shape{c.attrs().Int("out_features"), c.input(0).shape.back()};
+      },
+      [](const Attrs& a, const weir::Shape&) { return Init::Normal(a.Float("init_std")); });
+}
+
 // Rows of a [..., d] tensor.
 inline int64_t Rows(const Shape& s) { return s.empty() ? 1 : NumElements(s) / s.back(); }
 

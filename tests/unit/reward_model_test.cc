@@ -158,27 +158,6 @@ TEST(RewardBradleyTerry, ShapeErrorsSayWhatWasExpected) {
 // ---------------------------------------------------------------------------------------------
 // The stream ops, in graphs over JSONL files.
 
-// GPT-2's byte alphabet, as UTF-8: how byte-level vocabularies spell byte b.
-std::string ByteChar(int b) {
-  auto printable = [](int x) {
-    return (x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255);
-  };
-  int cp = b;
-  if (!printable(b)) {
-    int n = 0;
-    for (int x = 0; x < b; ++x) n += printable(x) ? 0 : 1;
-    cp = 256 + n;
-  }
-  std::string out;
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else {
-    out.push_back(static_cast<char>(0xc0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3f)));
-  }
-  return out;
-}
-
 constexpr int64_t kEos = 256, kUser = 257, kAssistant = 258;
 
 // A byte-level tokenizer without merges (byte b is id b) and the chat specials, so the ids of a
@@ -225,14 +204,7 @@ class RewardModelOps : public ::testing::Test {
   }
 
   std::vector<google::protobuf::Struct> Rows(const std::string& file) {
-    std::vector<google::protobuf::Struct> rows;
-    std::ifstream in(dir_ / "out" / file);
-    for (std::string line; std::getline(in, line);) {
-      auto row = ParseJsonObject(line);
-      EXPECT_TRUE(row.ok()) << line;
-      if (row.ok()) rows.push_back(*row);
-    }
-    return rows;
+    return ReadJsonlRows(dir_ / "out" / file);
   }
 
   static std::vector<double> Numbers(const google::protobuf::Struct& row, const std::string& key) {

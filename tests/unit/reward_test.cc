@@ -315,14 +315,7 @@ class RewardOps : public ::testing::Test {
 
   // The rows io.JsonlSink wrote to `file` under the run's folder.
   std::vector<google::protobuf::Struct> Rows(const std::string& file) {
-    std::vector<google::protobuf::Struct> rows;
-    std::ifstream in(dir_ / "out" / file);
-    for (std::string line; std::getline(in, line);) {
-      auto row = ParseJsonObject(line);
-      EXPECT_TRUE(row.ok()) << line;
-      if (row.ok()) rows.push_back(*row);
-    }
-    return rows;
+    return ReadJsonlRows(dir_ / "out" / file);
   }
 
   Status RunInline(const std::string& rows, const std::string& nodes) {

@@ -4,12 +4,47 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <random>
+
+#include "weir/json.h"
 
 namespace weir::testing {
 
 // The test_ops plugin joins the default plugins in TestRegistry().
 static const bool kTestOps = AddTestPluginDir(WEIR_TEST_PLUGIN_DIR);
+
+std::string ByteChar(int b) {
+  auto printable = [](int x) {
+    return (x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255);
+  };
+  int cp = b;
+  if (!printable(b)) {
+    int n = 0;
+    for (int x = 0; x < b; ++x) n += printable(x) ? 0 : 1;
+    cp = 256 + n;
+  }
+  std::string out;
+  if (cp < 0x80) {
+    out.push_back(static_cast<char>(cp));
+  } else {
+    out.push_back(static_cast<char>(0xc0 | (cp >> 6)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3f)));
+  }
+  return out;
+}
+
+std::vector<google::protobuf::Struct> ReadJsonlRows(const std::filesystem::path& file) {
+  std::vector<google::protobuf::Struct> rows;
+  std::ifstream in(file);
+  EXPECT_TRUE(in.good()) << "cannot read " << file.string();
+  for (std::string line; std::getline(in, line);) {
+    auto row = ParseJsonObject(line);
+    EXPECT_TRUE(row.ok()) << line;
+    if (row.ok()) rows.push_back(*row);
+  }
+  return rows;
+}
 
 std::string TestGraph(const std::string& name) {
   return std::string(WEIR_SOURCE_DIR) + "/tests/graphs/" + name;

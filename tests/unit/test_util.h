@@ -1,6 +1,8 @@
 // Helpers for weir's own unit tests, on top of the SDK's (weir/testing/test_util.h).
 #pragma once
 
+#include <google/protobuf/struct.pb.h>
+
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -10,6 +12,12 @@
 #include "weir/testing/test_util.h"
 
 namespace weir::testing {
+
+// GPT-2's byte alphabet, as UTF-8: how byte-level vocabularies spell byte b.
+std::string ByteChar(int b);
+
+// Every line of a JSON Lines file as an object (a line that does not parse fails the test).
+std::vector<google::protobuf::Struct> ReadJsonlRows(const std::filesystem::path& file);
 
 // tests/graphs/<name> in the source tree.
 std::string TestGraph(const std::string& name);

@@ -18,25 +18,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// GPT-2's byte alphabet, as UTF-8: how byte-level vocabularies spell byte b.
-std::string ByteChar(int b) {
-  int cp = b;
-  if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255))) {
-    int n = 0;
-    for (int x = 0; x < b; ++x)
-      if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255))) ++n;
-    cp = 256 + n;
-  }
-  std::string out;
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else {
-    out.push_back(static_cast<char>(0xc0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3f)));
-  }
-  return out;
-}
-
 // Bytes are ids 0..255; merges: h e -> 256, l l -> 257, he ll -> 258, hell o -> 259,
 // Ġ w -> 260 (Ġ is the space); <|end|> is special token 300.
 std::string TinyTokenizerJson(bool pair_merges) {

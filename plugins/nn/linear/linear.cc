@@ -44,7 +44,7 @@ Status LinearGrad(GradContext& g) {
 }  // namespace
 
 void RegisterLinear(Registrar& r) {
-  r.TensorOp("nn.Linear")
+  LinearWeightParam(r.TensorOp("nn.Linear"))
       .Doc(
           "Affine map without bias: y = x · Wᵀ over the last dim. W is a parameter of shape "
           "[out_features, in_features], initialized from N(0, init_std²).")
@@ -53,13 +53,6 @@ void RegisterLinear(Registrar& r) {
       .RequiredAttr<int64_t>("out_features", "output width", Min(1))
       .Attr<double>("init_std", 0.02, "standard deviation of the initial weights", Min(0.0))
       .AttrOfType("T", ATTR_TYPE, "f32", "compute dtype")
-      .Param(
-          "weight",
-          [](const ShapeContext& c) -> StatusOr<weir::Shape> {
-            if (c.input(0).shape.empty()) return InvalidArgument("x has no dims");
-            return weir::Shape{c.attrs().Int("out_features"), c.input(0).shape.back()};
-          },
-          [](const Attrs& a, const weir::Shape&) { return Init::Normal(a.Float("init_std")); })
       .Shape(LinearShape)
       .Kernel("cpu", LinearCpu, KernelFloatTypes())
       .Gradient(LinearGrad)

@@ -138,7 +138,7 @@ Status LoraLinearGrad(GradContext& g) {
 }  // namespace
 
 void RegisterLoraLinear(Registrar& r) {
-  r.TensorOp("nn.LoRALinear")
+  LinearWeightParam(r.TensorOp("nn.LoRALinear"))
       .Doc(
           "nn.Linear with a low-rank adapter: y = x · Wᵀ + (lora_alpha / lora_rank) · "
           "(dropout(x) · Aᵀ) · Bᵀ. W [out_features, in_features] is named `weight` as in "
@@ -160,13 +160,6 @@ void RegisterLoraLinear(Registrar& r) {
                     Max(0.99))
       .Attr<int64_t>("seed", 0, "seed of the dropout masks")
       .AttrOfType("T", ATTR_TYPE, "f32", "compute dtype")
-      .Param(
-          "weight",
-          [](const ShapeContext& c) -> StatusOr<weir::Shape> {
-            if (c.input(0).shape.empty()) return InvalidArgument("x has no dims");
-            return weir::Shape{c.attrs().Int("out_features"), c.input(0).shape.back()};
-          },
-          [](const Attrs& a, const weir::Shape&) { return Init::Normal(a.Float("init_std")); })
       .Param(
           "lora_a",
           [](const ShapeContext& c) -> StatusOr<weir::Shape> {
