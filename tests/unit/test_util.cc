@@ -7,6 +7,7 @@
 #include <fstream>
 #include <random>
 
+#include "bpe.h"  // plugins/tokenizer, compiled into the unit tests
 #include "weir/json.h"
 
 namespace weir::testing {
@@ -15,23 +16,8 @@ namespace weir::testing {
 static const bool kTestOps = AddTestPluginDir(WEIR_TEST_PLUGIN_DIR);
 
 std::string ByteChar(int b) {
-  auto printable = [](int x) {
-    return (x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255);
-  };
-  int cp = b;
-  if (!printable(b)) {
-    int n = 0;
-    for (int x = 0; x < b; ++x) n += printable(x) ? 0 : 1;
-    cp = 256 + n;
-  }
-  std::string out;
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else {
-    out.push_back(static_cast<char>(0xc0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3f)));
-  }
-  return out;
+  char byte = static_cast<char>(b);
+  return tokenizer::ByteLevelString(std::string_view(&byte, 1));
 }
 
 std::vector<google::protobuf::Struct> ReadJsonlRows(const std::filesystem::path& file) {
