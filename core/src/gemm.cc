@@ -1,11 +1,19 @@
 #include "weir/gemm.h"
 
+#include <immintrin.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -143,6 +151,224 @@ void LoopGemm(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, boo
   }
 }
 
+// Matrix-vector products (M = 1, f32): batch-1 decoding is made of them. oneDNN's matmul costs
+// several microseconds per call before it multiplies anything (memory objects, a stream, an
+// OpenMP region) and streamed config M's decoding weights at 10 GB/s where these loops reach
+// 15-19 (the machine's 2-thread read bandwidth: 18-30 GB/s, as loaded), so they take them. Every
+// output element is one sum in a fixed order (16 lanes of four accumulators, then the tail),
+// whatever the thread count: results do not depend on how the rows are shared out. gemm.cc is built
+// without -march=native, so the AVX-512 versions are chosen at run time.
+
+// Above this many multiply-adds a product is shared out among as many threads as OpenMP would
+// use (so SingleThreadedGemms keeps it on one); 64K multiply-adds take about 10 us.
+constexpr int64_t kParallelGemv = int64_t{1} << 16;
+
+__attribute__((target("avx512f"))) float DotAvx512(const float* a, const float* b, int64_t k) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t l = 0;
+  for (; l + 64 <= k; l += 64) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + l), _mm512_loadu_ps(b + l), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + l + 16), _mm512_loadu_ps(b + l + 16), s1);
+    s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + l + 32), _mm512_loadu_ps(b + l + 32), s2);
+    s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + l + 48), _mm512_loadu_ps(b + l + 48), s3);
+  }
+  for (; l + 16 <= k; l += 16)
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + l), _mm512_loadu_ps(b + l), s0);
+  if (l < k) {
+    __mmask16 mask = static_cast<__mmask16>((1u << (k - l)) - 1);
+    s1 =
+        _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + l), _mm512_maskz_loadu_ps(mask, b + l), s1);
+  }
+  // Summed by hand: GCC 12's _mm512_reduce_add_ps trips -Wuninitialized.
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+  float sum = 0;
+  for (float x : lanes) sum += x;
+  return sum;
+}
+
+float DotPlain(const float* a, const float* b, int64_t k) {
+  float s[16] = {};
+  int64_t l = 0;
+  for (; l + 16 <= k; l += 16)
+    for (int i = 0; i < 16; ++i) s[i] += a[l + i] * b[l + i];
+  for (int i = 0; l < k; ++l, ++i) s[i] += a[l] * b[l];
+  float sum = 0;
+  for (float x : s) sum += x;
+  return sum;
+}
+
+// c[j] (+)= a · b[j·ldb ..] for j in [begin, end): B stored as rows of K (a Linear's weight).
+void DotRows(const float* a, const float* b, int64_t ldb, int64_t k, float* c, int64_t begin,
+             int64_t end, bool accumulate) {
+  // One row at a time: four rows sharing the loads of `a` ran at 60 % of this on config M's
+  // weights (the 16 accumulators' arrays spilled), one row streams at the copy bandwidth.
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  for (int64_t j = begin; j < end; ++j) {
+    float dot = avx512 ? DotAvx512(a, b + j * ldb, k) : DotPlain(a, b + j * ldb, k);
+    c[j] = accumulate ? c[j] + dot : dot;
+  }
+}
+
+// c[begin, end) (+)= Σ_l a[l] · b[l·ldb + j]: B stored as K rows of N, summed row by row.
+__attribute__((target("avx512f"))) void AxpyRowsAvx512(const float* a, const float* b, int64_t ldb,
+                                                       int64_t k, float* c, int64_t begin,
+                                                       int64_t end, bool accumulate) {
+  for (int64_t j = begin; j < end; j += 16) {
+    __mmask16 mask =
+        end - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (end - j)) - 1);
+    __m512 acc = accumulate ? _mm512_maskz_loadu_ps(mask, c + j) : _mm512_setzero_ps();
+    for (int64_t l = 0; l < k; ++l)
+      acc =
+          _mm512_fmadd_ps(_mm512_set1_ps(a[l]), _mm512_maskz_loadu_ps(mask, b + l * ldb + j), acc);
+    _mm512_mask_storeu_ps(c + j, mask, acc);
+  }
+}
+
+void AxpyRowsPlain(const float* a, const float* b, int64_t ldb, int64_t k, float* c, int64_t begin,
+                   int64_t end, bool accumulate) {
+  for (int64_t j = begin; j < end; ++j) {
+    float acc = accumulate ? c[j] : 0.0f;
+    for (int64_t l = 0; l < k; ++l) acc = std::fma(a[l], b[l * ldb + j], acc);
+    c[j] = acc;
+  }
+}
+
+// Helper threads that share a product's column chunks with the thread that calls it. An OpenMP
+// region under OMP_WAIT_POLICY=passive (which a shared machine needs: spinning OpenMP workers
+// stall when another process holds a core) wakes its workers through the kernel each time; a
+// decoding step runs ~60 products of ~30 us each, and those wake-ups ate the second core's
+// share (two threads streamed config M's weights no faster than one). These helpers keep
+// looking for work for a while after each product, yielding the core to anything runnable,
+// then sleep. Chunks are claimed one at a time, so a helper that is slow to wake or is
+// descheduled only leaves more chunks to the caller; which thread computes a chunk never
+// changes its values.
+class GemvHelpers {
+ public:
+  static GemvHelpers& Get() {
+    static auto* helpers = new GemvHelpers();  // never destroyed: helpers may outlive main
+    return *helpers;
+  }
+
+  // part(begin, end) over [0, n) in chunks of `chunk` (the last may be shorter), on the caller
+  // and on up to `threads - 1` helpers. A second product that starts while one runs (nodes of
+  // a concurrent wave) runs on its caller alone.
+  void Run(int64_t n, int64_t chunk, int threads,
+           const std::function<void(int64_t, int64_t)>& part) {
+    if (threads <= 1) return part(0, n);
+    std::unique_lock<std::mutex> busy(run_mu_, std::try_to_lock);
+    if (!busy.owns_lock()) return part(0, n);
+    Start(std::max(0, std::min(threads - 1, kMaxHelpers)));
+    part_ = &part;
+    n_ = n;
+    chunk_ = chunk;
+    chunks_.store((n + chunk - 1) / chunk, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    // The generation goes in the claim word's high half: a helper that wakes late cannot claim
+    // a chunk of a later product with this one's state.
+    uint64_t generation = ++generation_;
+    claim_.store(generation << 32, std::memory_order_seq_cst);
+    if (sleeping_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lock(sleep_mu_);
+      wake_.notify_all();
+    }
+    Work(generation);
+    while (done_.load(std::memory_order_acquire) < chunks_.load(std::memory_order_relaxed))
+      std::this_thread::yield();
+  }
+
+ private:
+  // A few threads saturate the memory bandwidth a product is bound by; more would only spin.
+  static constexpr int kMaxHelpers = 3;
+  static constexpr auto kLinger = std::chrono::microseconds(200);
+
+  void Start(int helpers) {
+    while (started_ < helpers) {
+      std::thread([this] { Loop(); }).detach();
+      ++started_;
+    }
+  }
+
+  // Claims and computes chunks of product `generation` until none is left.
+  void Work(uint64_t generation) {
+    uint64_t word = claim_.load(std::memory_order_acquire);
+    // chunks_ may already be a later product's here: then the claim word's generation differs
+    // too, and the exchange fails.
+    while ((word >> 32) == generation &&
+           static_cast<int64_t>(word & 0xFFFFFFFF) < chunks_.load(std::memory_order_relaxed)) {
+      if (!claim_.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel)) continue;
+      int64_t c = static_cast<int64_t>(word & 0xFFFFFFFF);
+      (*part_)(c * chunk_, std::min(n_, (c + 1) * chunk_));
+      done_.fetch_add(1, std::memory_order_release);
+      word = claim_.load(std::memory_order_acquire);
+    }
+  }
+
+  void Loop() {
+    uint64_t seen = 0;
+    while (true) {
+      auto idle_since = std::chrono::steady_clock::now();
+      uint64_t now;
+      while ((now = claim_.load(std::memory_order_acquire) >> 32) == seen) {
+        if (std::chrono::steady_clock::now() - idle_since < kLinger) {
+          std::this_thread::yield();
+          continue;
+        }
+        std::unique_lock<std::mutex> lock(sleep_mu_);
+        sleeping_.fetch_add(1, std::memory_order_seq_cst);
+        wake_.wait(lock, [&] { return (claim_.load(std::memory_order_seq_cst) >> 32) != seen; });
+        sleeping_.fetch_sub(1, std::memory_order_seq_cst);
+      }
+      seen = now;
+      Work(now);
+    }
+  }
+
+  std::mutex run_mu_;  // one product at a time
+  int started_ = 0;
+  uint64_t generation_ = 0;
+  const std::function<void(int64_t, int64_t)>* part_ = nullptr;
+  int64_t n_ = 0, chunk_ = 1;
+  std::atomic<int64_t> chunks_{0};
+  std::atomic<uint64_t> claim_{0};  // generation << 32 | next chunk
+  std::atomic<int64_t> done_{0};
+  std::atomic<int> sleeping_{0};
+  std::mutex sleep_mu_;
+  std::condition_variable wake_;
+};
+
+// C[1, n] (+)= A[1, k] · op(B) in f32.
+void Gemv(int64_t n, int64_t k, MatrixRef a, MatrixRef b, float* c, bool accumulate) {
+  const float* x = static_cast<const float*>(a.data);
+  thread_local std::vector<float> gathered;
+  if (a.transposed && k > 1) {  // A's one row is a column of the stored matrix
+    gathered.resize(static_cast<size_t>(k));
+    for (int64_t l = 0; l < k; ++l) gathered[static_cast<size_t>(l)] = x[l * a.ld];
+    x = gathered.data();
+  }
+  const float* w = static_cast<const float*>(b.data);
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  // Columns [begin, end) of the product; a share of the work for one thread.
+  auto part = [&](int64_t begin, int64_t end) {
+    if (b.transposed) {
+      DotRows(x, w, b.ld, k, c, begin, end, accumulate);
+    } else if (avx512) {
+      AxpyRowsAvx512(x, w, b.ld, k, c, begin, end, accumulate);
+    } else {
+      AxpyRowsPlain(x, w, b.ld, k, c, begin, end, accumulate);
+    }
+  };
+  int threads = omp_get_max_threads();
+  if (threads <= 1 || n * k < kParallelGemv || n < 32) {
+    part(0, n);
+    return;
+  }
+  // Chunks of 64 columns (whole cache lines of C, ~128 KB of a 512-wide weight): enough of them
+  // to balance two threads, few enough that claiming them costs nothing.
+  std::function<void(int64_t, int64_t)> run = part;
+  GemvHelpers::Get().Run(n, 64, threads, run);
+}
+
 }  // namespace
 
 StatusOr<Shape> GemmShape(const Shape& a, bool ta, const Shape& b, bool tb) {
@@ -214,6 +440,10 @@ Status GemmBlock(DataType ab_type, DataType c_type, int64_t m, int64_t n, int64_
         std::memset(static_cast<char*>(c) + i * ldc * static_cast<int64_t>(elt), 0,
                     static_cast<size_t>(n) * elt);
     }
+    return Status();
+  }
+  if (m == 1 && ab_type == DT_F32 && c_type == DT_F32) {
+    Gemv(n, k, a, b, static_cast<float*>(c), accumulate);
     return Status();
   }
   auto stored = [](int64_t rows, int64_t cols, MatrixRef r, memory::data_type dt) {

@@ -13,7 +13,14 @@ StatusOr<std::shared_ptr<const Program>> DecodePrograms::Get(
     const Graph& graph, const std::string& function, const std::map<std::string, AttrValue>& attrs,
     const std::vector<TensorType>& types, const OpRegistry& ops, const ProgramOptions& options) {
   std::string key = function + "|" + options.prefix + "|";
-  for (const auto& [name, value] : attrs) key += name + "=" + value.ShortDebugString() + ";";
+  // Binary, not text: the key is built for every block of every decoding step, and printing the
+  // floats of ~30 attrs showed in the decode profile. AttrValue has no map fields, so its
+  // serialization is deterministic; each value is prefixed by its length, so no two attr sets
+  // give one key.
+  for (const auto& [name, value] : attrs) {
+    std::string bytes = value.SerializeAsString();
+    key += name + "=" + std::to_string(bytes.size()) + ":" + bytes;
+  }
   key += "|";
   for (const TensorType& t : types) key += t.ToString() + ";";
   key += "|";

@@ -66,6 +66,38 @@ TEST(GemmBlock, StridedTransposedAndAccumulatingProductsMatchDouble) {
             }
 }
 
+// Matrix-vector products (M = 1, f32) take weir's own loops, shared out among helper threads
+// when large: odd sizes (a short last chunk, a masked tail), both layouts of B, a transposed A,
+// accumulation; the same bits on one thread and on several.
+TEST(GemmBlock, LargeMatrixVectorProductsMatchDoubleOnAnyThreadCount) {
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (bool accumulate : {false, true}) {
+        CheckAgainstDouble<float>({1, 1001, 301, ta, tb, accumulate}, 1e-4);
+        CheckAgainstDouble<float>({1, 77, 1500, ta, tb, accumulate}, 1e-4);
+      }
+  std::mt19937 rng(9);
+  const int64_t n = 1001, k = 517;
+  auto a = Random<float>(static_cast<size_t>(k), rng);
+  auto b = Random<float>(static_cast<size_t>(n * k), rng);
+  for (bool tb : {false, true}) {
+    int64_t ldb = tb ? k : n;
+    std::vector<float> one_thread(static_cast<size_t>(n)), shared(one_thread.size());
+    {
+      SingleThreadedGemms one;
+      ASSERT_TRUE(GemmBlock(DT_F32, DT_F32, 1, n, k, {a.data(), k}, {b.data(), ldb, tb},
+                            one_thread.data(), n)
+                      .ok());
+    }
+    for (int repeat = 0; repeat < 20; ++repeat) {
+      ASSERT_TRUE(
+          GemmBlock(DT_F32, DT_F32, 1, n, k, {a.data(), k}, {b.data(), ldb, tb}, shared.data(), n)
+              .ok());
+      ASSERT_EQ(shared, one_thread) << "tb " << tb << " repeat " << repeat;
+    }
+  }
+}
+
 TEST(GemmBlock, PaddingBetweenRowsIsNotWritten) {
   std::vector<float> a = {1, 2, 3, 4}, b = {1, 0, 0, 1}, c(2 * 3, -7.0f);
   ASSERT_TRUE(GemmBlock(DT_F32, DT_F32, 2, 2, 2, {a.data(), 2}, {b.data(), 2}, c.data(), 3).ok());

@@ -7,6 +7,7 @@
 // decoder with its own program cache (weir generate: every position's block program is built once
 // and shared by the layers); warm is the best later generation over one cache shared by the
 // generations (every program already built, as for repeated generations of equal prompt length).
+// Every generation must choose the same greedy tokens as the first (an error otherwise).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -37,6 +38,7 @@ int64_t LastArgmax(const Tensor& logits) {
 
 struct Rates {
   double prefill = 0, decode = 0;
+  uint64_t tokens = 0;  // a hash of the greedy tokens
 };
 
 // One generation: the prompt, then `new_tokens` greedy steps, each fed back.
@@ -47,11 +49,15 @@ StatusOr<Rates> Generate(const FeedFn& feed, const Tensor& prompt, int64_t new_t
   WEIR_ASSIGN_OR_RETURN(Tensor logits, feed(prompt));
   rates.prefill = static_cast<double>(prompt.dim(1)) / Since(start);
   start = Clock::now();
+  uint64_t hash = 0;
   for (int64_t i = 0; i < new_tokens; ++i) {
-    Tensor next = Tensor::FromValues(DT_I64, {1, 1}, {static_cast<double>(LastArgmax(logits))});
+    int64_t token = LastArgmax(logits);
+    hash = hash * 1000003 + static_cast<uint64_t>(token);
+    Tensor next = Tensor::FromValues(DT_I64, {1, 1}, {static_cast<double>(token)});
     WEIR_ASSIGN_OR_RETURN(logits, feed(next));
   }
   rates.decode = static_cast<double>(new_tokens) / Since(start);
+  rates.tokens = hash;
   return rates;
 }
 
@@ -104,6 +110,9 @@ Status Main(int argc, char** argv) {
       rates = Generate([&](const Tensor& t) { return decoder.Feed(t); }, prompt, new_tokens);
     }
     if (!rates.ok()) return rates.status();
+    // Every way of decoding must choose the same tokens (programs shared or not).
+    if (r > -1 && rates->tokens != uncached.tokens)
+      return Internal("generation " + std::to_string(r) + " chose other tokens than the first");
     if (r == -1) {
       uncached = *rates;
     } else if (r == 0) {

@@ -13,18 +13,23 @@ void CopyDense(const Tensor& src, Tensor& dst) {
     std::memcpy(dst.raw_data(), src.raw_data(), dst.nbytes());
     return;
   }
-  // Walk the source's index space; the innermost dim is copied element by element.
+  // Walk the source's index space; a dense innermost dim (a split's or a slice's rows) is copied
+  // a row at a time, any other element by element.
   size_t elt = DataTypeSize(src.dtype());
   const char* base = static_cast<const char*>(src.raw_data());
   char* out = static_cast<char*>(dst.raw_data());
   int rank = src.rank();
+  if (src.numel() == 0) return;
+  int64_t run = rank > 0 && src.strides().back() == 1 ? src.shape().back() : 1;
+  int outer_rank = run > 1 ? rank - 1 : rank;
   std::vector<int64_t> idx(static_cast<size_t>(rank), 0);
-  for (int64_t i = 0; i < src.numel(); ++i) {
+  for (int64_t i = 0; i < src.numel(); i += run) {
     int64_t off = 0;
-    for (int d = 0; d < rank; ++d)
+    for (int d = 0; d < outer_rank; ++d)
       off += idx[static_cast<size_t>(d)] * src.strides()[static_cast<size_t>(d)];
-    std::memcpy(out + i * static_cast<int64_t>(elt), base + off * static_cast<int64_t>(elt), elt);
-    for (int d = rank - 1; d >= 0; --d) {
+    std::memcpy(out + i * static_cast<int64_t>(elt), base + off * static_cast<int64_t>(elt),
+                static_cast<size_t>(run) * elt);
+    for (int d = outer_rank - 1; d >= 0; --d) {
       if (++idx[static_cast<size_t>(d)] < src.shape()[static_cast<size_t>(d)]) break;
       idx[static_cast<size_t>(d)] = 0;
     }
