@@ -5,6 +5,7 @@
 namespace weir::train {
 
 StatusOr<std::vector<Tensor>> RowShard(const std::vector<Tensor>& inputs, int rank, int ranks) {
+  if (ranks == 1) return inputs;  // one rank holds every row: no copy, any input rank
   std::vector<Tensor> out;
   for (const Tensor& t : inputs) {
     int64_t rows = t.rank() == 0 ? 0 : t.dim(0);

@@ -13,7 +13,8 @@
 
 namespace weir::train {
 
-// Rows [r·n/ranks, (r+1)·n/ranks) of every input (dim 0 is the batch); n must divide.
+// Rows [r·n/ranks, (r+1)·n/ranks) of every input (dim 0 is the batch); n must divide. With one
+// rank, the inputs themselves.
 StatusOr<std::vector<Tensor>> RowShard(const std::vector<Tensor>& inputs, int rank, int ranks);
 
 // Combines one rank's outputs with every other rank's through `comm`, in place and the same on
