@@ -40,13 +40,24 @@ std::string LoraConfig::ConfigJson() const {
          ", \"target_modules\": [" + modules + "], \"bias\": \"none\"}\n";
 }
 
-StatusOr<double> ReadLoraAlpha(const std::filesystem::path& dir) {
+StatusOr<LoraConfig> ReadLoraConfig(const std::filesystem::path& dir) {
   std::filesystem::path path = dir / kAdapterConfigFile;
-  WEIR_ASSIGN_OR_RETURN(auto config, ReadJsonFile(path));
-  auto it = config.fields().find("lora_alpha");
-  if (it == config.fields().end() || !it->second.has_number_value())
-    return InvalidArgument(path.string() + " has no number 'lora_alpha'");
-  return it->second.number_value();
+  WEIR_ASSIGN_OR_RETURN(auto json, ReadJsonFile(path));
+  auto number = [&](const char* key) -> StatusOr<double> {
+    auto it = json.fields().find(key);
+    if (it == json.fields().end() || !it->second.has_number_value())
+      return InvalidArgument(path.string() + " has no number '" + key + "'");
+    return it->second.number_value();
+  };
+  LoraConfig config;
+  WEIR_ASSIGN_OR_RETURN(config.alpha, number("lora_alpha"));
+  WEIR_ASSIGN_OR_RETURN(double rank, number("r"));
+  config.rank = static_cast<int64_t>(rank);
+  if (auto dropout = number("lora_dropout"); dropout.ok()) config.dropout = *dropout;
+  if (auto it = json.fields().find("target_modules"); it != json.fields().end())
+    for (const auto& v : it->second.list_value().values())
+      config.targets.push_back(v.string_value());
+  return config;
 }
 
 bool IsLoraParam(const std::string& name) { return EndsWith(name, kA) || EndsWith(name, kB); }

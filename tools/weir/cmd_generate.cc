@@ -120,10 +120,10 @@ Status Generate(const Args& args) {
   }
   WEIR_ASSIGN_OR_RETURN(auto tensors, ReadSafetensorsSharded(dir, "model"));
   if (auto adapter = args.Get("adapter")) {
-    WEIR_ASSIGN_OR_RETURN(double alpha, ReadLoraAlpha(*adapter));
+    WEIR_ASSIGN_OR_RETURN(LoraConfig lora, ReadLoraConfig(*adapter));
     WEIR_ASSIGN_OR_RETURN(auto adapters, ReadSafetensorsSharded(*adapter, kAdapterStem));
     for (auto& [name, t] : adapters) tensors[name] = t;
-    WEIR_ASSIGN_OR_RETURN(tensors, MergeLora(tensors, alpha));
+    WEIR_ASSIGN_OR_RETURN(tensors, MergeLora(tensors, lora.alpha));
   }
   ParamStore params;
   for (auto& [name, t] : tensors) params.Set(name, t.To(DT_F32));

@@ -3,7 +3,6 @@
 
 #include "weir/checkpoints.h"
 #include "weir/graph.h"
-#include "weir/json.h"
 #include "weir/safetensors.h"
 
 namespace weir::train {
@@ -26,23 +25,10 @@ StatusOr<LoraSetup> ReadLora(const ResourceContext& ctx, const FunctionInstance&
     std::filesystem::path dir = ctx.InputPath(from);
     if (std::filesystem::exists(dir / kChecksumsFile))
       WEIR_RETURN_IF_ERROR(VerifyChecksums(dir).Prepend("lora_from"));
-    std::filesystem::path config_path = dir / kAdapterConfigFile;
-    WEIR_ASSIGN_OR_RETURN(auto config, ReadJsonFile(config_path));
-    auto number = [&](const char* key) -> StatusOr<double> {
-      auto it = config.fields().find(key);
-      if (it == config.fields().end() || !it->second.has_number_value())
-        return InvalidArgument(config_path.string() + " has no number '" + key + "'");
-      return it->second.number_value();
-    };
-    WEIR_ASSIGN_OR_RETURN(lora.config.alpha, number("lora_alpha"));
-    WEIR_ASSIGN_OR_RETURN(double rank, number("r"));
-    lora.config.rank = static_cast<int64_t>(rank);
-    if (lora.config.targets.empty()) {
-      auto it = config.fields().find("target_modules");
-      if (it != config.fields().end())
-        for (const auto& v : it->second.list_value().values())
-          lora.config.targets.push_back(v.string_value());
-    }
+    WEIR_ASSIGN_OR_RETURN(LoraConfig saved, ReadLoraConfig(dir));
+    lora.config.alpha = saved.alpha;
+    lora.config.rank = saved.rank;
+    if (lora.config.targets.empty()) lora.config.targets = saved.targets;
     auto values = ReadSafetensorsSharded(dir, kAdapterStem);
     if (!values.ok()) return Status(values.status()).Prepend("lora_from " + dir.string());
     for (auto& [name, t] : *values) lora.adapters[name] = t.Clone();

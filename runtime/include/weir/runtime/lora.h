@@ -33,8 +33,9 @@ struct LoraConfig {
   std::string ConfigJson() const;
 };
 
-// lora_alpha of the adapter_config.json in `dir`.
-StatusOr<double> ReadLoraAlpha(const std::filesystem::path& dir);
+// The settings in `dir`'s adapter_config.json (PEFT's): r, lora_alpha, target_modules and, when
+// present, lora_dropout; an error names the file and the missing field.
+StatusOr<LoraConfig> ReadLoraConfig(const std::filesystem::path& dir);
 
 // Whether a parameter name is an adapter's.
 bool IsLoraParam(const std::string& name);
