@@ -19,7 +19,8 @@ Model::~Model() = default;
 
 StatusOr<std::shared_ptr<const Program>> Model::GetProgram(
     const std::vector<TensorType>& inputs, const std::string& loss, const std::string& function,
-    const std::map<std::string, AttrValue>& function_attrs) {
+    const std::map<std::string, AttrValue>& function_attrs,
+    const ProgramOptions::Pipeline& pipeline) {
   const std::string& fn = function.empty() ? function_ : function;
   std::map<std::string, AttrValue> attrs = attrs_;
   if (fn != function_) {
@@ -35,11 +36,17 @@ StatusOr<std::shared_ptr<const Program>> Model::GetProgram(
   for (const auto& [k, v] : function_attrs) key += k + "=" + FormatAttrValue(v) + ";";
   key += "|";
   for (const TensorType& t : inputs) key += t.ToString() + ";";
+  if (pipeline.stages > 1) {
+    key += "|stage " + std::to_string(pipeline.stage) + "/" + std::to_string(pipeline.stages);
+    for (const std::string& s : pipeline.starts) key += ";" + s;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   auto it = programs_.find(key);
   if (it != programs_.end()) return it->second;
   ProgramOptions options = options_;
   options.loss = loss;
+  options.pipeline = pipeline;
+  if (pipeline.stages > 1) options.defer_weight_grads = true;
   WEIR_ASSIGN_OR_RETURN(auto program, Program::Build(*graph_, fn, attrs, inputs, *ops_, options));
   for (const ParamInfo& p : program->params()) {
     auto it = initial_.find(p.name);
@@ -51,7 +58,7 @@ StatusOr<std::shared_ptr<const Program>> Model::GetProgram(
     }
     params_.Set(p.name, it->second.To(DT_F32));
   }
-  if (!loss.empty() && function.empty()) {
+  if (!loss.empty() && function.empty() && pipeline.stages == 1) {
     // A training program of the model's own function holds every parameter: a name it lacks is a
     // mismatched checkpoint.
     std::set<std::string> names;

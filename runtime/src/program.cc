@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <random>
 #include <set>
 #include <sstream>
@@ -113,25 +115,112 @@ class ProgramBuilder {
                              std::to_string(fn.inputs.size()) + " inputs, given " +
                              std::to_string(input_types.size()));
     }
+    WEIR_ASSIGN_OR_RETURN(std::vector<bool> needed, NeededNodes(fn, function));
+    std::vector<int> stage_of(fn.nodes.size(), 0);  // every node in stage 0 unless cut
+    std::vector<Boundary> boundary;
+    const ProgramOptions::Pipeline& pipe = options_.pipeline;
+    if (pipe.stages > 1 || pipe.stage != 0) {
+      if (pipe.stages < 1 || pipe.stage < 0 || pipe.stage >= pipe.stages) {
+        return InvalidArgument("pipeline stage " + std::to_string(pipe.stage) + " of " +
+                               std::to_string(pipe.stages) + " does not exist");
+      }
+      WEIR_RETURN_IF_ERROR(PlanStages(function, fn, needed, input_types, stage_of, boundary));
+    }
+    const int stage = pipe.stage;
     std::vector<ValueRef> args;
-    for (size_t i = 0; i < fn.inputs.size(); ++i) {
-      Program::Node n;
-      n.kind = Program::Node::kInput;
-      n.name = fn.inputs[i];
-      n.index = static_cast<int>(i);
-      n.outputs = {input_types[i]};
-      args.push_back(Add(std::move(n)));
+    for (size_t i = 0; i < fn.inputs.size(); ++i)
+      args.push_back(AddInput(fn.inputs[i], input_types[i]));
+    // Values of earlier stages this stage reads or passes on.
+    std::map<std::pair<int, int>, ValueRef> from_before;
+    for (const Boundary& b : boundary) {
+      if (!(b.producer_stage < stage && stage <= b.last_stage)) continue;
+      from_before[{b.node, b.port}] = AddInput("stage_in." + b.name, b.type);
+      p_.stage_.inputs.push_back(b.type);
+      p_.stage_.input_grad.push_back(b.differentiable);
     }
-    // The nodes the requested outputs need (all of them when none are named).
-    std::vector<bool> needed(fn.nodes.size(), options_.outputs.empty());
-    std::vector<const FunctionInstance::Output*> kept_outputs;
+    p_.forward_inputs_ = p_.input_types_.size();
+    std::vector<int> index(fn.nodes.size(), -1);
+    auto ref = [&](int node, int port) -> ValueRef {
+      if (node < 0) return args.at(static_cast<size_t>(-1 - node));
+      if (stage_of[static_cast<size_t>(node)] != stage) return from_before.at({node, port});
+      return {index.at(static_cast<size_t>(node)), port};
+    };
+    for (size_t k = 0; k < fn.nodes.size(); ++k) {
+      if (!needed[k] || stage_of[k] != stage) continue;
+      const weir::Node& node = fn.nodes[k];
+      std::vector<ValueRef> inputs;
+      for (const weir::Node::Input& in : node.inputs) inputs.push_back(ref(in.node, in.port));
+      std::map<std::string, AttrValue> typed(node.attrs.begin(), node.attrs.end());
+      const OpEntry* entry = node.entry;
+      WEIR_RETURN_IF_ERROR(Rewrite(node, entry, typed));
+      auto added =
+          AddOp(entry, node.name, std::move(inputs), std::move(typed), node.loc, /*forward=*/true);
+      if (!added.ok()) return added.status();
+      index[k] = added->node;
+    }
+    const int last = pipe.stages - 1;
     for (const FunctionInstance::Output& out : fn.outputs) {
-      bool wanted = options_.outputs.empty() || out.name == options_.loss ||
-                    std::count(options_.outputs.begin(), options_.outputs.end(), out.name);
-      if (!wanted) continue;
-      kept_outputs.push_back(&out);
-      if (out.node >= 0) needed[static_cast<size_t>(out.node)] = true;
+      if (!Wanted(out.name)) continue;
+      // An input passed straight through is the last stage's output.
+      int owner = out.node < 0 ? last : stage_of[static_cast<size_t>(out.node)];
+      if (owner != stage) continue;
+      p_.output_names_.push_back(out.name);
+      p_.outputs_.push_back(ref(out.node, out.port));
     }
+    std::vector<ValueRef> seeded;  // boundary outputs that take a gradient
+    for (const Boundary& b : boundary) {
+      if (!(b.producer_stage <= stage && stage < b.last_stage)) continue;
+      ValueRef v = ref(b.node, b.port);
+      p_.output_names_.push_back("stage_out." + b.name);
+      p_.outputs_.push_back(v);
+      p_.stage_.outputs.push_back(b.type);
+      p_.stage_.output_grad.push_back(b.differentiable);
+      if (b.differentiable) seeded.push_back(v);
+    }
+    p_.stage_.stage = stage;
+    p_.stage_.stages = pipe.stages;
+    if (!options_.loss.empty()) {
+      std::vector<ValueRef> grad_args;
+      for (const std::string& name : options_.input_grads) {
+        auto a = std::find(fn.inputs.begin(), fn.inputs.end(), name);
+        if (a == fn.inputs.end()) return InvalidArgument("no function input '" + name + "'");
+        grad_args.push_back(args[static_cast<size_t>(a - fn.inputs.begin())]);
+      }
+      for (const Boundary& b : boundary)
+        if (b.differentiable && b.producer_stage < stage && stage <= b.last_stage)
+          grad_args.push_back(from_before.at({b.node, b.port}));
+      WEIR_RETURN_IF_ERROR(Backward(function, grad_args, seeded));
+    }
+    LabelBackward();
+    if (options_.recompute) Recompute();
+    CountNodes();
+    Schedule();
+    FormWaves();
+    PlanMemory();
+    return Status();
+  }
+
+ private:
+  // A value that crosses a pipeline cut: computed in `producer_stage`, read up to `last_stage`.
+  struct Boundary {
+    int node = -1, port = 0;  // in the function instance
+    std::string name;         // "<node>:<port>"
+    TensorType type;
+    int producer_stage = 0, last_stage = 0;
+    bool differentiable = false;  // floating and dependent on a trained parameter
+  };
+
+  bool Wanted(const std::string& output) const {
+    return options_.outputs.empty() || output == options_.loss ||
+           std::count(options_.outputs.begin(), options_.outputs.end(), output);
+  }
+
+  // The nodes the requested outputs need (all of them when none are named).
+  StatusOr<std::vector<bool>> NeededNodes(const FunctionInstance& fn,
+                                          const std::string& function) const {
+    std::vector<bool> needed(fn.nodes.size(), options_.outputs.empty());
+    for (const FunctionInstance::Output& out : fn.outputs)
+      if (Wanted(out.name) && out.node >= 0) needed[static_cast<size_t>(out.node)] = true;
     for (const std::string& name : options_.outputs) {
       bool found = false;
       for (const FunctionInstance::Output& out : fn.outputs) found = found || out.name == name;
@@ -143,7 +232,39 @@ class ProgramBuilder {
       for (const weir::Node::Input& in : fn.nodes[k].inputs)
         if (in.node >= 0) needed[static_cast<size_t>(in.node)] = true;
     }
+    return needed;
+  }
+
+  // Input k of the program: the function's inputs come first (their types given to Build).
+  ValueRef AddInput(const std::string& name, const TensorType& type,
+                    Program::Node::Phase phase = Program::Node::kForward) {
+    Program::Node n;
+    n.kind = Program::Node::kInput;
+    n.phase = phase;
+    n.name = name;
+    n.index = inputs_added_++;
+    n.outputs = {type};
+    if (static_cast<size_t>(n.index) >= p_.input_types_.size()) p_.input_types_.push_back(type);
+    return Add(std::move(n));
+  }
+
+  // Cuts the needed nodes of `fn` into options_.pipeline.stages stages (stage_of) and lists the
+  // values that cross a cut. The whole forward function is built once, without a loss, for the
+  // types, costs and gradient dependence of every value.
+  Status PlanStages(const std::string& function, const FunctionInstance& fn,
+                    const std::vector<bool>& needed, const std::vector<TensorType>& input_types,
+                    std::vector<int>& stage_of, std::vector<Boundary>& boundary) {
+    const ProgramOptions::Pipeline& pipe = options_.pipeline;
+    Program whole;
+    ProgramOptions whole_options = options_;
+    whole_options.loss.clear();
+    whole_options.pipeline = {};
+    ProgramBuilder builder(whole, ops_, whole_options);
+    std::vector<ValueRef> args;
+    for (size_t i = 0; i < fn.inputs.size(); ++i)
+      args.push_back(builder.AddInput(fn.inputs[i], input_types[i]));
     std::vector<int> index(fn.nodes.size(), -1);
+    std::vector<int> order;  // the needed nodes, in order
     for (size_t k = 0; k < fn.nodes.size(); ++k) {
       if (!needed[k]) continue;
       const weir::Node& node = fn.nodes[k];
@@ -154,26 +275,196 @@ class ProgramBuilder {
       }
       std::map<std::string, AttrValue> typed(node.attrs.begin(), node.attrs.end());
       const OpEntry* entry = node.entry;
-      WEIR_RETURN_IF_ERROR(Rewrite(node, entry, typed));
-      auto added =
-          AddOp(entry, node.name, std::move(inputs), std::move(typed), node.loc, /*forward=*/true);
-      if (!added.ok()) return added.status();
-      index[k] = added->node;
+      WEIR_RETURN_IF_ERROR(builder.Rewrite(node, entry, typed));
+      WEIR_ASSIGN_OR_RETURN(ValueRef added, builder.AddOp(entry, node.name, std::move(inputs),
+                                                          std::move(typed), node.loc, true));
+      index[k] = added.node;
+      order.push_back(static_cast<int>(k));
     }
-    for (const FunctionInstance::Output* out : kept_outputs) {
-      p_.output_names_.push_back(out->name);
-      p_.outputs_.push_back(out->node < 0
-                                ? args.at(static_cast<size_t>(-1 - out->node))
-                                : ValueRef{index.at(static_cast<size_t>(out->node)), out->port});
+    const size_t n = order.size();
+    if (n < static_cast<size_t>(pipe.stages)) {
+      return InvalidArgument("function '" + function + "' has " + std::to_string(n) +
+                             " nodes, too few for " + std::to_string(pipe.stages) +
+                             " pipeline stages");
     }
-    if (!options_.loss.empty()) WEIR_RETURN_IF_ERROR(Backward(function, args, fn.inputs));
-    LabelBackward();
-    if (options_.recompute) Recompute();
-    CountNodes();
-    Schedule();
-    FormWaves();
-    PlanMemory();
+    std::vector<bool> requires_grad = builder.RequiresGrad({});
+    std::vector<size_t> position(fn.nodes.size(), 0);
+    for (size_t i = 0; i < n; ++i) position[static_cast<size_t>(order[i])] = i;
+    // Every value's last reader, by position; function outputs are read by no one.
+    std::map<std::pair<int, int>, size_t> last_read;
+    for (size_t i = 0; i < n; ++i) {
+      for (const weir::Node::Input& in : fn.nodes[static_cast<size_t>(order[i])].inputs) {
+        if (in.node < 0) continue;
+        size_t& r = last_read[{in.node, in.port}];
+        r = std::max(r, i);
+      }
+    }
+    // Bytes crossing the cut after position i, and each node's cost.
+    std::vector<double> crossing(n, 0), cost(n, 0);
+    for (const auto& [value, reader] : last_read) {
+      const TensorType& t =
+          whole.nodes_[static_cast<size_t>(index[static_cast<size_t>(value.first)])]
+              .outputs[static_cast<size_t>(value.second)];
+      double bytes = static_cast<double>(AlignedBytes(t));
+      for (size_t i = position[static_cast<size_t>(value.first)]; i < reader; ++i)
+        crossing[i] += bytes;
+    }
+    double total_flops = 0, total_param_bytes = 0;
+    std::vector<double> flops(n, 0), param_bytes(n, 0);
+    for (size_t i = 0; i < n; ++i) {
+      const Program::Node& node =
+          whole.nodes_[static_cast<size_t>(index[static_cast<size_t>(order[i])])];
+      std::vector<TensorType> types;
+      for (ValueRef v : node.inputs) {
+        const Program::Node& in = whole.nodes_[static_cast<size_t>(v.node)];
+        types.push_back(in.outputs[static_cast<size_t>(v.port)]);
+        if (in.kind == Program::Node::kParam) param_bytes[i] += AlignedBytes(in.outputs[0]);
+      }
+      if (node.entry->cost) flops[i] = node.entry->cost(types, node.outputs, node.attrs).flops;
+      total_flops += flops[i];
+      total_param_bytes += param_bytes[i];
+    }
+    for (size_t i = 0; i < n; ++i) {
+      cost[i] = (total_flops > 0 ? flops[i] / total_flops : 0) +
+                (total_param_bytes > 0 ? param_bytes[i] / total_param_bytes : 0) +
+                1e-9;  // nodes without either still weigh something: no empty stages
+    }
+    std::vector<size_t> starts;  // position where each stage after the first begins
+    if (!pipe.starts.empty()) {
+      WEIR_ASSIGN_OR_RETURN(starts, StartsFromHints(function, fn, order));
+    } else {
+      starts = BalancedCuts(cost, crossing, pipe.stages);
+    }
+    p_.stage_.first_nodes = {fn.nodes[static_cast<size_t>(order[0])].name};
+    for (size_t s : starts)
+      p_.stage_.first_nodes.push_back(fn.nodes[static_cast<size_t>(order[s])].name);
+    for (size_t i = 0, s = 0; i < n; ++i) {
+      while (s < starts.size() && i >= starts[s]) ++s;
+      stage_of[static_cast<size_t>(order[i])] = static_cast<int>(s);
+    }
+    for (const auto& [value, reader] : last_read) {
+      auto [node, port] = value;
+      int from = stage_of[static_cast<size_t>(node)];
+      int to = stage_of[static_cast<size_t>(order[reader])];
+      if (to == from) continue;
+      const Program::Node& made =
+          whole.nodes_[static_cast<size_t>(index[static_cast<size_t>(node)])];
+      Boundary b;
+      b.node = node;
+      b.port = port;
+      b.name = fn.nodes[static_cast<size_t>(node)].name + ":" + std::to_string(port);
+      b.type = made.outputs[static_cast<size_t>(port)];
+      b.producer_stage = from;
+      b.last_stage = to;
+      b.differentiable = IsFloating(b.type.dtype) &&
+                         requires_grad[static_cast<size_t>(index[static_cast<size_t>(node)])];
+      boundary.push_back(std::move(b));
+    }
+    // Pass-through order: by the producer's position, so every stage agrees.
+    std::sort(boundary.begin(), boundary.end(), [&](const Boundary& a, const Boundary& b) {
+      return std::make_pair(position[static_cast<size_t>(a.node)], a.port) <
+             std::make_pair(position[static_cast<size_t>(b.node)], b.port);
+    });
     return Status();
+  }
+
+  StatusOr<std::vector<size_t>> StartsFromHints(const std::string& function,
+                                                const FunctionInstance& fn,
+                                                const std::vector<int>& order) const {
+    const ProgramOptions::Pipeline& pipe = options_.pipeline;
+    if (static_cast<int>(pipe.starts.size()) != pipe.stages - 1) {
+      return InvalidArgument(
+          std::to_string(pipe.stages) + " pipeline stages need " + std::to_string(pipe.stages - 1) +
+          " stage starts (where stages 1.. begin), given " + std::to_string(pipe.starts.size()));
+    }
+    std::vector<size_t> starts;
+    for (const std::string& pattern : pipe.starts) {
+      size_t found = order.size();
+      for (size_t i = 0; i < order.size() && found == order.size(); ++i) {
+        const std::string& name = fn.nodes[static_cast<size_t>(order[i])].name;
+        if (name == pattern || name.starts_with(pattern + ".")) found = i;
+      }
+      if (found == order.size()) {
+        return InvalidArgument("stage start '" + pattern + "' names no node of function '" +
+                               function + "' (give a node path prefix such as '" +
+                               fn.nodes[static_cast<size_t>(order[order.size() / 2])].name + "')");
+      }
+      if (found == 0 || (!starts.empty() && found <= starts.back())) {
+        return InvalidArgument("stage start '" + pattern + "' (node '" +
+                               fn.nodes[static_cast<size_t>(order[found])].name +
+                               "') does not come after the previous stage's first node: stage "
+                               "starts go in the function's order and leave no stage empty");
+      }
+      starts.push_back(found);
+    }
+    return starts;
+  }
+
+  // Cut positions (the first position of stages 1..S-1) minimizing the largest stage cost,
+  // among the positions whose crossing bytes are at most a threshold: the smallest threshold
+  // whose best cut is within 25% of the best cut with every position allowed.
+  static std::vector<size_t> BalancedCuts(const std::vector<double>& cost,
+                                          const std::vector<double>& crossing, int stages) {
+    const size_t n = cost.size();
+    std::vector<double> prefix(n + 1, 0);
+    for (size_t i = 0; i < n; ++i) prefix[i + 1] = prefix[i] + cost[i];
+    // Minimizes the largest stage over cuts at allowed positions (a stage may begin at i when
+    // allowed[i]); returns the cost and the starts (empty when impossible).
+    auto solve = [&](const std::vector<bool>& allowed) {
+      const double inf = std::numeric_limits<double>::infinity();
+      std::vector<size_t> candidates;
+      for (size_t i = 1; i < n; ++i)
+        if (allowed[i]) candidates.push_back(i);
+      candidates.push_back(n);
+      const size_t m = candidates.size();
+      // best[s][j]: the largest stage cost of s+1 stages covering [0, candidates[j]).
+      std::vector<std::vector<double>> best(static_cast<size_t>(stages),
+                                            std::vector<double>(m, inf));
+      std::vector<std::vector<size_t>> from(static_cast<size_t>(stages), std::vector<size_t>(m, 0));
+      for (size_t j = 0; j < m; ++j) best[0][j] = prefix[candidates[j]];
+      for (size_t s = 1; s < static_cast<size_t>(stages); ++s) {
+        for (size_t j = s; j < m; ++j) {
+          for (size_t k = s - 1; k < j; ++k) {
+            double v = std::max(best[s - 1][k], prefix[candidates[j]] - prefix[candidates[k]]);
+            if (v < best[s][j]) {
+              best[s][j] = v;
+              from[s][j] = k;
+            }
+          }
+        }
+      }
+      std::vector<size_t> starts;
+      double value = best[static_cast<size_t>(stages) - 1][m - 1];
+      if (!std::isfinite(value)) return std::make_pair(value, starts);
+      for (size_t s = static_cast<size_t>(stages) - 1, j = m - 1; s > 0; --s) {
+        j = from[s][j];
+        starts.push_back(candidates[j]);
+      }
+      std::reverse(starts.begin(), starts.end());
+      return std::make_pair(value, starts);
+    };
+    // A cut before position i carries crossing[i - 1].
+    std::vector<double> levels;
+    for (size_t i = 1; i < n; ++i) levels.push_back(crossing[i - 1]);
+    std::sort(levels.begin(), levels.end());
+    levels.erase(std::unique(levels.begin(), levels.end()), levels.end());
+    auto allowed_at = [&](double level) {
+      std::vector<bool> allowed(n, false);
+      for (size_t i = 1; i < n; ++i) allowed[i] = crossing[i - 1] <= level;
+      return allowed;
+    };
+    auto unrestricted = solve(allowed_at(levels.back()));
+    // Balance improves as the threshold rises: search the lowest level that is good enough.
+    size_t lo = 0, hi = levels.size() - 1;
+    while (lo < hi) {
+      size_t mid = (lo + hi) / 2;
+      auto tried = solve(allowed_at(levels[mid]));
+      if (std::isfinite(tried.first) && tried.first <= 1.25 * unrestricted.first)
+        hi = mid;
+      else
+        lo = mid + 1;
+    }
+    return solve(allowed_at(levels[lo])).second;
   }
 
  private:
@@ -385,40 +676,52 @@ class ProgramBuilder {
     return Add(std::move(n));
   }
 
-  Status Backward(const std::string& function, const std::vector<ValueRef>& args,
-                  const std::vector<std::string>& arg_names) {
-    auto it = std::find(p_.output_names_.begin(), p_.output_names_.end(), options_.loss);
-    if (it == p_.output_names_.end()) {
-      return InvalidArgument("function '" + function + "' has no output '" + options_.loss +
-                             "' to differentiate");
-    }
-    ValueRef loss = p_.outputs_[static_cast<size_t>(it - p_.output_names_.begin())];
-    const TensorType& lt = TypeOf(loss);
-    if (NumElements(lt.shape) != 1 || !IsFloating(lt.dtype)) {
-      return InvalidArgument("loss output '" + options_.loss + "' must be a floating scalar, is " +
-                             lt.ToString());
-    }
-    // Which values depend on something that wants a gradient.
-    std::set<int> wanted_args;
-    for (const std::string& name : options_.input_grads) {
-      auto a = std::find(arg_names.begin(), arg_names.end(), name);
-      if (a == arg_names.end()) return InvalidArgument("no function input '" + name + "'");
-      wanted_args.insert(static_cast<int>(a - arg_names.begin()));
-    }
-    size_t forward_end = p_.nodes_.size();
-    backward_start_ = forward_end;
-    std::vector<bool> requires_grad(forward_end, false);
-    for (size_t i = 0; i < forward_end; ++i) {
+  // Which nodes depend on a trained parameter or on one of `wanted` (inputs that take a
+  // gradient), among the nodes built so far.
+  std::vector<bool> RequiresGrad(const std::set<int>& wanted) const {
+    std::vector<bool> requires_grad(p_.nodes_.size(), false);
+    for (size_t i = 0; i < p_.nodes_.size(); ++i) {
       const Program::Node& n = p_.nodes_[i];
       if (n.kind == Program::Node::kParam)
         requires_grad[i] = IsFloating(n.outputs[0].dtype) && Trained(n);
-      if (n.kind == Program::Node::kInput) requires_grad[i] = wanted_args.count(n.index) > 0;
+      if (n.kind == Program::Node::kInput) requires_grad[i] = wanted.count(static_cast<int>(i));
       if (n.kind == Program::Node::kOp)
         for (ValueRef v : n.inputs)
           requires_grad[i] = requires_grad[i] || requires_grad[static_cast<size_t>(v.node)];
     }
+    return requires_grad;
+  }
+
+  // The backward pass: from the loss (when this program computes it) and from the gradients of
+  // `seeded` values given as inputs, to every trained parameter and to the inputs `grad_args`.
+  Status Backward(const std::string& function, const std::vector<ValueRef>& grad_args,
+                  const std::vector<ValueRef>& seeded) {
+    auto it = std::find(p_.output_names_.begin(), p_.output_names_.end(), options_.loss);
+    bool has_loss = it != p_.output_names_.end();
+    if (!has_loss && options_.pipeline.stages == 1) {
+      return InvalidArgument("function '" + function + "' has no output '" + options_.loss +
+                             "' to differentiate");
+    }
+    std::set<int> wanted_args;
+    for (ValueRef a : grad_args) wanted_args.insert(a.node);
+    size_t forward_end = p_.nodes_.size();
+    backward_start_ = forward_end;
+    std::vector<bool> requires_grad = RequiresGrad(wanted_args);
     std::map<ValueRef, std::vector<ValueRef>> pending;
-    pending[loss].push_back(Constant(lt, 1.0, options_.loss + "/grad.seed"));
+    if (has_loss) {
+      ValueRef loss = p_.outputs_[static_cast<size_t>(it - p_.output_names_.begin())];
+      const TensorType& lt = TypeOf(loss);
+      if (NumElements(lt.shape) != 1 || !IsFloating(lt.dtype)) {
+        return InvalidArgument("loss output '" + options_.loss +
+                               "' must be a floating scalar, is " + lt.ToString());
+      }
+      pending[loss].push_back(Constant(lt, 1.0, options_.loss + "/grad.seed"));
+    }
+    for (ValueRef v : seeded) {
+      TensorType type = TypeOf(v);
+      std::string name = p_.nodes_[static_cast<size_t>(v.node)].name;
+      pending[v].push_back(AddInput(name + "/grad.in", type, Program::Node::kBackwardB));
+    }
     for (size_t i = forward_end; i-- > 0;) {
       if (p_.nodes_[i].kind != Program::Node::kOp || !requires_grad[i]) continue;
       std::vector<ValueRef> grads;
@@ -485,12 +788,10 @@ class ProgramBuilder {
           pit == pending.end() ? Constant(type, 0.0, name + "/grad.zero") : Sum(pit->second, name);
       p_.param_grads_[name] = g;
     }
-    for (const std::string& name : options_.input_grads) {
-      int a =
-          static_cast<int>(std::find(arg_names.begin(), arg_names.end(), name) - arg_names.begin());
-      ValueRef arg = args[static_cast<size_t>(a)];
+    for (ValueRef arg : grad_args) {
       auto pit = pending.find(arg);
       TensorType type = TypeOf(arg);
+      std::string name = p_.nodes_[static_cast<size_t>(arg.node)].name;
       ValueRef g =
           pit == pending.end() ? Constant(type, 0.0, name + "/grad.zero") : Sum(pit->second, name);
       activation_grads_.insert(g);
@@ -603,24 +904,40 @@ class ProgramBuilder {
   }
 
   // Cuts the execution order into waves: a node joins the current wave unless it reads a value
-  // the wave produces. Waves keep the order's phases (B before deferred W) because they are
-  // contiguous runs of it.
+  // the wave produces. A wave never mixes forward and backward work, nor (when deferred) B and
+  // W work, so Program::Execution can run the parts separately.
   void FormWaves() {
     constexpr size_t kMaxWave = 16;
+    auto part = [&](const Program::Node& node) {
+      if (node.phase == Program::Node::kForward) return 0;
+      return options_.defer_weight_grads && node.phase == Program::Node::kBackwardW ? 2 : 1;
+    };
     p_.waves_ = {0};
     std::set<int> in_wave;
+    int current = 0;
+    size_t first[3] = {0, 0, 0};
+    bool seen[3] = {true, false, false};
     for (size_t k = 0; k < p_.order_.size(); ++k) {
       const Program::Node& node = p_.nodes_[static_cast<size_t>(p_.order_[k])];
       bool depends = !options_.concurrent_nodes || in_wave.size() >= kMaxWave;
       for (ValueRef v : node.inputs) depends = depends || in_wave.count(v.node) > 0;
+      depends = depends || part(node) != current;
       if (depends && k > p_.waves_.back()) {
         p_.waves_.push_back(k);
         in_wave.clear();
       }
+      current = part(node);
+      if (!seen[current]) {
+        seen[current] = true;
+        first[current] = p_.waves_.size() - 1;
+      }
       in_wave.insert(p_.order_[k]);
     }
     p_.waves_.push_back(p_.order_.size());
-    p_.stats_.waves = static_cast<int>(p_.waves_.size()) - 1;
+    size_t end = p_.waves_.size() - 1;
+    p_.weight_wave_ = seen[2] ? first[2] : end;
+    p_.backward_wave_ = seen[1] ? first[1] : p_.weight_wave_;
+    p_.stats_.waves = static_cast<int>(end);
     for (size_t w = 0; w + 1 < p_.waves_.size(); ++w) {
       p_.stats_.widest_wave =
           std::max(p_.stats_.widest_wave, static_cast<int>(p_.waves_[w + 1] - p_.waves_[w]));
@@ -710,6 +1027,7 @@ class ProgramBuilder {
   const ProgramOptions& options_;
   std::set<ValueRef> activation_grads_;
   size_t backward_start_ = 0;
+  int inputs_added_ = 0;
 };
 
 StatusOr<std::shared_ptr<const Program>> Program::Build(
@@ -722,137 +1040,219 @@ StatusOr<std::shared_ptr<const Program>> Program::Build(
   return std::shared_ptr<const Program>(std::move(p));
 }
 
+struct Program::Execution::State {
+  const Program* program;
+  const ParamStore* params;
+  std::shared_ptr<Storage> arena;
+  std::vector<Tensor> inputs;
+  std::vector<std::vector<Tensor>> values;
+  // A traced run (weir run --trace) records every op node; only the calling thread's trace is
+  // known, so nodes of a concurrent wave that run on other threads record into it explicitly.
+  Trace* trace = nullptr;
+  enum Part { kNone, kForward, kBackward, kWeights } done = kNone;
+
+  const Tensor& value(ValueRef v) const {
+    return values[static_cast<size_t>(v.node)][static_cast<size_t>(v.port)];
+  }
+  Status RunNode(size_t i);
+  Status RunWaves(size_t begin_wave, size_t end_wave);
+};
+
+// Runs one node; writes only values[i], reads only values of earlier waves.
+Status Program::Execution::State::RunNode(size_t i) {
+  const Program& p = *program;
+  const Node& n = p.nodes_[i];
+  std::vector<Tensor>& out = values[i];
+  auto planned = [&](size_t o) {
+    const TensorType& t = n.outputs[o];
+    int64_t offset = p.offsets_[i][o];
+    return Tensor::FromStorage(arena, t.dtype, t.shape,
+                               offset / static_cast<int64_t>(DataTypeSize(t.dtype)));
+  };
+  const ParamStore& params = *this->params;
+  switch (n.kind) {
+    case Node::kInput: {
+      const Tensor& in = inputs[static_cast<size_t>(n.index)];
+      if (in.dtype() != n.outputs[0].dtype || in.shape() != n.outputs[0].shape) {
+        return InvalidArgument("input '" + n.name + "' is " + in.DebugString() +
+                               ", the program was built for " + n.outputs[0].ToString());
+      }
+      out = {in.Contiguous()};
+      return Status();
+    }
+    case Node::kParam: {
+      const Tensor* master = params.Find(n.name);
+      if (master == nullptr) return NotFound("parameter '" + n.name + "' is not in the model");
+      if (master->shape() != n.outputs[0].shape) {
+        return InvalidArgument("parameter '" + n.name + "' is " + master->DebugString() +
+                               ", the program needs " + n.outputs[0].ToString());
+      }
+      out = {master->dtype() == n.outputs[0].dtype ? *master : master->To(n.outputs[0].dtype)};
+      return Status();
+    }
+    case Node::kConstant: {
+      Tensor t = planned(0);
+      for (int64_t k = 0; k < t.numel(); ++k)
+        StoreFromDouble(t.raw_data(), t.dtype(), k, n.constant);
+      out = {t};
+      return Status();
+    }
+    case Node::kAccumulate: {
+      Tensor t = planned(0);
+      std::vector<const Tensor*> parts;
+      for (ValueRef v : n.inputs) parts.push_back(&value(v));
+      SumInto(parts, t);
+      out = {t};
+      return Status();
+    }
+    case Node::kOp: {
+      if (n.view) {
+        auto view = value(n.inputs[0]).Reshape(n.outputs[0].shape);
+        if (!view.ok()) return Status(view.status()).At(n.loc).InNode(n.name, n.entry->def.name());
+        out = {*view};
+        return Status();
+      }
+      std::vector<Tensor> made;
+      for (size_t o = 0; o < n.outputs.size(); ++o) made.push_back(planned(o));
+      std::vector<const Tensor*> ins;
+      for (ValueRef v : n.inputs) {
+        if (values[static_cast<size_t>(v.node)].size() <= static_cast<size_t>(v.port))
+          return Internal("node '" + n.name + "' is scheduled before its input '" +
+                          p.nodes_[static_cast<size_t>(v.node)].name + "'");
+        ins.push_back(&value(v));
+      }
+      std::vector<Tensor*> outs;
+      for (Tensor& t : made) outs.push_back(&t);
+      KernelContext ctx(std::move(ins), std::move(outs), &n.attrs);
+      Status s;
+      auto started = std::chrono::steady_clock::now();
+      try {
+        s = (*n.kernel)(ctx);
+      } catch (const std::exception& e) {
+        s = Internal(std::string("kernel threw: ") + e.what());
+      }
+      if (trace != nullptr) {
+        static const char* const kPhases[] = {"F", "B", "W"};
+        trace->Complete(n.name, n.entry->def.name(), started, kPhases[n.phase]);
+      }
+      if (!s.ok()) return s.At(n.loc).InNode(n.name, n.entry->def.name());
+      if (p.check_finite_) {
+        for (size_t o = 0; o < made.size(); ++o) {
+          int64_t at = FirstNonFinite(made[o]);
+          if (at < 0) continue;
+          std::string port =
+              n.entry->def
+                  .output(std::min<int>(static_cast<int>(o), n.entry->def.output_size() - 1))
+                  .name();
+          return InvalidArgument("output '" + port + "' " + made[o].DebugString() + " holds " +
+                                 std::to_string(made[o].At(at)) + " at element " +
+                                 std::to_string(at) + " (check_finite)")
+              .At(n.loc)
+              .InNode(n.name, n.entry->def.name());
+        }
+      }
+      out = std::move(made);
+      return Status();
+    }
+  }
+  return Internal("unknown node kind");
+}
+
+Status Program::Execution::State::RunWaves(size_t begin_wave, size_t end_wave) {
+  const Program& p = *program;
+  for (size_t w = begin_wave; w < end_wave; ++w) {
+    size_t begin = p.waves_[w], end = p.waves_[w + 1];
+    if (end - begin == 1) {
+      WEIR_RETURN_IF_ERROR(RunNode(static_cast<size_t>(p.order_[begin])));
+      continue;
+    }
+    std::vector<Status> status(end - begin);
+    tbb::parallel_for(begin, end, [&](size_t k) {
+      SingleThreadedGemms one_thread;  // the wave's nodes already share out the cores
+      status[k - begin] = RunNode(static_cast<size_t>(p.order_[k]));
+    });
+    for (const Status& st : status) WEIR_RETURN_IF_ERROR(st);
+  }
+  return Status();
+}
+
+Program::Execution::Execution(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Program::Execution::~Execution() = default;
+
+std::unique_ptr<Program::Execution> Program::Start(const ParamStore& params) const {
+  auto state = std::make_unique<Execution::State>();
+  state->program = this;
+  state->params = &params;
+  state->arena = Storage::Allocate(static_cast<size_t>(stats_.memory.arena_bytes));
+  state->values.resize(nodes_.size());
+  state->trace = Trace::Current();
+  return std::unique_ptr<Execution>(new Execution(std::move(state)));
+}
+
+Status Program::Execution::Forward(std::vector<Tensor> inputs) {
+  State& st = *state_;
+  const Program& p = *st.program;
+  if (st.done != State::kNone) return FailedPrecondition("the forward pass already ran");
+  if (inputs.size() != p.forward_inputs_) {
+    return InvalidArgument("program takes " + std::to_string(p.forward_inputs_) +
+                           " inputs, given " + std::to_string(inputs.size()));
+  }
+  st.inputs = std::move(inputs);
+  st.done = State::kForward;
+  return st.RunWaves(0, p.backward_wave_);
+}
+
+Status Program::Execution::Backward(std::vector<Tensor> output_grads, bool weights) {
+  State& st = *state_;
+  const Program& p = *st.program;
+  if (st.done != State::kForward) return FailedPrecondition("backward runs once, after forward");
+  size_t seeds = p.input_types_.size() - p.forward_inputs_;
+  if (output_grads.size() != seeds) {
+    return InvalidArgument("the backward pass takes " + std::to_string(seeds) +
+                           " output gradients, given " + std::to_string(output_grads.size()));
+  }
+  for (Tensor& g : output_grads) st.inputs.push_back(std::move(g));
+  st.done = State::kBackward;
+  WEIR_RETURN_IF_ERROR(st.RunWaves(p.backward_wave_, p.weight_wave_));
+  return weights ? Weights() : Status();
+}
+
+Status Program::Execution::Weights() {
+  State& st = *state_;
+  const Program& p = *st.program;
+  if (st.done != State::kBackward) return FailedPrecondition("W runs once, after B");
+  st.done = State::kWeights;
+  return st.RunWaves(p.weight_wave_, p.waves_.size() - 1);
+}
+
+Program::Outputs Program::Execution::outputs() const {
+  const State& st = *state_;
+  const Program& p = *st.program;
+  auto has = [&](ValueRef v) {
+    return st.values[static_cast<size_t>(v.node)].size() > static_cast<size_t>(v.port);
+  };
+  Outputs result;
+  for (ValueRef v : p.outputs_) result.values.push_back(has(v) ? st.value(v) : Tensor());
+  for (const auto& [name, v] : p.param_grads_)
+    if (has(v)) result.param_grads[name] = st.value(v);
+  for (const auto& [name, v] : p.statistics_)
+    if (has(v)) result.statistics[name] = st.value(v);
+  for (ValueRef v : p.input_grads_)
+    if (has(v)) result.input_grads.push_back(st.value(v));
+  return result;
+}
+
 StatusOr<Program::Outputs> Program::Run(const std::vector<Tensor>& inputs,
                                         const ParamStore& params) const {
   if (inputs.size() != input_types_.size()) {
     return InvalidArgument("program takes " + std::to_string(input_types_.size()) +
                            " inputs, given " + std::to_string(inputs.size()));
   }
-  auto arena = Storage::Allocate(static_cast<size_t>(stats_.memory.arena_bytes));
-  std::vector<std::vector<Tensor>> values(nodes_.size());
-  auto value = [&](ValueRef v) -> const Tensor& {
-    return values[static_cast<size_t>(v.node)][static_cast<size_t>(v.port)];
-  };
-  // A traced run (weir run --trace) records every op node; only the calling thread's trace is
-  // known, so nodes of a concurrent wave that run on other threads record into it explicitly.
-  Trace* trace = Trace::Current();
-  // Runs one node; writes only values[i], reads only values of earlier waves.
-  auto run_node = [&](size_t i) -> Status {
-    const Node& n = nodes_[i];
-    std::vector<Tensor>& out = values[i];
-    auto planned = [&](size_t o) {
-      const TensorType& t = n.outputs[o];
-      int64_t offset = offsets_[i][o];
-      return Tensor::FromStorage(arena, t.dtype, t.shape,
-                                 offset / static_cast<int64_t>(DataTypeSize(t.dtype)));
-    };
-    switch (n.kind) {
-      case Node::kInput: {
-        const Tensor& in = inputs[static_cast<size_t>(n.index)];
-        if (in.dtype() != n.outputs[0].dtype || in.shape() != n.outputs[0].shape) {
-          return InvalidArgument("input '" + n.name + "' is " + in.DebugString() +
-                                 ", the program was built for " + n.outputs[0].ToString());
-        }
-        out = {in.Contiguous()};
-        return Status();
-      }
-      case Node::kParam: {
-        const Tensor* master = params.Find(n.name);
-        if (master == nullptr) return NotFound("parameter '" + n.name + "' is not in the model");
-        if (master->shape() != n.outputs[0].shape) {
-          return InvalidArgument("parameter '" + n.name + "' is " + master->DebugString() +
-                                 ", the program needs " + n.outputs[0].ToString());
-        }
-        out = {master->dtype() == n.outputs[0].dtype ? *master : master->To(n.outputs[0].dtype)};
-        return Status();
-      }
-      case Node::kConstant: {
-        Tensor t = planned(0);
-        for (int64_t k = 0; k < t.numel(); ++k)
-          StoreFromDouble(t.raw_data(), t.dtype(), k, n.constant);
-        out = {t};
-        return Status();
-      }
-      case Node::kAccumulate: {
-        Tensor t = planned(0);
-        std::vector<const Tensor*> parts;
-        for (ValueRef v : n.inputs) parts.push_back(&value(v));
-        SumInto(parts, t);
-        out = {t};
-        return Status();
-      }
-      case Node::kOp: {
-        if (n.view) {
-          auto view = value(n.inputs[0]).Reshape(n.outputs[0].shape);
-          if (!view.ok())
-            return Status(view.status()).At(n.loc).InNode(n.name, n.entry->def.name());
-          out = {*view};
-          return Status();
-        }
-        std::vector<Tensor> made;
-        for (size_t o = 0; o < n.outputs.size(); ++o) made.push_back(planned(o));
-        std::vector<const Tensor*> ins;
-        for (ValueRef v : n.inputs) {
-          if (values[static_cast<size_t>(v.node)].size() <= static_cast<size_t>(v.port))
-            return Internal("node '" + n.name + "' is scheduled before its input '" +
-                            nodes_[static_cast<size_t>(v.node)].name + "'");
-          ins.push_back(&value(v));
-        }
-        std::vector<Tensor*> outs;
-        for (Tensor& t : made) outs.push_back(&t);
-        KernelContext ctx(std::move(ins), std::move(outs), &n.attrs);
-        Status s;
-        auto started = std::chrono::steady_clock::now();
-        try {
-          s = (*n.kernel)(ctx);
-        } catch (const std::exception& e) {
-          s = Internal(std::string("kernel threw: ") + e.what());
-        }
-        if (trace != nullptr) {
-          static const char* const kPhases[] = {"F", "B", "W"};
-          trace->Complete(n.name, n.entry->def.name(), started, kPhases[n.phase]);
-        }
-        if (!s.ok()) return s.At(n.loc).InNode(n.name, n.entry->def.name());
-        if (check_finite_) {
-          for (size_t o = 0; o < made.size(); ++o) {
-            int64_t at = FirstNonFinite(made[o]);
-            if (at < 0) continue;
-            std::string port =
-                n.entry->def
-                    .output(std::min<int>(static_cast<int>(o), n.entry->def.output_size() - 1))
-                    .name();
-            return InvalidArgument("output '" + port + "' " + made[o].DebugString() + " holds " +
-                                   std::to_string(made[o].At(at)) + " at element " +
-                                   std::to_string(at) + " (check_finite)")
-                .At(n.loc)
-                .InNode(n.name, n.entry->def.name());
-          }
-        }
-        out = std::move(made);
-        return Status();
-      }
-    }
-    return Internal("unknown node kind");
-  };
-  for (size_t w = 0; w + 1 < waves_.size(); ++w) {
-    size_t begin = waves_[w], end = waves_[w + 1];
-    if (end - begin == 1) {
-      WEIR_RETURN_IF_ERROR(run_node(static_cast<size_t>(order_[begin])));
-      continue;
-    }
-    std::vector<Status> status(end - begin);
-    tbb::parallel_for(begin, end, [&](size_t k) {
-      SingleThreadedGemms one_thread;  // the wave's nodes already share out the cores
-      status[k - begin] = run_node(static_cast<size_t>(order_[k]));
-    });
-    for (const Status& st : status) WEIR_RETURN_IF_ERROR(st);
-  }
-  Outputs result;
-  for (ValueRef v : outputs_) result.values.push_back(value(v));
-  for (const auto& [name, v] : param_grads_) result.param_grads[name] = value(v);
-  for (const auto& [name, v] : statistics_) result.statistics[name] = value(v);
-  for (ValueRef v : input_grads_) result.input_grads.push_back(value(v));
-  return result;
+  std::unique_ptr<Execution> run = Start(params);
+  auto seeds = inputs.begin() + static_cast<std::ptrdiff_t>(forward_inputs_);
+  WEIR_RETURN_IF_ERROR(run->Forward({inputs.begin(), seeds}));
+  WEIR_RETURN_IF_ERROR(run->Backward({seeds, inputs.end()}, /*weights=*/true));
+  return run->outputs();
 }
 
 ProgramCost Program::Cost() const {

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "step/data_parallel.h"
+#include "step/pipeline.h"
 #include "step/schedule.h"
 #include "weir/atomic_file.h"
 #include "weir/checkpoints.h"
@@ -54,6 +55,9 @@ class TrainStep : public StreamKernel {
     skip_nonfinite_ = ctx.String("on_nonfinite") == "skip";
     ranks_ = static_cast<int>(ctx.Int("data_parallel"));
     zero_ = ctx.Int("zero_stage") == 1;
+    pipeline_ranks_ = static_cast<int>(ctx.Int("pipeline_parallel"));
+    micro_batches_ = static_cast<int>(ctx.Int("micro_batches"));
+    stage_starts_ = ctx.StringList("stage_starts");
     for (int o = 1; o < optimizer_->def.output_size(); ++o)
       state_names_.push_back(optimizer_->def.output(o).name());
   }
@@ -61,6 +65,7 @@ class TrainStep : public StreamKernel {
   // Data parallelism across the launcher's processes (the world communicator) or, in one
   // process, across `data_parallel` virtual ranks.
   Status SetUpRanks() {
+    if (pipeline_ranks_ > 1) return SetUpPipeline();
     Communicator* world = WorldCommunicator();
     if (world != nullptr && world->size() > 1) {
       if (ranks_ != world->size()) {
@@ -76,6 +81,97 @@ class TrainStep : public StreamKernel {
     if (zero_ && ranks_ == 1)
       return ctx_.Error("zero_stage=1 shards the optimizer over data_parallel > 1 ranks");
     return Status();
+  }
+
+  // Pipeline parallelism: the schedule's instruction lists, run by `pipeline_parallel` virtual
+  // ranks or by the launcher's processes.
+  Status SetUpPipeline() {
+    if (ranks_ > 1 || zero_) {
+      return ctx_.Error("pipeline_parallel=" + std::to_string(pipeline_ranks_) +
+                        " with data_parallel or zero_stage: combining them is not supported yet");
+    }
+    auto kind = dualpipe::ParseScheduleKind(ctx_.String("pipeline_schedule"));
+    if (!kind.ok()) return ctx_.Error(kind.status().message());
+    bool dual =
+        *kind == dualpipe::ScheduleKind::kDualPipe || *kind == dualpipe::ScheduleKind::kDualPipeV;
+    int micro = micro_batches_ > 0 ? micro_batches_ : (dual ? 2 : 1) * pipeline_ranks_;
+    auto schedule = dualpipe::MakeSchedule(*kind, pipeline_ranks_, micro);
+    if (!schedule.ok()) return ctx_.Error("pipeline_schedule: " + schedule.status().message());
+    pipeline_.schedule = std::move(*schedule);
+    if ((accumulate_ > 1) && micro_batches_ == 0)
+      LOG(INFO) << ctx_.node() << ": each of the " << accumulate_ << " accumulated batches runs as "
+                << micro << " pipeline micro-batches";
+    Communicator* world = WorldCommunicator();
+    if (world != nullptr && world->size() > 1) {
+      if (pipeline_ranks_ != world->size()) {
+        return ctx_.Error("this process is rank " + std::to_string(world->rank()) + " of " +
+                          std::to_string(world->size()) + " (" + world->backend() +
+                          "): set pipeline_parallel=" + std::to_string(world->size()) + ", got " +
+                          std::to_string(pipeline_ranks_));
+      }
+      world_ = world;
+    } else {
+      local_ = MakeLocalCommunicators(pipeline_ranks_);
+    }
+    return Status();
+  }
+
+  // The stage programs for micro-batches of these types (built once).
+  Status PreparePipeline(const std::vector<TensorType>& types) {
+    if (pipeline_.whole != nullptr && types == pipeline_types_) return Status();
+    WEIR_ASSIGN_OR_RETURN(pipeline_.whole,
+                          model_->GetProgram(types, loss_, function_, function_attrs_));
+    pipeline_.stages.clear();
+    for (int s = 0; s < pipeline_.schedule.stages; ++s) {
+      ProgramOptions::Pipeline stage{pipeline_.schedule.stages, s, stage_starts_};
+      auto program = model_->GetProgram(types, loss_, function_, function_attrs_, stage);
+      if (!program.ok()) return ctx_.Error("pipeline: " + program.status().message());
+      pipeline_.stages.push_back(*program);
+    }
+    if (pipeline_types_.empty()) {
+      std::string cuts;
+      for (const std::string& first : pipeline_.stages[0]->stage().first_nodes)
+        cuts += (cuts.empty() ? "" : ", ") + first;
+      LOG(INFO) << ctx_.node() << ": " << pipeline_.schedule.stages
+                << " pipeline stages beginning at " << cuts << " ("
+                << dualpipe::ScheduleKindName(pipeline_.schedule.kind) << ", " << pipeline_ranks_
+                << " ranks, " << pipeline_.schedule.micro_batches << " micro-batches)";
+    }
+    pipeline_types_ = types;
+    return Status();
+  }
+
+  // The batch's rows cut into the pipeline's micro-batches.
+  StatusOr<std::vector<std::vector<Tensor>>> MicroBatches(const std::vector<Tensor>& inputs) {
+    int micro = pipeline_.schedule.micro_batches;
+    std::vector<std::vector<Tensor>> micro_batches;
+    for (int m = 0; m < micro; ++m) {
+      auto rows = RowShard(inputs, m, micro);
+      if (!rows.ok()) {
+        return ctx_.Error("the pipeline's " + std::to_string(micro) +
+                          " micro-batches: " + rows.status().message());
+      }
+      micro_batches.push_back(std::move(*rows));
+    }
+    return micro_batches;
+  }
+
+  // The micro-batches through the schedule, on every rank.
+  StatusOr<Program::Outputs> RunPipeline(const std::vector<std::vector<Tensor>>& micro_batches) {
+    if (world_ != nullptr)
+      return RunPipelineRank(pipeline_, micro_batches, model_->params(), *world_, nullptr);
+    std::atomic<bool> abort{false};
+    std::vector<StatusOr<Program::Outputs>> outs(static_cast<size_t>(pipeline_ranks_),
+                                                 StatusOr<Program::Outputs>(Internal("not run")));
+    OnVirtualRanks(pipeline_ranks_, [&](int r) {
+      outs[static_cast<size_t>(r)] = RunPipelineRank(pipeline_, micro_batches, model_->params(),
+                                                     *local_[static_cast<size_t>(r)], &abort);
+    });
+    // The failure itself, not a rank that stopped because of it.
+    for (auto& out : outs)
+      if (!out.ok() && out.status().code() != StatusCode::kCancelled) return out.status();
+    for (auto& out : outs) WEIR_RETURN_IF_ERROR(out.status());
+    return std::move(*outs[0]);
   }
 
   Status ParseFunctionAttrs() {
@@ -136,14 +232,23 @@ class TrainStep : public StreamKernel {
     WEIR_ASSIGN_OR_RETURN(auto inputs, Inputs(batch));
     // With data parallelism the program runs on one rank's rows.
     WEIR_ASSIGN_OR_RETURN(auto rows, RowShard(inputs, 0, ranks_));
-    WEIR_ASSIGN_OR_RETURN(auto program,
-                          model_->GetProgram(Types(rows), loss_, function_, function_attrs_));
+    std::shared_ptr<const Program> program;
+    std::vector<std::vector<Tensor>> micro_batches;
+    if (pipeline_ranks_ > 1) {
+      WEIR_ASSIGN_OR_RETURN(micro_batches, MicroBatches(inputs));
+      WEIR_RETURN_IF_ERROR(PreparePipeline(Types(micro_batches[0])));
+      program = pipeline_.whole;
+    } else {
+      WEIR_ASSIGN_OR_RETURN(program,
+                            model_->GetProgram(Types(rows), loss_, function_, function_attrs_));
+    }
     Program::Outputs result;
     {
       // Parameters may not change under a running step.
       std::lock_guard<std::mutex> lock(model_->mutex());
-      auto run =
-          ranks_ == 1 ? program->Run(inputs, model_->params()) : RunDataParallel(*program, inputs);
+      auto run = pipeline_ranks_ > 1 ? RunPipeline(micro_batches)
+                 : ranks_ == 1       ? program->Run(inputs, model_->params())
+                                     : RunDataParallel(*program, inputs);
       if (!run.ok())
         return Status(run.status())
             .Prepend("step " + std::to_string(step_ + 1) + " of " + ctx_.node());
@@ -278,14 +383,14 @@ class TrainStep : public StreamKernel {
     // Each virtual rank computes in its own arena. The combine waits on the other ranks, so it
     // starts only once every rank has computed: a failed rank fails the step instead of leaving
     // the others waiting for it.
-    OnVirtualRanks([&](int r) {
+    OnVirtualRanks(ranks_, [&](int r) {
       auto rows = RowShard(inputs, r, ranks_);
       outs[static_cast<size_t>(r)] =
           rows.ok() ? program.Run(*rows, model_->params()) : rows.status();
     });
     for (auto& out : outs) WEIR_RETURN_IF_ERROR(out.status());
     std::vector<Status> combined(static_cast<size_t>(ranks_));
-    OnVirtualRanks([&](int r) {
+    OnVirtualRanks(ranks_, [&](int r) {
       combined[static_cast<size_t>(r)] =
           CombineOverRanks(*local_[static_cast<size_t>(r)], *outs[static_cast<size_t>(r)]);
     });
@@ -295,11 +400,11 @@ class TrainStep : public StreamKernel {
 
   // Runs fn(rank) for every virtual rank at once: a thread each (collectives block), each in its
   // own TBB arena with an equal share of the cores.
-  void OnVirtualRanks(const std::function<void(int)>& fn) const {
-    int share = std::max(1, tbb::info::default_concurrency() / ranks_);
+  void OnVirtualRanks(int ranks, const std::function<void(int)>& fn) const {
+    int share = std::max(1, tbb::info::default_concurrency() / ranks);
     Trace* trace = Trace::Current();  // `weir run --trace`: each rank's events under its pid
     std::vector<std::thread> threads;
-    for (int r = 0; r < ranks_; ++r) {
+    for (int r = 0; r < ranks; ++r) {
       threads.emplace_back([&fn, r, share, trace] {
         TraceScope traced(trace, r);
         tbb::task_arena arena(share);
@@ -421,7 +526,7 @@ class TrainStep : public StreamKernel {
     }
     for (const std::string& name : names) states_[name];  // no map insertions across threads
     std::vector<Status> done(static_cast<size_t>(ranks_));
-    OnVirtualRanks([&](int r) {
+    OnVirtualRanks(ranks_, [&](int r) {
       for (const std::string& name : names) {
         if (owners_.at(name) != r) continue;
         Status s = UpdateParameter(name, attrs);
@@ -617,6 +722,11 @@ class TrainStep : public StreamKernel {
   std::map<std::string, Tensor> grads_;
   std::map<std::string, std::vector<Tensor>> states_;
   int ranks_ = 1;
+  int pipeline_ranks_ = 1;
+  int micro_batches_ = 0;
+  std::vector<std::string> stage_starts_;
+  PipelinePlan pipeline_;
+  std::vector<TensorType> pipeline_types_;
   bool zero_ = false;
   Communicator* world_ = nullptr;                     // ranks are processes
   std::vector<std::unique_ptr<Communicator>> local_;  // ranks are threads of this process
@@ -716,6 +826,21 @@ void RegisterTrainStep(Registrar& r) {
                      "1: ZeRO-1, the optimizer state sharded over the data-parallel ranks (each "
                      "updates its shard of the parameters)",
                      Min(0), Max(1))
+      .Attr<int64_t>(
+          "pipeline_parallel", 1,
+          "pipeline ranks: the model's function is cut into stages (one per rank, two "
+          "for dualpipev) that run a pipeline schedule over micro-batches of each batch; "
+          "virtual ranks in one process, or the processes of an mpirun launch",
+          Min(1))
+      .Attr<std::string>("pipeline_schedule", "1f1b", "the pipeline schedule",
+                         OneOf{"gpipe", "1f1b", "zb1p", "dualpipe", "dualpipev"})
+      .Attr<int64_t>("micro_batches", 0,
+                     "micro-batches a batch's rows are cut into for the pipeline (0: "
+                     "pipeline_parallel, twice that for dualpipe and dualpipev)",
+                     Min(0))
+      .Attr("stage_starts", std::vector<std::string>{},
+            "node path prefixes where pipeline stages 1.. begin (moe_layers.1); empty: cut by a "
+            "cost model (FLOPs and parameter bytes, at the fewest activation bytes)")
       .Attr<int64_t>("max_shard_bytes", int64_t{4} << 30, "split safetensors files past this size",
                      Min(1))
       .Stateful()

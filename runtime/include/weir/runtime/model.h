@@ -30,11 +30,12 @@ class __attribute__((visibility("default"))) Model : public Resource {
   // The compiled function for these input types (cached), with its parameters created on first
   // use. `loss` empty: forward only. `function` empty: the model's own function; another function
   // of the graph that calls it inline (a loss head around it) shares its parameters by name and
-  // gets the model's attrs it declares, then `function_attrs` (its own knobs).
+  // gets the model's attrs it declares, then `function_attrs` (its own knobs). `pipeline`: one
+  // stage of the function cut for pipeline parallelism, built with deferred weight gradients.
   StatusOr<std::shared_ptr<const Program>> GetProgram(
       const std::vector<TensorType>& inputs, const std::string& loss,
-      const std::string& function = "",
-      const std::map<std::string, AttrValue>& function_attrs = {});
+      const std::string& function = "", const std::map<std::string, AttrValue>& function_attrs = {},
+      const ProgramOptions::Pipeline& pipeline = {});
 
   // Parameters (f32 masters). Callers that write them (optimizer steps) hold mutex().
   ParamStore& params() { return params_; }

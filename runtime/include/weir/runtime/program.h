@@ -84,6 +84,38 @@ struct ProgramOptions {
   // Parameters to train, by path patterns (MatchesPathSuffix); empty: all. The others are
   // frozen: they take no gradient (their weight-gradient nodes are never built).
   std::vector<std::string> trainable;
+  // Build one stage of a pipeline (PipelineStage below); stages = 1: the whole function.
+  struct Pipeline {
+    int stages = 1;
+    int stage = 0;
+    // Where stages 1 .. stages-1 begin: the first node whose path starts with the pattern
+    // ("moe_layers.1" begins at moe_layers.1.attn_norm). Empty: a cost model places the cuts.
+    std::vector<std::string> starts;
+  } pipeline;
+};
+
+// One stage of a function cut for pipeline parallelism. The function's nodes are cut, in their
+// instantiated (topological) order, into `stages` contiguous parts. Without hints the cuts
+// balance a cost (each node's share of the forward FLOPs plus its share of the parameter bytes)
+// among the cut points that carry the fewest activation bytes (between layers: the residual
+// stream), widening that set only as far as balance needs.
+//
+// A stage program takes the function's inputs (every stage reads the micro-batch), then its
+// boundary inputs: the values earlier stages computed that this or a later stage reads. It
+// returns the function's outputs its nodes compute, then its boundary outputs: the next stage's
+// boundary inputs, passing through those it does not touch. Built with a loss, it also takes,
+// after the boundary inputs, the gradient of every boundary output that carries one
+// (`output_grad`), seeds the loss where this stage computes it, and returns in
+// Outputs::input_grads the gradient of every boundary input that carries one (`input_grad`).
+struct PipelineStage {
+  int stage = 0;
+  int stages = 1;
+  std::vector<TensorType> inputs;   // boundary inputs
+  std::vector<TensorType> outputs;  // boundary outputs
+  std::vector<bool> input_grad;     // per boundary input: returns a gradient
+  std::vector<bool> output_grad;    // per boundary output: takes a gradient
+  // The first node of each stage, by path (what `starts` would name), for messages and docs.
+  std::vector<std::string> first_nodes;
 };
 
 struct MemoryPlanStats {
@@ -145,6 +177,31 @@ class Program {
   // Runs forward (and backward when built with a loss). Inputs must match the build's types.
   StatusOr<Outputs> Run(const std::vector<Tensor>& inputs, const ParamStore& params) const;
 
+  // A run in parts, as pipeline schedules run a stage: the forward pass (F), later the
+  // input-gradient part of the backward pass (B), later the weight-gradient part (W). The
+  // execution holds its arena, and so the forward's activations, until it is destroyed. W is
+  // separable only in a program built with defer_weight_grads (otherwise B runs both).
+  class Execution {
+   public:
+    ~Execution();
+    // The forward pass over the inputs that precede the gradient seeds; afterwards outputs()
+    // holds the function's values.
+    Status Forward(std::vector<Tensor> inputs);
+    // The B part, given the seeds (a stage's boundary output gradients; none for a whole
+    // function), then W when `weights`.
+    Status Backward(std::vector<Tensor> output_grads, bool weights);
+    Status Weights();
+    // What the parts run so far produced (gradients once Backward/Weights ran).
+    Outputs outputs() const;
+
+   private:
+    friend class Program;
+    struct State;
+    explicit Execution(std::unique_ptr<State> state);
+    std::unique_ptr<State> state_;
+  };
+  std::unique_ptr<Execution> Start(const ParamStore& params) const;
+
   const std::vector<ParamInfo>& params() const { return params_; }
   // Trained parameters the loss does not depend on (a head another loss uses): their gradient is
   // zero, and an optimizer should leave them alone, as PyTorch's skip parameters whose .grad is
@@ -152,6 +209,8 @@ class Program {
   const std::set<std::string>& params_without_gradient() const { return params_without_gradient_; }
   const std::vector<std::string>& output_names() const { return output_names_; }
   const ProgramStats& stats() const { return stats_; }
+  // Built with options.pipeline: what the stage takes and gives beyond the function's own.
+  const PipelineStage& stage() const { return stage_; }
   ProgramCost Cost() const;
   // The inferred output types of every forward op node, by node name (what `weir viz` prints on
   // a graph's edges).
@@ -169,6 +228,11 @@ class Program {
   std::vector<int> order_;  // execution order (node indices)
   // order_[waves_[w] .. waves_[w + 1]) may run concurrently; waves_.back() == order_.size().
   std::vector<size_t> waves_;
+  // The first wave of B work and of W work (waves_.size() - 1 when there is none).
+  size_t backward_wave_ = 0, weight_wave_ = 0;
+  // Inputs Forward takes: the function's and the boundary inputs, not the gradient seeds.
+  size_t forward_inputs_ = 0;
+  PipelineStage stage_;
   std::vector<ParamInfo> params_;
   std::vector<std::string> output_names_;
   std::vector<ValueRef> outputs_;
