@@ -77,6 +77,19 @@ StatusOr<std::shared_ptr<const Program>> Model::GetProgram(
   return program;
 }
 
+Status Model::AddRewrite(const NodeRewrite& rewrite) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const NodeRewrite& r : options_.rewrites)
+    if (r.pattern == rewrite.pattern && r.from_op == rewrite.from_op && r.to_op == rewrite.to_op)
+      return Status();
+  if (!programs_.empty()) {
+    return FailedPrecondition("model '" + function_ + "' already built programs without running " +
+                              rewrite.from_op + " as " + rewrite.to_op);
+  }
+  options_.rewrites.push_back(rewrite);
+  return Status();
+}
+
 StatusOr<const ParamStore*> Model::InferenceParams() {
   if (!lora_.enabled()) return &params_;
   if (merged_version_ != version_ || merged_.values().empty()) {

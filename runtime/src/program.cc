@@ -12,6 +12,7 @@
 
 #include "weir/gemm.h"
 #include "weir/runtime/trace.h"
+#include "weir/runtime/world.h"
 
 namespace weir {
 
@@ -472,7 +473,9 @@ class ProgramBuilder {
   Status Rewrite(const weir::Node& node, const OpEntry*& entry,
                  std::map<std::string, AttrValue>& attrs) const {
     for (const NodeRewrite& r : options_.rewrites) {
-      if (!MatchesPathSuffix(node.name, r.pattern)) continue;
+      if (r.pattern.empty() ? entry->def.name() != r.from_op
+                            : !MatchesPathSuffix(node.name, r.pattern))
+        continue;
       if (entry->def.name() != r.from_op) {
         return InvalidArgument("'" + r.pattern + "' names a node of op " + entry->def.name() +
                                "; it should name " + r.from_op + " nodes")
@@ -1049,6 +1052,7 @@ struct Program::Execution::State {
   // A traced run (weir run --trace) records every op node; only the calling thread's trace is
   // known, so nodes of a concurrent wave that run on other threads record into it explicitly.
   Trace* trace = nullptr;
+  Communicator* shard_group = nullptr;  // ShardGroup() of the thread that started the run
   enum Part { kNone, kForward, kBackward, kWeights } done = kNone;
 
   const Tensor& value(ValueRef v) const {
@@ -1070,6 +1074,7 @@ Status Program::Execution::State::RunNode(size_t i) {
                                offset / static_cast<int64_t>(DataTypeSize(t.dtype)));
   };
   const ParamStore& params = *this->params;
+  ShardGroupScope group(shard_group);  // the node may run on a worker thread of a wave
   switch (n.kind) {
     case Node::kInput: {
       const Tensor& in = inputs[static_cast<size_t>(n.index)];
@@ -1186,6 +1191,7 @@ std::unique_ptr<Program::Execution> Program::Start(const ParamStore& params) con
   state->arena = Storage::Allocate(static_cast<size_t>(stats_.memory.arena_bytes));
   state->values.resize(nodes_.size());
   state->trace = Trace::Current();
+  state->shard_group = ShardGroup();
   return std::unique_ptr<Execution>(new Execution(std::move(state)));
 }
 

@@ -4,7 +4,7 @@
 # with and without ZeRO-1; each rank writes its own run folder (rank 1: OUT/rank-1) with the
 # same complete checkpoint. Pipeline parallelism the same way: `mpirun -np P` with
 # pipeline_parallel=P runs each rank's instruction list in its own process and ends with the
-# virtual ranks' checkpoint bit for bit.
+# virtual ranks' checkpoint bit for bit, and so does expert parallelism (dp=ep=2).
 #   mpi_dp_test.sh MPIRUN WEIR SOURCE_DIR      (MPIRUN empty or missing: skipped, exit 77)
 set -euo pipefail
 mpirun=${1:-}
@@ -46,14 +46,17 @@ done
 cmp "$work/virtual0/$ckpt/optimizer.safetensors" "$work/mpi1/$ckpt/optimizer.safetensors" ||
   fail "ZeRO-1's gathered optimizer state differs from plain data parallelism's"
 pp_graph=$src/tests/graphs/good/train_pp.pbtxt
-for run in "2 zb1p" "4 dualpipe"; do
+# Expert parallelism too: the experts sharded over two processes, tokens exchanged by MPI.
+for run in "2 zb1p" "4 dualpipe" "2 ep"; do
   read -r ranks schedule <<< "$run"
-  "$weir" run "$pp_graph" --progress none --set pp="$ranks" --set schedule="$schedule" \
+  sets=(--set pp="$ranks" --set schedule="$schedule")
+  [ "$schedule" != ep ] || sets=(--set dp="$ranks" --set ep="$ranks")
+  "$weir" run "$pp_graph" --progress none "${sets[@]}" \
     --out "$work/pp_virtual_$schedule" > "$work/log" 2>&1 ||
     { cat "$work/log" >&2; fail "pipeline, virtual ranks, $schedule"; }
   "$mpirun" -np "$ranks" --allow-run-as-root --oversubscribe --mca btl self,vader \
     --mca btl_vader_single_copy_mechanism none \
-    "$weir" run "$pp_graph" --progress none --set pp="$ranks" --set schedule="$schedule" \
+    "$weir" run "$pp_graph" --progress none "${sets[@]}" \
     --out "$work/pp_mpi_$schedule" > "$work/log" 2>&1 ||
     { cat "$work/log" >&2; fail "pipeline, mpirun -np $ranks, $schedule"; }
   for rank_dir in "$work/pp_mpi_$schedule" "$work/pp_mpi_$schedule/rank-$((ranks - 1))"; do

@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -31,6 +32,7 @@
 #include "weir/dispatch.h"
 #include "weir/gemm.h"
 #include "weir/parallel.h"
+#include "weir/runtime/world.h"
 #include "weir/vec_math.h"
 
 namespace weir::moe {
@@ -82,11 +84,12 @@ Status CheckWeight(const char* name, const TensorType& w, DataType dtype, const 
 }
 
 // The N·K (token, slot) pairs sorted by expert, stably: expert e's rows are
-// [offsets[e], offsets[e + 1]), in token (then slot) order.
+// [offsets[e], offsets[e + 1]), in token (then slot) order. A slot whose index is -1 is unused
+// (expert parallelism: another rank's expert) and has no row.
 struct Permutation {
   std::vector<int64_t> offsets;      // [E + 1]
   std::vector<int64_t> slot_of_row;  // row → slot t·K + k
-  std::vector<int64_t> row_of_slot;  // slot → row
+  std::vector<int64_t> row_of_slot;  // slot → row, -1 for an unused slot
 };
 
 StatusOr<Permutation> Permute(const Tensor& indices, int64_t experts) {
@@ -96,19 +99,21 @@ StatusOr<Permutation> Permute(const Tensor& indices, int64_t experts) {
   p.offsets.assign(static_cast<size_t>(experts + 1), 0);
   for (int64_t s = 0; s < slots; ++s) {
     int64_t e = idx[s];
-    if (e < 0 || e >= experts) {
+    if (e < -1 || e >= experts) {
       return InvalidArgument("indices[token " + Str(s / k) + ", slot " + Str(s % k) +
                              "] = " + Str(e) + " is not an expert: n_routed_experts is " +
-                             Str(experts) + ", so indices must lie in [0, " + Str(experts) + ")");
+                             Str(experts) + ", so indices must lie in [0, " + Str(experts) +
+                             ") (or be -1: an unused slot)");
     }
-    ++p.offsets[static_cast<size_t>(e + 1)];
+    if (e >= 0) ++p.offsets[static_cast<size_t>(e + 1)];
   }
   for (int64_t e = 0; e < experts; ++e)
     p.offsets[static_cast<size_t>(e + 1)] += p.offsets[static_cast<size_t>(e)];
   std::vector<int64_t> next(p.offsets.begin(), p.offsets.end() - 1);
-  p.slot_of_row.resize(static_cast<size_t>(slots));
-  p.row_of_slot.resize(static_cast<size_t>(slots));
+  p.slot_of_row.resize(static_cast<size_t>(p.offsets.back()));
+  p.row_of_slot.assign(static_cast<size_t>(slots), -1);
   for (int64_t s = 0; s < slots; ++s) {
+    if (idx[s] < 0) continue;
     int64_t row = next[static_cast<size_t>(idx[s])]++;
     p.slot_of_row[static_cast<size_t>(row)] = s;
     p.row_of_slot[static_cast<size_t>(s)] = row;
@@ -139,8 +144,10 @@ void CombineTokens(const Permutation& p, const std::vector<A>& src, int64_t n, i
     for (int64_t t = begin; t < end; ++t) {
       std::fill(acc.begin(), acc.end(), A(0));
       for (int64_t s = t * k; s < (t + 1) * k; ++s) {
+        int64_t r = p.row_of_slot[static_cast<size_t>(s)];
+        if (r < 0) continue;
         A w = scale(s);
-        const A* row = src.data() + p.row_of_slot[static_cast<size_t>(s)] * d;
+        const A* row = src.data() + r * d;
         for (int64_t j = 0; j < d; ++j) acc[static_cast<size_t>(j)] += w * row[j];
       }
       for (int64_t j = 0; j < d; ++j) dst[t * d + j] = Narrow<T>(acc[static_cast<size_t>(j)]);
@@ -289,6 +296,7 @@ Status ExpertsBackward(KernelContext& ctx) {
   const T *ws = weights.data<T>(), *w1s = w1.data<T>(), *w3s = w3.data<T>(), *w2s = w2.data<T>(),
           *h = h_in.data<T>(), *dy = dy_in.data<T>();
   T* dweights = ctx.output(1).data<T>();
+  std::fill(dweights, dweights + weights.numel(), T(0));  // unused slots (-1) stay 0
   T* dh = ctx.output(2).data<T>();
   std::vector<A> dxp(static_cast<size_t>(dm.n * k * d));  // dx per row, permuted
   std::vector<Tile> tiles = Tiles(p);
@@ -441,6 +449,246 @@ Status ExpertsWeightGradCpu(KernelContext& ctx) {
                        [&](auto tag) { return ExpertsWeightBackward<decltype(tag)>(ctx); });
 }
 
+// ---- moe.ExpertsParallel: expert parallelism -----------------------------------------------
+// With a shard group of G ranks (ShardGroup(): train.Step's expert_parallel sets it), rank r
+// holds experts [r·E/G, (r+1)·E/G) and computes them for every rank's tokens (spec §3.4, DeepEP's
+// dispatch and combine): each token goes once to every rank that holds one of its experts, with
+// its K slots (the other ranks' experts marked -1), through one all-to-all-v; the rank runs its
+// experts as moe.Experts does; the weighted sums come back through a second all-to-all-v and add
+// up, over the ranks in order. The backward pass dispatches x and dy the same way, recomputes
+// the pre-activations, and combines dx and dweights back (the backward of dispatch is a combine);
+// each rank's dw1, dw3, dw2 hold its own experts' gradients (zero elsewhere), which the trainer's
+// sum over the ranks completes. Without a group (or G = 1) the ops compute every expert locally.
+
+// Where this rank's tokens go and what each rank's experts receive.
+struct Routing {
+  int ranks = 1, rank = 0;
+  int64_t per_rank = 0;              // experts per rank
+  std::vector<int64_t> send_counts;  // tokens to each rank
+  std::vector<int64_t> sent;         // the tokens, by destination rank, in token order
+  Tensor indices;                    // i64 [rows sent, K]: the destination's local expert or -1
+};
+
+StatusOr<Routing> RouteTokens(const Tensor& indices, int64_t experts, Communicator* group) {
+  Routing r;
+  if (group != nullptr) {
+    r.ranks = group->size();
+    r.rank = group->rank();
+  }
+  if (experts % r.ranks != 0) {
+    return InvalidArgument(Str(experts) + " routed experts do not divide over " + Str(r.ranks) +
+                           " expert-parallel ranks");
+  }
+  r.per_rank = experts / r.ranks;
+  int64_t k = indices.dim(-1), n = indices.numel() / std::max<int64_t>(1, k);
+  const int64_t* idx = indices.data<int64_t>();
+  r.send_counts.assign(static_cast<size_t>(r.ranks), 0);
+  std::vector<std::vector<int64_t>> by_rank(static_cast<size_t>(r.ranks));
+  for (int64_t t = 0; t < n; ++t) {
+    std::vector<bool> to(static_cast<size_t>(r.ranks), false);
+    for (int64_t s = t * k; s < (t + 1) * k; ++s) {
+      if (idx[s] < 0 || idx[s] >= experts) {
+        return InvalidArgument("indices[token " + Str(t) + ", slot " + Str(s - t * k) + "] = " +
+                               Str(idx[s]) + " is not an expert in [0, " + Str(experts) + ")");
+      }
+      to[static_cast<size_t>(idx[s] / r.per_rank)] = true;
+    }
+    for (int j = 0; j < r.ranks; ++j)
+      if (to[static_cast<size_t>(j)]) by_rank[static_cast<size_t>(j)].push_back(t);
+  }
+  for (int j = 0; j < r.ranks; ++j) {
+    r.send_counts[static_cast<size_t>(j)] =
+        static_cast<int64_t>(by_rank[static_cast<size_t>(j)].size());
+    r.sent.insert(r.sent.end(), by_rank[static_cast<size_t>(j)].begin(),
+                  by_rank[static_cast<size_t>(j)].end());
+  }
+  r.indices = Tensor::Empty(DT_I64, {static_cast<int64_t>(r.sent.size()), k});
+  int64_t* out = r.indices.data<int64_t>();
+  for (size_t row = 0, j = 0, left = 0; row < r.sent.size(); ++row, --left) {
+    while (left == 0) left = static_cast<size_t>(r.send_counts[j++]);
+    int64_t owner = static_cast<int64_t>(j) - 1, t = r.sent[row];
+    for (int64_t q = 0; q < k; ++q) {
+      int64_t e = idx[t * k + q];
+      out[static_cast<int64_t>(row) * k + q] =
+          e / r.per_rank == owner ? e - owner * r.per_rank : -1;
+    }
+  }
+  return r;
+}
+
+// Rows `sent` of a [N, w] tensor (a view's rows in order), to send.
+Tensor GatherRows(const Tensor& t, const std::vector<int64_t>& rows) {
+  Tensor flat = t.Contiguous();
+  int64_t w = flat.numel() / std::max<int64_t>(1, LeadingCount(flat.shape()));
+  size_t bytes = static_cast<size_t>(w) * DataTypeSize(flat.dtype());
+  Tensor out = Tensor::Empty(flat.dtype(), {static_cast<int64_t>(rows.size()), w});
+  auto* dst = static_cast<char*>(out.raw_data());
+  const auto* src = static_cast<const char*>(flat.raw_data());
+  for (size_t r = 0; r < rows.size(); ++r)
+    std::memcpy(dst + r * bytes, src + static_cast<size_t>(rows[r]) * bytes, bytes);
+  return out;
+}
+
+// Sends `rows` (in send order) through the group, or keeps them with no group.
+StatusOr<Communicator::AllToAllVResult> Exchange(Communicator* group, const Tensor& rows,
+                                                 const std::vector<int64_t>& counts) {
+  if (group == nullptr) return Communicator::AllToAllVResult{rows, counts};
+  return group->AllToAllV(rows, counts);
+}
+
+// The experts' weights of this rank: rows [rank·per_rank, (rank+1)·per_rank) of dim 0.
+Tensor LocalExperts(const Tensor& w, const Routing& r) {
+  return w.Slice(0, r.rank * r.per_rank, (r.rank + 1) * r.per_rank).Contiguous();
+}
+
+// Adds the rows that came back (by source rank, each rank's in the order this rank sent them)
+// into dst [N, w] per token, over the ranks in order; accumulates in A.
+template <typename T>
+void CombineRows(const Tensor& back, const std::vector<int64_t>& sent, int64_t n, int64_t w,
+                 T* dst) {
+  using A = AccumulatorOf<T>;
+  std::vector<A> acc(static_cast<size_t>(n * w), A(0));
+  const T* src = back.data<T>();
+  for (size_t row = 0; row < sent.size(); ++row)
+    for (int64_t j = 0; j < w; ++j)
+      acc[static_cast<size_t>(sent[row] * w + j)] += Widen(src[static_cast<int64_t>(row) * w + j]);
+  for (int64_t q = 0; q < n * w; ++q) dst[q] = Narrow<T>(acc[static_cast<size_t>(q)]);
+}
+
+// The dispatched inputs of this rank's experts.
+struct Received {
+  Tensor x, weights, indices, dy;
+  std::vector<int64_t> counts;  // rows from each rank
+};
+
+StatusOr<Received> Dispatch(Communicator* group, const Routing& r, const Tensor& x,
+                            const Tensor& weights, const Tensor* dy) {
+  Received in;
+  WEIR_ASSIGN_OR_RETURN(auto xs, Exchange(group, GatherRows(x, r.sent), r.send_counts));
+  WEIR_ASSIGN_OR_RETURN(auto ws, Exchange(group, GatherRows(weights, r.sent), r.send_counts));
+  WEIR_ASSIGN_OR_RETURN(auto is, Exchange(group, r.indices, r.send_counts));
+  in.x = xs.tensor;
+  in.weights = ws.tensor;
+  in.indices = is.tensor;
+  in.counts = xs.recv_counts;
+  if (dy != nullptr) {
+    WEIR_ASSIGN_OR_RETURN(auto dys, Exchange(group, GatherRows(*dy, r.sent), r.send_counts));
+    in.dy = dys.tensor;
+  }
+  return in;
+}
+
+// Inputs 0 x, 1 weights, 2 indices, 3 w1, 4 w3, 5 w2. Outputs 0 y, 1 h (unused: zeros).
+template <typename T>
+Status ExpertsParallelForward(KernelContext& ctx) {
+  Communicator* group = ShardGroup();
+  const Tensor &x = ctx.input(0), &w1 = ctx.input(3);
+  int64_t n = LeadingCount(x.shape()), d = x.dim(-1), k = ctx.input(1).dim(-1);
+  Tensor indices = ctx.input(2).Contiguous();
+  WEIR_ASSIGN_OR_RETURN(Routing r, RouteTokens(indices, w1.dim(0), group));
+  WEIR_ASSIGN_OR_RETURN(Received in, Dispatch(group, r, x, ctx.input(1), nullptr));
+  int64_t m = in.x.dim(0);
+  Tensor w1l = LocalExperts(w1, r), w3l = LocalExperts(ctx.input(4), r),
+         w2l = LocalExperts(ctx.input(5), r);
+  Tensor y_local = Tensor::Empty(x.dtype(), {m, d}),
+         h_local = Tensor::Empty(x.dtype(), {m * k, 2 * w1.dim(1)});
+  KernelContext local({&in.x, &in.weights, &in.indices, &w1l, &w3l, &w2l}, {&y_local, &h_local},
+                      &ctx.attrs());
+  WEIR_RETURN_IF_ERROR(ExpertsForward<T>(local));
+  WEIR_ASSIGN_OR_RETURN(auto back, Exchange(group, y_local, in.counts));
+  CombineRows<T>(back.tensor, r.sent, n, d, ctx.output(0).data<T>());
+  Tensor& h = ctx.output(1);
+  std::memset(h.raw_data(), 0, h.nbytes());
+  return Status();
+}
+
+Status ExpertsParallelCpu(KernelContext& ctx) {
+  return DispatchFloat(ctx.input(0).dtype(),
+                       [&](auto tag) { return ExpertsParallelForward<decltype(tag)>(ctx); });
+}
+
+// Inputs 0 x, 1 weights, 2 indices, 3 w1, 4 w3, 5 w2, 6 dy. Outputs dx, dweights, dw1, dw3, dw2.
+Status ExpertsParallelGradShape(ShapeContext& ctx) {
+  const TensorType &x = ctx.input(0), &weights = ctx.input(1), &indices = ctx.input(2);
+  WEIR_RETURN_IF_ERROR(CheckRouting(x, weights, indices));
+  const TensorType& w1 = ctx.input(3);
+  if (w1.shape.size() != 3) return InvalidArgument("w1 " + w1.ToString() + " is not [E, I, d]");
+  WEIR_RETURN_IF_ERROR(CheckWeight("dy", ctx.input(6), x.dtype, x.shape, x));
+  ctx.set_output(0, x);
+  ctx.set_output(1, weights);
+  ctx.set_output(2, w1);
+  ctx.set_output(3, ctx.input(4));
+  ctx.set_output(4, ctx.input(5));
+  return Status();
+}
+
+template <typename T>
+Status ExpertsParallelBackward(KernelContext& ctx) {
+  Communicator* group = ShardGroup();
+  const Tensor &x = ctx.input(0), &weights = ctx.input(1), &w1 = ctx.input(3);
+  int64_t n = LeadingCount(x.shape()), d = x.dim(-1), k = weights.dim(-1), inter = w1.dim(1);
+  Tensor indices = ctx.input(2).Contiguous();
+  WEIR_ASSIGN_OR_RETURN(Routing r, RouteTokens(indices, w1.dim(0), group));
+  WEIR_ASSIGN_OR_RETURN(Received in, Dispatch(group, r, x, weights, &ctx.input(6)));
+  int64_t m = in.x.dim(0);
+  Tensor w1l = LocalExperts(w1, r), w3l = LocalExperts(ctx.input(4), r),
+         w2l = LocalExperts(ctx.input(5), r);
+  // The pre-activations again (moe.Experts' h is for its own tokens only).
+  Tensor y_local = Tensor::Empty(x.dtype(), {m, d}),
+         h_local = Tensor::Empty(x.dtype(), {m * k, 2 * inter});
+  KernelContext forward({&in.x, &in.weights, &in.indices, &w1l, &w3l, &w2l}, {&y_local, &h_local},
+                        &ctx.attrs());
+  WEIR_RETURN_IF_ERROR(ExpertsForward<T>(forward));
+  Tensor dx_local = Tensor::Empty(x.dtype(), {m, d}),
+         dweights_local = Tensor::Empty(x.dtype(), {m, k}),
+         dh_local = Tensor::Empty(x.dtype(), {m * k, 2 * inter});
+  KernelContext backward({&in.weights, &in.indices, &w1l, &w3l, &w2l, &h_local, &in.dy},
+                         {&dx_local, &dweights_local, &dh_local}, &ctx.attrs());
+  WEIR_RETURN_IF_ERROR(ExpertsBackward<T>(backward));
+  std::map<std::string, AttrValue> local_attrs;
+  local_attrs["n_routed_experts"].set_i(r.per_rank);
+  Attrs attrs(local_attrs, "op 'moe.ExpertsParallelGrad'");
+  Tensor dw1l = Tensor::Empty(x.dtype(), w1l.shape()), dw3l = Tensor::Empty(x.dtype(), w3l.shape()),
+         dw2l = Tensor::Empty(x.dtype(), w2l.shape());
+  KernelContext weight({&in.x, &in.weights, &in.indices, &h_local, &dh_local, &in.dy},
+                       {&dw1l, &dw3l, &dw2l}, &attrs);
+  WEIR_RETURN_IF_ERROR(ExpertsWeightBackward<T>(weight));
+  // dx and dweights go back to the tokens' ranks (unused slots carry 0).
+  WEIR_ASSIGN_OR_RETURN(auto dx_back, Exchange(group, dx_local, in.counts));
+  WEIR_ASSIGN_OR_RETURN(auto dw_back, Exchange(group, dweights_local, in.counts));
+  CombineRows<T>(dx_back.tensor, r.sent, n, d, ctx.output(0).data<T>());
+  CombineRows<T>(dw_back.tensor, r.sent, n, k, ctx.output(1).data<T>());
+  for (int o = 0; o < 3; ++o) {
+    Tensor& full = ctx.output(2 + o);
+    const Tensor& mine = o == 0 ? dw1l : o == 1 ? dw3l : dw2l;
+    std::memset(full.raw_data(), 0, full.nbytes());
+    size_t each = mine.nbytes();
+    std::memcpy(static_cast<char*>(full.raw_data()) + static_cast<size_t>(r.rank) * each,
+                mine.raw_data(), each);
+  }
+  return Status();
+}
+
+Status ExpertsParallelGradCpu(KernelContext& ctx) {
+  return DispatchFloat(ctx.input(0).dtype(),
+                       [&](auto tag) { return ExpertsParallelBackward<decltype(tag)>(ctx); });
+}
+
+Status ExpertsParallelGradient(GradContext& g) {
+  if (g.grad(1).valid()) {
+    return InvalidArgument("output 'h' of moe.ExpertsParallel takes no gradient; use output 'y'");
+  }
+  if (!g.grad(0).valid()) return Status();
+  WEIR_ASSIGN_OR_RETURN(
+      auto b, g.Op("moe.ExpertsParallelGrad", {g.input(0), g.input(1), g.input(2), g.input(3),
+                                               g.input(4), g.input(5), g.grad(0)}));
+  for (int i = 0; i < 6; ++i) {
+    if (i == 2 || !g.needs_grad(i)) continue;
+    g.set_input_grad(i, b[static_cast<size_t>(i < 2 ? i : i - 1)]);
+  }
+  return Status();
+}
+
 // ---- gradient builder -----------------------------------------------------------------------
 
 // Inputs of moe.Experts: 0 x, 1 weights, 2 indices, 3 w1, 4 w3, 5 w2. Outputs: 0 y, 1 h.
@@ -476,21 +724,23 @@ StatusOr<Shape> ExpertShape(const ShapeContext& c, bool down) {
   return down ? Shape{e, x.shape.back(), i} : Shape{e, i, x.shape.back()};
 }
 
-}  // namespace
+// Three [d, I] products per routed (token, slot); a token uses K of the E experts.
+OpCost ExpertsCost(const std::vector<TensorType>& in, const std::vector<TensorType>&,
+                   const Attrs& a) {
+  double slots = static_cast<double>(NumElements(in[2].shape));
+  double d = static_cast<double>(in[0].shape.back());
+  double i = static_cast<double>(a.Int("moe_intermediate_size"));
+  double k = static_cast<double>(in[2].shape.back());
+  return OpCost{2.0 * slots * 3.0 * d * i, k / static_cast<double>(a.Int("n_routed_experts"))};
+}
 
-void RegisterExperts(Registrar& r) {
-  r.TensorOp("moe.Experts")
-      .Doc(
-          "The routed experts of DeepSeekMoE: y_t = sum_k weights[t,k] * w2[e] (silu(w1[e] x_t) * "
-          "w3[e] x_t), e = indices[t,k]. Runs as permute (a stable counting sort of the (token, "
-          "slot) pairs by expert), grouped GEMM (a TBB task per tile of an expert's rows) and a "
-          "deterministic weighted combine per token. Parameters w1, w3 [E, I, d] (HF "
-          "experts.j.gate_proj / up_proj stacked) and w2 [E, d, I] (down_proj). bf16 computes "
-          "in f32. Also returns the permuted gate/up pre-activations h, saved for the backward "
-          "pass.")
-      .Input("x", "T", "[..., d] tokens")
+// The inputs, outputs, attrs and parameters moe.Experts and moe.ExpertsParallel share (the
+// parallel op replaces the other in place, with the same parameter names and shapes).
+OpBuilder& ExpertsSchema(OpBuilder& b) {
+  return b.Input("x", "T", "[..., d] tokens")
       .Input("weights", "T", "[..., K] routing weights (moe.Router's weights)")
-      .Input("indices", "i64", "[..., K] chosen experts (moe.Router's indices), in [0, E)")
+      .Input("indices", "i64",
+             "[..., K] chosen experts (moe.Router's indices), in [0, E); -1: an unused slot")
       .Output("y", "T", "[..., d] the weighted sum of the chosen experts' outputs")
       .Output("h", "T",
               "[N*K, 2I] saved for the backward pass: [w1[e] x, w3[e] x] per (token, slot), sorted "
@@ -508,19 +758,62 @@ void RegisterExperts(Registrar& r) {
           [](const Attrs& a, const weir::Shape&) { return Init::Normal(a.Float("init_std")); })
       .Param(
           "w2", [](const ShapeContext& c) { return ExpertShape(c, true); },
-          [](const Attrs& a, const weir::Shape&) { return Init::Normal(a.Float("out_std")); })
+          [](const Attrs& a, const weir::Shape&) { return Init::Normal(a.Float("out_std")); });
+}
+
+}  // namespace
+
+void RegisterExperts(Registrar& r) {
+  ExpertsSchema(
+      r.TensorOp("moe.Experts")
+          .Doc(
+              "The routed experts of DeepSeekMoE: y_t = sum_k weights[t,k] * w2[e] (silu(w1[e] "
+              "x_t) * "
+              "w3[e] x_t), e = indices[t,k]. Runs as permute (a stable counting sort of the "
+              "(token, "
+              "slot) pairs by expert), grouped GEMM (a TBB task per tile of an expert's rows) and "
+              "a "
+              "deterministic weighted combine per token. Parameters w1, w3 [E, I, d] (HF "
+              "experts.j.gate_proj / up_proj stacked) and w2 [E, d, I] (down_proj). bf16 computes "
+              "in f32. Also returns the permuted gate/up pre-activations h, saved for the backward "
+              "pass."))
       .Shape(ExpertsShape)
       .Kernel("cpu", ExpertsCpu, KernelFloatTypes())
       .Gradient(ExpertsGradient)
-      .Cost([](const std::vector<TensorType>& in, const std::vector<TensorType>&, const Attrs& a) {
-        // Three [d, I] products per routed (token, slot); a token uses K of the E experts.
-        double slots = static_cast<double>(NumElements(in[2].shape));
-        double d = static_cast<double>(in[0].shape.back());
-        double i = static_cast<double>(a.Int("moe_intermediate_size"));
-        double k = static_cast<double>(in[2].shape.back());
-        return OpCost{2.0 * slots * 3.0 * d * i,
-                      k / static_cast<double>(a.Int("n_routed_experts"))};
-      });
+      .Cost(ExpertsCost);
+  ExpertsSchema(
+      r.TensorOp("moe.ExpertsParallel")
+          .Doc("moe.Experts with the experts sharded over the ranks of the calling rank's shard "
+               "group (expert parallelism; train.Step's expert_parallel): each token is sent once "
+               "to every rank holding one of its K experts (all-to-all-v), each rank runs its "
+               "E/G experts, and the weighted outputs come back and are summed over the ranks in "
+               "order. Parameters as moe.Experts' (each rank reads its slice). Without a group it "
+               "computes every expert locally. h is unused (zeros): the backward pass recomputes "
+               "the pre-activations of the tokens it receives."))
+      .Shape(ExpertsShape)
+      .Kernel("cpu", ExpertsParallelCpu, KernelFloatTypes())
+      .Gradient(ExpertsParallelGradient)
+      .Cost(ExpertsCost);
+  r.TensorOp("moe.ExpertsParallelGrad")
+      .Doc(
+          "Backward of moe.ExpertsParallel, input and weight gradients in one: x and dy are "
+          "dispatched as in the forward pass, each rank recomputes its experts' pre-activations, "
+          "and dx and dweights are combined back to the tokens' ranks; dw1, dw3, dw2 hold this "
+          "rank's experts' gradients and zeros elsewhere (the trainer sums them over the ranks).")
+      .Input("x", "T", "[..., d]")
+      .Input("weights", "T", "[..., K]")
+      .Input("indices", "i64", "[..., K]")
+      .Input("w1", "T", "[E, I, d]")
+      .Input("w3", "T", "[E, I, d]")
+      .Input("w2", "T", "[E, d, I]")
+      .Input("dy", "T", "[..., d]")
+      .Output("dx", "T", "[..., d]")
+      .Output("dweights", "T", "[..., K]")
+      .Output("dw1", "T", "[E, I, d]")
+      .Output("dw3", "T", "[E, I, d]")
+      .Output("dw2", "T", "[E, d, I]")
+      .Shape(ExpertsParallelGradShape)
+      .Kernel("cpu", ExpertsParallelGradCpu, KernelFloatTypes());
   r.TensorOp("moe.ExpertsGrad")
       .Doc(
           "Input gradient (B) of moe.Experts: dx, dweights (dy_t . the unweighted output of "

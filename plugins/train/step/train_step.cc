@@ -57,6 +57,7 @@ class TrainStep : public StreamKernel {
     zero_ = ctx.Int("zero_stage") == 1;
     pipeline_ranks_ = static_cast<int>(ctx.Int("pipeline_parallel"));
     micro_batches_ = static_cast<int>(ctx.Int("micro_batches"));
+    expert_ranks_ = static_cast<int>(ctx.Int("expert_parallel"));
     stage_starts_ = ctx.StringList("stage_starts");
     for (int o = 1; o < optimizer_->def.output_size(); ++o)
       state_names_.push_back(optimizer_->def.output(o).name());
@@ -65,6 +66,17 @@ class TrainStep : public StreamKernel {
   // Data parallelism across the launcher's processes (the world communicator) or, in one
   // process, across `data_parallel` virtual ranks.
   Status SetUpRanks() {
+    if (expert_ranks_ > 1) {
+      if (expert_ranks_ != ranks_ || pipeline_ranks_ > 1) {
+        return ctx_.Error("expert_parallel=" + std::to_string(expert_ranks_) +
+                          " shards the experts over the data-parallel ranks: set data_parallel=" +
+                          std::to_string(expert_ranks_) +
+                          " (and no pipeline_parallel); other layouts are not supported yet");
+      }
+      // Every rank's MoE layers exchange tokens with the ranks that hold their experts.
+      Status rewritten = model_->AddRewrite({"", "moe.Experts", "moe.ExpertsParallel", {}});
+      if (!rewritten.ok()) return ctx_.Error(rewritten.message());
+    }
     if (pipeline_ranks_ > 1) return SetUpPipeline();
     Communicator* world = WorldCommunicator();
     if (world != nullptr && world->size() > 1) {
@@ -374,6 +386,7 @@ class TrainStep : public StreamKernel {
                                              const std::vector<Tensor>& inputs) {
     if (world_ != nullptr) {
       WEIR_ASSIGN_OR_RETURN(auto rows, RowShard(inputs, world_->rank(), ranks_));
+      ShardGroupScope group(expert_ranks_ > 1 ? world_ : nullptr);
       WEIR_ASSIGN_OR_RETURN(auto out, program.Run(rows, model_->params()));
       WEIR_RETURN_IF_ERROR(CombineOverRanks(*world_, out));
       return out;
@@ -384,6 +397,7 @@ class TrainStep : public StreamKernel {
     // starts only once every rank has computed: a failed rank fails the step instead of leaving
     // the others waiting for it.
     OnVirtualRanks(ranks_, [&](int r) {
+      ShardGroupScope group(expert_ranks_ > 1 ? local_[static_cast<size_t>(r)].get() : nullptr);
       auto rows = RowShard(inputs, r, ranks_);
       outs[static_cast<size_t>(r)] =
           rows.ok() ? program.Run(*rows, model_->params()) : rows.status();
@@ -724,6 +738,7 @@ class TrainStep : public StreamKernel {
   int ranks_ = 1;
   int pipeline_ranks_ = 1;
   int micro_batches_ = 0;
+  int expert_ranks_ = 1;
   std::vector<std::string> stage_starts_;
   PipelinePlan pipeline_;
   std::vector<TensorType> pipeline_types_;
@@ -834,6 +849,12 @@ void RegisterTrainStep(Registrar& r) {
           Min(1))
       .Attr<std::string>("pipeline_schedule", "1f1b", "the pipeline schedule",
                          OneOf{"gpipe", "1f1b", "zb1p", "dualpipe", "dualpipev"})
+      .Attr<int64_t>("expert_parallel", 1,
+                     "expert-parallel ranks: each of the data-parallel ranks (so data_parallel "
+                     "must be equal) holds 1/expert_parallel of every moe.Experts layer's experts, "
+                     "and the layers send each token to the ranks of its experts (all-to-all) "
+                     "and combine what comes back",
+                     Min(1))
       .Attr<int64_t>("micro_batches", 0,
                      "micro-batches a batch's rows are cut into for the pipeline (0: "
                      "pipeline_parallel, twice that for dualpipe and dualpipev)",

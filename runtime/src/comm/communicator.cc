@@ -96,4 +96,14 @@ std::shared_ptr<Communicator>& World() {
 void SetWorldCommunicator(std::shared_ptr<Communicator> world) { World() = std::move(world); }
 Communicator* WorldCommunicator() { return World().get(); }
 
+namespace {
+thread_local Communicator* shard_group = nullptr;
+}  // namespace
+
+Communicator* ShardGroup() { return shard_group; }
+ShardGroupScope::ShardGroupScope(Communicator* group) : previous_(shard_group) {
+  shard_group = group;
+}
+ShardGroupScope::~ShardGroupScope() { shard_group = previous_; }
+
 }  // namespace weir

@@ -51,6 +51,9 @@ class __attribute__((visibility("default"))) Model : public Resource {
     lora_.AddTo(options_);
   }
   const LoraConfig& lora() const { return lora_; }
+  // Runs every program with this rewrite too (an expert-parallel op in place of moe.Experts).
+  // Only before the first program is built: programs already made would not have it.
+  Status AddRewrite(const NodeRewrite& rewrite);
   // The parameters for inference without the adapter ops (incremental decoding): params() with
   // the adapters merged into their base weights, recomputed after each change; params() itself
   // without adapters. Callers hold mutex().

@@ -44,7 +44,8 @@ bool MatchesPathSuffix(const std::string& path, const std::string& pattern);
 
 // Nodes whose path matches `pattern` (MatchesPathSuffix) run op `to_op` instead of `from_op`,
 // with `attrs` added to theirs: an adapter around a layer (LoRA) without editing the model's
-// graph. A matched node of another op is an error.
+// graph. A matched node of another op is an error. An empty pattern matches every node of
+// `from_op` (an expert-parallel op for every moe.Experts).
 struct NodeRewrite {
   std::string pattern;
   std::string from_op;
