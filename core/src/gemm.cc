@@ -337,6 +337,16 @@ class GemvHelpers {
   std::condition_variable wake_;
 };
 
+// Runs part(begin, end) over the n columns of a product of k-long dot products: on the calling
+// thread alone when small, otherwise shared with the helper threads.
+void ShareColumns(int64_t n, int64_t k, const std::function<void(int64_t, int64_t)>& part) {
+  int threads = omp_get_max_threads();
+  if (threads <= 1 || n * k < kParallelGemv || n < 32) return part(0, n);
+  // Chunks of 64 columns (whole cache lines of C, ~128 KB of a 512-wide weight): enough of them
+  // to balance two threads, few enough that claiming them costs nothing.
+  GemvHelpers::Get().Run(n, 64, threads, part);
+}
+
 // C[1, n] (+)= A[1, k] · op(B) in f32.
 void Gemv(int64_t n, int64_t k, MatrixRef a, MatrixRef b, float* c, bool accumulate) {
   const float* x = static_cast<const float*>(a.data);
@@ -358,15 +368,257 @@ void Gemv(int64_t n, int64_t k, MatrixRef a, MatrixRef b, float* c, bool accumul
       AxpyRowsPlain(x, w, b.ld, k, c, begin, end, accumulate);
     }
   };
-  int threads = omp_get_max_threads();
-  if (threads <= 1 || n * k < kParallelGemv || n < 32) {
-    part(0, n);
+  ShareColumns(n, k, part);
+}
+
+// Matrix-vector products in bf16 (M = 1, f32 accumulation): batch-1 decoding in bf16 streams half
+// the bytes of f32 weights, and oneDNN's bf16 matmul costs the same per call as its f32 one. The
+// same scheme as Gemv: whole output elements per thread, each one sum in a fixed order, so the
+// thread count never changes a bit. A dot product takes the input in blocks of 32 (pairs of
+// elements in 16 lanes), four blocks to a step, then single blocks, then a zero-padded tail; each
+// lane adds its odd element's product and then its even one's, as AVX512_BF16's vdpbf16ps
+// describes its own order; then the four accumulators and the lanes are summed as in DotAvx512.
+// Products of two bf16 values are exact in f32, so each of those additions rounds once, as an
+// FMA does: the AVX-512F, AVX2 and plain fallbacks below follow the same steps (subnormal inputs
+// aside, which vdpbf16ps flushes to zero).
+
+std::atomic<int> bf16_gemv_cap{static_cast<int>(GemvIsa::kAvx512Bf16)};
+
+GemvIsa Bf16GemvIsa() {
+  static const GemvIsa best = [] {
+    bool avx512 = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    if (avx512 && __builtin_cpu_supports("avx512bf16")) return GemvIsa::kAvx512Bf16;
+    if (avx512) return GemvIsa::kAvx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return GemvIsa::kAvx2;
+    return GemvIsa::kPlain;
+  }();
+  return std::min(best, static_cast<GemvIsa>(bf16_gemv_cap.load(std::memory_order_relaxed)));
+}
+
+// The 16 lanes' sum, in the order DotAvx512 sums its f32 lanes.
+__attribute__((target("avx512f"))) float SumLanes(__m512 s0, __m512 s1, __m512 s2, __m512 s3) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+  float sum = 0;
+  for (float x : lanes) sum += x;
+  return sum;
+}
+
+// (Lambdas do not take their function's target attribute: the steps are functions of their own.)
+__attribute__((target("avx512f,avx512bf16"))) inline __m512 DpStep(__m512 acc, __m512i x,
+                                                                   __m512i y) {
+  return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(x), reinterpret_cast<__m512bh>(y));
+}
+
+__attribute__((target("avx512f"))) inline __m512i Load32(const bf16* p) {
+  return _mm512_loadu_si512(p);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) float DotBf16Dp(const bf16* a, const bf16* b,
+                                                                       int64_t k) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t l = 0;
+  for (; l + 128 <= k; l += 128) {
+    s0 = DpStep(s0, Load32(a + l), Load32(b + l));
+    s1 = DpStep(s1, Load32(a + l + 32), Load32(b + l + 32));
+    s2 = DpStep(s2, Load32(a + l + 64), Load32(b + l + 64));
+    s3 = DpStep(s3, Load32(a + l + 96), Load32(b + l + 96));
+  }
+  for (; l + 32 <= k; l += 32) s0 = DpStep(s0, Load32(a + l), Load32(b + l));
+  if (l < k) {
+    __mmask32 mask = static_cast<__mmask32>((uint64_t{1} << (k - l)) - 1);
+    s1 = DpStep(s1, _mm512_maskz_loadu_epi16(mask, a + l), _mm512_maskz_loadu_epi16(mask, b + l));
+  }
+  return SumLanes(s0, s1, s2, s3);
+}
+
+// bf16 in the low halves of 32-bit lanes as f32 bits. (Masked here and in AxpyRowsBf16Avx512:
+// GCC 12's unmasked shift and widening trip -Wmaybe-uninitialized.)
+__attribute__((target("avx512f"))) inline __m512i ShiftUp(__m512i x) {
+  return _mm512_maskz_slli_epi32(__mmask16(0xFFFF), x, 16);
+}
+
+// vdpbf16ps's step with AVX-512F: a bf16 pair in a 32-bit lane is two f32 values, the odd one
+// its high half (masked out), the even one its low half (shifted up).
+__attribute__((target("avx512f"))) inline __m512 DotPairs(__m512 acc, __m512i x, __m512i y) {
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(x, high)),
+                        _mm512_castsi512_ps(_mm512_and_si512(y, high)), acc);
+  return _mm512_fmadd_ps(_mm512_castsi512_ps(ShiftUp(x)), _mm512_castsi512_ps(ShiftUp(y)), acc);
+}
+
+__attribute__((target("avx512f,avx512bw"))) float DotBf16Avx512(const bf16* a, const bf16* b,
+                                                                int64_t k) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t l = 0;
+  for (; l + 128 <= k; l += 128) {
+    s0 = DotPairs(s0, Load32(a + l), Load32(b + l));
+    s1 = DotPairs(s1, Load32(a + l + 32), Load32(b + l + 32));
+    s2 = DotPairs(s2, Load32(a + l + 64), Load32(b + l + 64));
+    s3 = DotPairs(s3, Load32(a + l + 96), Load32(b + l + 96));
+  }
+  for (; l + 32 <= k; l += 32) s0 = DotPairs(s0, Load32(a + l), Load32(b + l));
+  if (l < k) {
+    __mmask32 mask = static_cast<__mmask32>((uint64_t{1} << (k - l)) - 1);
+    s1 = DotPairs(s1, _mm512_maskz_loadu_epi16(mask, a + l), _mm512_maskz_loadu_epi16(mask, b + l));
+  }
+  return SumLanes(s0, s1, s2, s3);
+}
+
+// The same steps on AVX2 (most x86-64 CPUs without AVX-512): each 16-lane accumulator is two
+// 8-lane halves, and the tail is copied into zeros (AVX2 has no masked 16-bit loads).
+__attribute__((target("avx2,fma"))) inline void DotPairsAvx2(__m256 acc[2], const bf16* x,
+                                                             const bf16* y) {
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int half = 0; half < 2; ++half) {
+    __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 16 * half));
+    __m256i yv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y + 16 * half));
+    acc[half] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(xv, high)),
+                                _mm256_castsi256_ps(_mm256_and_si256(yv, high)), acc[half]);
+    acc[half] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(xv, 16)),
+                                _mm256_castsi256_ps(_mm256_slli_epi32(yv, 16)), acc[half]);
+  }
+}
+
+__attribute__((target("avx2,fma"))) float DotBf16Avx2(const bf16* a, const bf16* b, int64_t k) {
+  __m256 s[4][2];
+  for (auto& acc : s) acc[0] = acc[1] = _mm256_setzero_ps();
+  int64_t l = 0;
+  for (; l + 128 <= k; l += 128)
+    for (int acc = 0; acc < 4; ++acc) DotPairsAvx2(s[acc], a + l + 32 * acc, b + l + 32 * acc);
+  for (; l + 32 <= k; l += 32) DotPairsAvx2(s[0], a + l, b + l);
+  if (l < k) {
+    bf16 x[32] = {}, y[32] = {};
+    std::copy(a + l, a + k, x);
+    std::copy(b + l, b + k, y);
+    DotPairsAvx2(s[1], x, y);
+  }
+  alignas(32) float lanes[16];
+  for (int half = 0; half < 2; ++half) {
+    _mm256_store_ps(lanes + 8 * half, _mm256_add_ps(_mm256_add_ps(s[0][half], s[1][half]),
+                                                    _mm256_add_ps(s[2][half], s[3][half])));
+  }
+  float sum = 0;
+  for (float x : lanes) sum += x;
+  return sum;
+}
+
+float DotBf16Plain(const bf16* a, const bf16* b, int64_t k) {
+  float s[4][16] = {};
+  // One block of up to 32 elements into accumulator `acc`, the missing ones as zeros.
+  auto block = [&](int acc, int64_t l) {
+    for (int i = 0; i < 16; ++i) {
+      for (int64_t e : {l + 2 * i + 1, l + 2 * i}) {
+        if (e < k)
+          s[acc][i] = std::fma(static_cast<float>(a[e]), static_cast<float>(b[e]), s[acc][i]);
+      }
+    }
+  };
+  int64_t l = 0;
+  for (; l + 128 <= k; l += 128)
+    for (int acc = 0; acc < 4; ++acc) block(acc, l + 32 * acc);
+  for (; l + 32 <= k; l += 32) block(0, l);
+  if (l < k) block(1, l);
+  float sum = 0;
+  for (int i = 0; i < 16; ++i) sum += (s[0][i] + s[1][i]) + (s[2][i] + s[3][i]);
+  return sum;
+}
+
+// C's element j (f32 or bf16, rounded once) (+)= value.
+inline void StoreColumn(void* c, DataType c_type, int64_t j, float value, bool accumulate) {
+  if (c_type == DT_F32) {
+    float* out = static_cast<float*>(c) + j;
+    *out = accumulate ? *out + value : value;
+  } else {
+    bf16* out = static_cast<bf16*>(c) + j;
+    *out = bf16(accumulate ? static_cast<float>(*out) + value : value);
+  }
+}
+
+// c[begin, end) (+)= Σ_l x[l] · b[l·ldb + j] with x widened to f32: B stored as K rows of N. Each
+// column is one chain of FMAs down the rows, as in AxpyRowsAvx512.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void AxpyRowsBf16Avx512(
+    const float* x, const bf16* b, int64_t ldb, int64_t k, void* c, DataType c_type, int64_t begin,
+    int64_t end, bool accumulate) {
+  for (int64_t j = begin; j < end; j += 16) {
+    __mmask16 mask =
+        end - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (end - j)) - 1);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t l = 0; l < k; ++l) {
+      __m512i wide = _mm512_maskz_cvtepu16_epi32(__mmask16(0xFFFF),
+                                                 _mm256_maskz_loadu_epi16(mask, b + l * ldb + j));
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(x[l]), _mm512_castsi512_ps(ShiftUp(wide)), acc);
+    }
+    alignas(64) float sums[16];
+    _mm512_store_ps(sums, acc);
+    for (int64_t i = 0; i < std::min<int64_t>(16, end - j); ++i)
+      StoreColumn(c, c_type, j + i, sums[i], accumulate);
+  }
+}
+
+void AxpyRowsBf16Plain(const float* x, const bf16* b, int64_t ldb, int64_t k, void* c,
+                       DataType c_type, int64_t begin, int64_t end, bool accumulate) {
+  for (int64_t j = begin; j < end; ++j) {
+    float acc = 0;
+    for (int64_t l = 0; l < k; ++l) acc = std::fma(x[l], static_cast<float>(b[l * ldb + j]), acc);
+    StoreColumn(c, c_type, j, acc, accumulate);
+  }
+}
+
+// Eight columns at a time, the last few on the plain loop.
+__attribute__((target("avx2,fma"))) void AxpyRowsBf16Avx2(const float* x, const bf16* b,
+                                                          int64_t ldb, int64_t k, void* c,
+                                                          DataType c_type, int64_t begin,
+                                                          int64_t end, bool accumulate) {
+  int64_t j = begin;
+  for (; j + 8 <= end; j += 8) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t l = 0; l < k; ++l) {
+      __m128i narrow = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + l * ldb + j));
+      __m256 wide = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(narrow), 16));
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(x[l]), wide, acc);
+    }
+    alignas(32) float sums[8];
+    _mm256_store_ps(sums, acc);
+    for (int i = 0; i < 8; ++i) StoreColumn(c, c_type, j + i, sums[i], accumulate);
+  }
+  AxpyRowsBf16Plain(x, b, ldb, k, c, c_type, j, end, accumulate);
+}
+
+// C[1, n] (+)= A[1, k] · op(B), A and B bf16, C f32 or bf16.
+void GemvBf16(int64_t n, int64_t k, MatrixRef a, MatrixRef b, void* c, DataType c_type,
+              bool accumulate) {
+  const bf16* x = static_cast<const bf16*>(a.data);
+  thread_local std::vector<bf16> gathered;
+  if (a.transposed && k > 1) {  // A's one row is a column of the stored matrix
+    gathered.resize(static_cast<size_t>(k));
+    for (int64_t l = 0; l < k; ++l) gathered[static_cast<size_t>(l)] = x[l * a.ld];
+    x = gathered.data();
+  }
+  const bf16* w = static_cast<const bf16*>(b.data);
+  GemvIsa isa = Bf16GemvIsa();
+  if (b.transposed) {
+    auto dot = isa == GemvIsa::kAvx512Bf16 ? DotBf16Dp
+               : isa == GemvIsa::kAvx512   ? DotBf16Avx512
+               : isa == GemvIsa::kAvx2     ? DotBf16Avx2
+                                           : DotBf16Plain;
+    ShareColumns(n, k, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j)
+        StoreColumn(c, c_type, j, dot(x, w + j * b.ld, k), accumulate);
+    });
     return;
   }
-  // Chunks of 64 columns (whole cache lines of C, ~128 KB of a 512-wide weight): enough of them
-  // to balance two threads, few enough that claiming them costs nothing.
-  std::function<void(int64_t, int64_t)> run = part;
-  GemvHelpers::Get().Run(n, 64, threads, run);
+  // Rows of B are added up scaled by the input's elements: those are widened once.
+  thread_local std::vector<float> widened;
+  widened.resize(static_cast<size_t>(k));
+  for (int64_t l = 0; l < k; ++l) widened[static_cast<size_t>(l)] = static_cast<float>(x[l]);
+  const float* xf = widened.data();  // the helpers see their own thread_local, not this one
+  auto axpy = isa == GemvIsa::kPlain  ? AxpyRowsBf16Plain
+              : isa == GemvIsa::kAvx2 ? AxpyRowsBf16Avx2
+                                      : AxpyRowsBf16Avx512;
+  ShareColumns(n, k, [&](int64_t begin, int64_t end) {
+    axpy(xf, w, b.ld, k, c, c_type, begin, end, accumulate);
+  });
 }
 
 }  // namespace
@@ -446,6 +698,10 @@ Status GemmBlock(DataType ab_type, DataType c_type, int64_t m, int64_t n, int64_
     Gemv(n, k, a, b, static_cast<float*>(c), accumulate);
     return Status();
   }
+  if (m == 1 && ab_type == DT_BF16) {
+    GemvBf16(n, k, a, b, c, c_type, accumulate);
+    return Status();
+  }
   auto stored = [](int64_t rows, int64_t cols, MatrixRef r, memory::data_type dt) {
     return memory::desc({rows, cols}, dt,
                         r.transposed ? memory::dims{1, r.ld} : memory::dims{r.ld, 1});
@@ -461,6 +717,10 @@ Status GemmBlock(DataType ab_type, DataType c_type, int64_t m, int64_t n, int64_
   WEIR_ASSIGN_OR_RETURN(auto prim, Primitive(key, a_md, b_md, c_md, accumulate));
   Execute(*prim, a_md, a.data, b_md, b.data, c_md, c);
   return Status();
+}
+
+void LimitGemvIsa(GemvIsa isa) {
+  bf16_gemv_cap.store(static_cast<int>(isa), std::memory_order_relaxed);
 }
 
 SingleThreadedGemms::SingleThreadedGemms() : saved_(omp_get_max_threads()) {

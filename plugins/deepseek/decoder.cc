@@ -43,6 +43,37 @@ StatusOr<std::shared_ptr<const Program>> DecodePrograms::Get(
   return program;
 }
 
+ParamStore ComputeParams(const ParamStore& masters, const std::vector<ParamInfo>& infos) {
+  std::map<std::string, DataType> types;
+  for (const ParamInfo& info : infos) types[info.name] = info.type.dtype;
+  ParamStore out;
+  for (const auto& [name, value] : masters.values()) {
+    auto it = types.find(name);
+    out.Set(name, it == types.end() || it->second == value.dtype() ? value : value.To(it->second));
+  }
+  return out;
+}
+
+StatusOr<ParamStore> DecodeParams(const Graph& graph, const std::string& function,
+                                  const std::map<std::string, AttrValue>& attrs,
+                                  const OpRegistry& ops, const ParamStore& masters) {
+  auto fn = graph.functions.find(function);
+  if (fn == graph.functions.end())
+    return NotFound("the model graph has no function '" + function + "'");
+  // Long enough for the MTP module's shifted sequence.
+  std::vector<TensorType> types(fn->second.inputs.size(), TensorType{DT_I64, {1, 4}});
+  WEIR_ASSIGN_OR_RETURN(auto program, Program::Build(graph, function, attrs, types, ops, {}));
+  return ComputeParams(masters, program->params());
+}
+
+DataType ModelDtype(const std::map<std::string, AttrValue>& attrs) {
+  if (auto t = attrs.find("T"); t != attrs.end()) {
+    auto typed = ConvertValue(t->second, ATTR_TYPE);
+    if (typed.ok()) return typed->type();
+  }
+  return DT_F32;
+}
+
 LatentDecoder::LatentDecoder(const Graph& graph, std::map<std::string, AttrValue> attrs,
                              const OpRegistry& ops, const ParamStore& params,
                              std::shared_ptr<DecodePrograms> programs)
@@ -114,12 +145,7 @@ StatusOr<std::vector<Tensor>> LatentDecoder::Run(const std::string& function,
 
 void LatentDecoder::Open(Cache& cache, int64_t batch, int64_t layers) const {
   if (!cache.latent.empty()) return;
-  DataType dtype = DT_F32;
-  // T may be written as a word ("bf16" in a resource's attrs string): typed as the graph types it.
-  if (auto t = attrs_.find("T"); t != attrs_.end()) {
-    auto typed = ConvertValue(t->second, ATTR_TYPE);
-    if (typed.ok()) dtype = typed->type();
-  }
+  DataType dtype = ModelDtype(attrs_);
   for (int64_t l = 0; l < layers; ++l) {
     cache.latent.push_back(Tensor::Zeros(dtype, {batch, 0, Int("kv_lora_rank")}));
     cache.rope_key.push_back(Tensor::Zeros(dtype, {batch, 0, Int("qk_rope_head_dim")}));

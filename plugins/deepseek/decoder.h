@@ -74,6 +74,23 @@ StatusOr<std::vector<Tensor>> RunDecodeFunction(const DecodeModel& model,
                                                 const std::vector<Tensor>& inputs,
                                                 const std::vector<std::string>& outputs = {});
 
+// The parameters in the dtypes a model built with `infos` computes with (bf16 weights for a model
+// built with T=bf16), for decoders: a program's parameter node converts a master whose dtype
+// differs from its own at every run, which for a bf16 decoder meant converting every weight at
+// every step. Convert once per weight version instead and decode over the copy. Parameters
+// already in their type, and those `infos` does not name, share the masters' storage.
+ParamStore ComputeParams(const ParamStore& masters, const std::vector<ParamInfo>& infos);
+
+// ComputeParams for decoders of the model `function` (DeepseekV3, Gpt: its inputs are token ids)
+// with `attrs`: the function is built once, for one short sequence, for its parameters' types.
+StatusOr<ParamStore> DecodeParams(const Graph& graph, const std::string& function,
+                                  const std::map<std::string, AttrValue>& attrs,
+                                  const OpRegistry& ops, const ParamStore& masters);
+
+// The dtype a model with `attrs` computes in: its T, which may be written as a word ("bf16" in a
+// resource's attrs string) or be absent (f32).
+DataType ModelDtype(const std::map<std::string, AttrValue>& attrs);
+
 class LatentDecoder {
  public:
   // `attrs` are the DeepseekV3 function's (HfConfig::Attrs); `params` must outlive the decoder

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <random>
+#include <utility>
 
 #include "decoder.h"
 #include "test_util.h"
@@ -335,6 +336,50 @@ TEST(TinyDeepseekV3, DecodesInTheDtypeAWordNames) {
   auto step = decoder.Feed(prompt.Slice(1, 3, 4).Contiguous());
   ASSERT_TRUE(step.ok()) << step.status().ToString();
   EXPECT_EQ(step->dtype(), DT_BF16);
+}
+
+// A bf16 decoder over the parameters converted once (DecodeParams) decodes as it does over the
+// f32 masters, which its programs convert at every step; parameters the bf16 model keeps in f32
+// (if any) are the masters themselves.
+TEST(TinyDeepseekV3, Bf16DecodingOverParamsConvertedOnce) {
+  std::map<std::string, AttrValue> attrs = TinyV3("bf16");
+  EXPECT_EQ(deepseek::ModelDtype(attrs), DT_BF16);
+  auto full = Build(TinyV3("f32"), 1, 5, "");
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  auto typed = Build(attrs, 1, 5, "");
+  ASSERT_TRUE(typed.ok()) << typed.status().ToString();
+  ParamStore masters;
+  masters.Initialize((*full)->params(), 2);
+  auto loaded = LoadTestGraph(TestGraph("good/deepseek_import.pbtxt"));
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  auto decode_params =
+      deepseek::DecodeParams(*loaded, "DeepseekV3", attrs, TestRegistry(), masters);
+  ASSERT_TRUE(decode_params.ok()) << decode_params.status().ToString();
+  const ParamStore& converted = *decode_params;
+  ASSERT_EQ(converted.values().size(), masters.values().size());
+  int64_t bf16_weights = 0;
+  for (const ParamInfo& info : (*typed)->params()) {
+    const Tensor* value = converted.Find(info.name);
+    ASSERT_NE(value, nullptr) << info.name;
+    EXPECT_EQ(value->dtype(), info.type.dtype) << info.name;
+    if (info.type.dtype == DT_F32) {
+      EXPECT_EQ(value->storage(), masters.Find(info.name)->storage()) << info.name;
+    }
+    bf16_weights += info.type.dtype == DT_BF16;
+  }
+  EXPECT_GT(bf16_weights, 10);
+  deepseek::LatentDecoder once(*loaded, attrs, TestRegistry(), converted);
+  deepseek::LatentDecoder every_step(*loaded, attrs, TestRegistry(), masters);
+  Tensor prompt = RandomTokens(1, 5, 13, 1)[0];
+  for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, 3}, {3, 4}, {4, 5}}) {
+    Tensor step = prompt.Slice(1, begin, end).Contiguous();
+    auto got = once.Feed(step);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    auto want = every_step.Feed(step);
+    ASSERT_TRUE(want.ok()) << want.status().ToString();
+    EXPECT_EQ(got->dtype(), DT_BF16);
+    EXPECT_EQ(got->ToVector(), want->ToVector()) << "position " << begin;
+  }
 }
 
 TEST(TinyDeepseekV3, DenseOnlyModelHasNoMoeLayers) {

@@ -5,7 +5,10 @@
 #include <gtest/gtest.h>
 #include <tbb/parallel_for.h>
 
+#include <cmath>
+#include <map>
 #include <random>
+#include <utility>
 
 #include "weir/half.h"
 
@@ -94,6 +97,117 @@ TEST(GemmBlock, LargeMatrixVectorProductsMatchDoubleOnAnyThreadCount) {
           GemmBlock(DT_F32, DT_F32, 1, n, k, {a.data(), k}, {b.data(), ldb, tb}, shared.data(), n)
               .ok());
       ASSERT_EQ(shared, one_thread) << "tb " << tb << " repeat " << repeat;
+    }
+  }
+}
+
+// Undoes LimitGemvIsa when a test ends, whatever it asserted.
+struct GemvIsaLimit {
+  explicit GemvIsaLimit(GemvIsa isa) { LimitGemvIsa(isa); }
+  ~GemvIsaLimit() { LimitGemvIsa(GemvIsa::kAvx512Bf16); }
+};
+
+// C[1, n] = op(A) · op(B) in bf16 (C f32 or bf16) with padded leading dimensions, into `c`.
+struct Bf16Gemv {
+  int64_t n, k;
+  bool ta, tb;
+  std::vector<bf16> a, b;
+  int64_t lda, ldb;
+
+  Bf16Gemv(int64_t n_, int64_t k_, bool ta_, bool tb_, unsigned seed)
+      : n(n_), k(k_), ta(ta_), tb(tb_), lda(ta_ ? 3 : k_ + 3), ldb((tb_ ? k_ : n_) + 5) {
+    std::mt19937 rng(seed);
+    a = Random<bf16>(static_cast<size_t>(ta ? k * lda : lda), rng);
+    b = Random<bf16>(static_cast<size_t>((tb ? n : k) * ldb), rng);
+  }
+  template <typename C>
+  void Run(std::vector<C>& c, bool accumulate) const {
+    ASSERT_TRUE(GemmBlock(DT_BF16, DataTypeOf<C>(), 1, n, k, {a.data(), lda, ta},
+                          {b.data(), ldb, tb}, c.data(), n, accumulate)
+                    .ok());
+  }
+  // The exact product (bf16 inputs are exact in double), plus `initial` when accumulating.
+  std::vector<double> Reference(const std::vector<double>& initial) const {
+    std::vector<double> out(initial);
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t l = 0; l < k; ++l)
+        out[static_cast<size_t>(j)] +=
+            static_cast<double>(static_cast<float>(a[static_cast<size_t>(ta ? l * lda : l)])) *
+            static_cast<double>(
+                static_cast<float>(b[static_cast<size_t>(tb ? j * ldb + l : l * ldb + j)]));
+    return out;
+  }
+};
+
+// bf16 matrix-vector products (decoding in bf16) take weir's own loops too: AVX512_BF16's dot
+// products where the CPU has them, AVX-512F, AVX2 and plain fallbacks otherwise (all of them run
+// here, as far as the CPU goes). Sizes cover every part of a dot product (steps of four blocks of
+// 32, single blocks, an odd tail) and of the row-sum layout (masked last columns); f32 results lie
+// within f32 rounding of the exact product, bf16 ones within one bf16 rounding of it.
+TEST(GemmBlock, Bf16MatrixVectorProductsMatchDoubleOnEveryInstructionSet) {
+  for (GemvIsa isa : {GemvIsa::kAvx512Bf16, GemvIsa::kAvx512, GemvIsa::kAvx2, GemvIsa::kPlain}) {
+    GemvIsaLimit limit(isa);
+    for (auto [n, k] : {std::pair<int64_t, int64_t>{1, 1},
+                        {7, 31},
+                        {33, 129},
+                        {200, 517},
+                        {1001, 301},
+                        {77, 1500},
+                        {64, 64}})
+      for (bool ta : {false, true})
+        for (bool tb : {false, true})
+          for (bool accumulate : {false, true}) {
+            Bf16Gemv g(n, k, ta, tb, static_cast<unsigned>(n * 31 + k));
+            std::mt19937 rng(3);
+            auto c32 = Random<float>(static_cast<size_t>(n), rng);
+            auto c16 = Random<bf16>(static_cast<size_t>(n), rng);
+            std::vector<double> init32(c32.begin(), c32.end()), init16, zeros(c32.size());
+            for (bf16 v : c16) init16.push_back(static_cast<float>(v));
+            std::vector<double> want32 = g.Reference(accumulate ? init32 : zeros);
+            std::vector<double> want16 = g.Reference(accumulate ? init16 : zeros);
+            g.Run(c32, accumulate);
+            g.Run(c16, accumulate);
+            for (int64_t j = 0; j < n; ++j) {
+              auto at = static_cast<size_t>(j);
+              ASSERT_NEAR(c32[at], want32[at], 1e-4)
+                  << "isa " << static_cast<int>(isa) << " n" << n << " k" << k << " ta" << ta
+                  << " tb" << tb << " accumulate" << accumulate << " at " << j;
+              // Rounded once to 8 significant bits (plus f32's error, far smaller).
+              ASSERT_NEAR(static_cast<float>(c16[at]), want16[at],
+                          std::abs(want16[at]) / 256 + 1e-4)
+                  << "isa " << static_cast<int>(isa) << " n" << n << " k" << k << " ta" << ta
+                  << " tb" << tb << " accumulate" << accumulate << " at " << j;
+            }
+          }
+  }
+}
+
+// Each output is one sum in a fixed order on any thread count, on every instruction set; the
+// AVX-512F, AVX2 and plain loops take the same steps, so they agree to the bit.
+TEST(GemmBlock, Bf16MatrixVectorProductsGiveTheSameBitsOnAnyThreadCount) {
+  std::map<bool, std::vector<float>> plain;  // by tb
+  for (GemvIsa isa : {GemvIsa::kPlain, GemvIsa::kAvx2, GemvIsa::kAvx512, GemvIsa::kAvx512Bf16}) {
+    GemvIsaLimit limit(isa);
+    for (bool tb : {false, true}) {
+      Bf16Gemv g(1001, 517, false, tb, 9);
+      std::vector<float> one_thread(1001), shared(1001);
+      std::vector<bf16> one_thread16(1001), shared16(1001);
+      {
+        SingleThreadedGemms one;
+        g.Run(one_thread, false);
+        g.Run(one_thread16, false);
+      }
+      if (isa == GemvIsa::kPlain) plain[tb] = one_thread;
+      if (isa == GemvIsa::kAvx2 || isa == GemvIsa::kAvx512) {
+        EXPECT_EQ(one_thread, plain[tb]) << "isa " << static_cast<int>(isa) << " tb " << tb;
+      }
+      for (int repeat = 0; repeat < 20; ++repeat) {
+        g.Run(shared, false);
+        g.Run(shared16, false);
+        ASSERT_EQ(shared, one_thread) << "isa " << static_cast<int>(isa) << " tb " << tb;
+        for (size_t j = 0; j < shared16.size(); ++j)
+          ASSERT_EQ(shared16[j].bits, one_thread16[j].bits) << "isa " << static_cast<int>(isa);
+      }
     }
   }
 }

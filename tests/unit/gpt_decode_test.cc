@@ -104,5 +104,64 @@ TEST(GptDecode, RepeatedGenerationsReuseTheirPrograms) {
   EXPECT_EQ(last[0].ToVector(), last[1].ToVector());
 }
 
+// Decoding in bf16 (T=bf16) over a bf16 copy of the f32 masters made once (ComputeParams): the
+// weights become bf16, the masters stay as they were, the logits are those of decoding over the
+// masters (converted by the programs at every step: the same conversion) and follow the f32
+// model's within bf16's precision.
+TEST(GptDecode, Bf16DecodingOverParamsConvertedOnce) {
+  const int64_t time = 6, prefill = 3;
+  auto graph = LoadTestGraph(GptGraph());
+  ASSERT_TRUE(graph.ok()) << graph.status().ToString();
+  std::map<std::string, AttrValue> f32 = TinyGpt(), bf16 = TinyGpt();
+  f32["T"].set_type(DT_F32);
+  bf16["T"].set_type(DT_BF16);
+  std::vector<TensorType> types = {{DT_I64, {1, time}}, {DT_I64, {1, time}}};
+  ProgramOptions options;
+  options.outputs = {"logits"};
+  auto full = Program::Build(*graph, "Gpt", f32, types, TestRegistry(), options);
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  auto typed = Program::Build(*graph, "Gpt", bf16, types, TestRegistry(), options);
+  ASSERT_TRUE(typed.ok()) << typed.status().ToString();
+  ParamStore masters;
+  masters.Initialize((*full)->params(), 5);
+  ParamStore converted = deepseek::ComputeParams(masters, (*typed)->params());
+  ASSERT_EQ(converted.values().size(), masters.values().size());
+  const Tensor* weight = converted.Find("layers.0.wq.weight");
+  ASSERT_NE(weight, nullptr);
+  EXPECT_EQ(weight->dtype(), DT_BF16);
+  EXPECT_EQ(masters.Find("layers.0.wq.weight")->dtype(), DT_F32);
+  for (const ParamInfo& info : (*typed)->params())
+    EXPECT_EQ(converted.Find(info.name)->dtype(), info.type.dtype) << info.name;
+
+  std::vector<Tensor> inputs = RandomTokens(1, time, 13, 17);
+  auto reference = (*full)->Run(inputs, masters);
+  ASSERT_TRUE(reference.ok()) << reference.status().ToString();
+  const Tensor& logits = reference->values[0];  // [1, time, vocab]
+  int64_t vocab = logits.dim(2);
+  bench::GptDecoder once(*graph, bf16, TestRegistry(), converted);
+  bench::GptDecoder every_step(*graph, bf16, TestRegistry(), masters);
+  double worst = 0, largest = 0;
+  for (int64_t begin = 0; begin < time;) {
+    int64_t end = begin == 0 ? prefill : begin + 1;
+    Tensor step = inputs[0].Slice(1, begin, end).Contiguous();
+    auto got = once.Feed(step);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    auto again = every_step.Feed(step);
+    ASSERT_TRUE(again.ok()) << again.status().ToString();
+    ASSERT_EQ(got->dtype(), DT_BF16);
+    EXPECT_EQ(got->ToVector(), again->ToVector()) << "position " << begin;
+    for (int64_t t = begin; t < end; ++t)
+      for (int64_t v = 0; v < vocab; ++v) {
+        double want = logits.At(t * vocab + v);
+        worst = std::max(worst, std::abs(want - got->At((t - begin) * vocab + v)));
+        largest = std::max(largest, std::abs(want));
+      }
+    begin = end;
+  }
+  EXPECT_GT(largest, 0.5);
+  // Two layers of bf16 rounding (8 significant bits) at every op: a few percent of the largest.
+  EXPECT_LT(worst, 0.05 * largest) << "largest " << largest;
+}
+
 }  // namespace
 }  // namespace weir::testing

@@ -38,11 +38,7 @@ class GptDecoder {
     int64_t layers = Int("n_layers");
     if (keys_.empty()) {
       int64_t kv_heads = Int("n_kv_heads"), head_dim = Int("kv_dim") / kv_heads;
-      DataType dtype = DT_F32;
-      if (auto t = attrs_.find("T"); t != attrs_.end()) {
-        auto typed = ConvertValue(t->second, ATTR_TYPE);
-        if (typed.ok()) dtype = typed->type();
-      }
+      DataType dtype = deepseek::ModelDtype(attrs_);
       for (int64_t l = 0; l < layers; ++l) {
         keys_.push_back(Tensor::Zeros(dtype, {tokens.dim(0), 0, kv_heads, head_dim}));
         values_.push_back(keys_.back());

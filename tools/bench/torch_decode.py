@@ -1,8 +1,9 @@
 """The PyTorch side of tools/bench/decode: batch-1 prefill and greedy decoding with a KV cache of
 the GPT of torch_gpt.py (config M) and the DeepSeek-V3-style model of torch_deepseek.py (the tiny
 model), written the usual way: each layer keeps its rotated keys and values, a step feeds one
-token and attends to everything cached. f32, torch.no_grad, 2 threads, random (seeded) weights.
-Prints "prefill_tokens_per_s decode_tokens_per_s" (best of --repeats runs)."""
+token and attends to everything cached. f32 or (--dtype bf16) the model cast to bf16, the usual
+PyTorch way of decoding in bf16; torch.no_grad, 2 threads, random (seeded) weights. Prints
+"prefill_tokens_per_s decode_tokens_per_s" (best of --repeats runs)."""
 import argparse
 import time
 
@@ -13,10 +14,11 @@ import torch_gpt
 from torch_gpt import rope
 
 
-def angles(start, t, dim):
+def angles(start, t, dim, dtype):
+    """Computed in f32, applied in the model's dtype (bf16 activations stay bf16)."""
     freqs = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
     ang = torch.arange(start, start + t, dtype=torch.float32)[:, None] * freqs[None, :]
-    return ang.cos()[None, :, None, :], ang.sin()[None, :, None, :]
+    return ang.cos()[None, :, None, :].to(dtype), ang.sin()[None, :, None, :].to(dtype)
 
 
 def attend(q, k, v, scale):
@@ -39,7 +41,7 @@ def cached(cache, k, v):
 
 def gpt_block(layer, x, start, cache):
     b, t, _ = x.shape
-    cos, sin = angles(start, t, layer.hd)
+    cos, sin = angles(start, t, layer.hd, x.dtype)
     h = layer.attn_norm(x)
     q = rope(layer.wq(h).view(b, t, layer.heads, layer.hd), cos, sin).transpose(1, 2)
     k = rope(layer.wk(h).view(b, t, layer.kv_heads, layer.hd), cos, sin)
@@ -64,7 +66,7 @@ def gpt_step(model, tokens, start, caches):
 def mla(attn, x, start, cache):
     a = attn.a
     b, t, _ = x.shape
-    cos, sin = angles(start, t, a.rope)
+    cos, sin = angles(start, t, a.rope, x.dtype)
     q = attn.wq_b(attn.q_norm(attn.wq_a(x))).view(b, t, a.heads, a.nope + a.rope)
     q = torch.cat([q[..., :a.nope], rope(q[..., a.nope:], cos, sin)], -1)
     c, k_pe = attn.wkv_a(x).split([a.kv_lora, a.rope], -1)
@@ -112,14 +114,16 @@ def main():
                           ("experts", 8), ("k", 2), ("groups", 4), ("topk_groups", 2),
                           ("prompt", 64), ("new", 64), ("repeats", 3)]:
         p.add_argument("--" + name, type=int, default=default)
+    p.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     a = p.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
+    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     if a.model == "gpt":
-        model = torch_gpt.Gpt(a.vocab, a.layers, a.d, a.heads, a.kv_heads, a.d_ff).eval()
+        model = torch_gpt.Gpt(a.vocab, a.layers, a.d, a.heads, a.kv_heads, a.d_ff).eval().to(dtype)
         step = lambda tokens, start, caches: gpt_step(model, tokens, start, caches)
     else:
-        model = torch_deepseek.Model(a).eval()
+        model = torch_deepseek.Model(a).eval().to(dtype)
         step = lambda tokens, start, caches: deepseek_step(model, tokens, start, caches)
     with torch.no_grad():
         prefill, decode = rates(step, a.layers, a.vocab, a.prompt, a.new, a.repeats)

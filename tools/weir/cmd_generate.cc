@@ -24,7 +24,7 @@ namespace weir::cli {
 namespace {
 constexpr char kHelp[] = R"(usage: weir generate --model DIR --tokens FILE [--max-new N]
                      [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop ID]...
-                     [--speculative] [--adapter DIR]
+                     [--speculative] [--adapter DIR] [--dtype f32|bf16]
        weir generate --model DIR --tokenizer FILE (--prompt TEXT... | --prompts FILE.jsonl)
                      [--template T] [--stop-text S]... [the options above]
        weir generate GRAPH --checkpoint DIR [--resource NAME] [--set key=value]... [as above]
@@ -52,6 +52,10 @@ prompt from its own stream of --seed, so a run repeats exactly. A prompt ends at
 With --adapter DIR (a LoRA checkpoint: adapter.safetensors and adapter_config.json), the
 adapters are merged into the checkpoint's weights (W + lora_alpha/r · B·A) before decoding.
 
+--dtype decodes in f32 or bf16 (default: the model's T, f32 unless its attrs say otherwise). The
+weights are read in f32 and, for bf16, converted once before the first prompt; activations and
+the latent cache are bf16 too, products accumulate in f32.
+
 With --speculative (greedy), the MTP module drafts the token after the next one and each step of
 the main model verifies it (DeepSeek-V3 §5.4.3): the same tokens, fewer main steps; prompts run
 one at a time and the share of drafts the main model accepted is printed.
@@ -72,6 +76,7 @@ Options:
                     <|eos|>)
   --speculative     draft with MTP (needs num_nextn_predict_layers >= 1)
   --adapter DIR     LoRA adapters to merge into the weights (a LoRA training checkpoint)
+  --dtype D         f32 or bf16: the dtype to decode in (default: the model's T)
   --model DIR       the model folder (model.safetensors and model.json)
   --checkpoint DIR  with GRAPH: the parameters
   --resource NAME   with GRAPH: the model resource, when the graph has several
@@ -127,6 +132,17 @@ Status Generate(const Args& args) {
   }
   ParamStore params;
   for (auto& [name, t] : tensors) params.Set(name, t.To(DT_F32));
+  if (auto dtype = args.Get("dtype")) {
+    auto parsed = ParseDataType(*dtype);
+    if (!parsed || (*parsed != DT_F32 && *parsed != DT_BF16))
+      return InvalidArgument("--dtype takes f32 or bf16, got '" + *dtype + "'");
+    model.attrs["T"].set_type(*parsed);
+  }
+  // The programs would convert every f32 master at every step for a model of another dtype.
+  if (deepseek::ModelDtype(model.attrs) != DT_F32) {
+    WEIR_ASSIGN_OR_RETURN(params, deepseek::DecodeParams(graph, model.function, model.attrs,
+                                                         OpRegistry::Global(), params));
+  }
   int64_t vocab = model.attrs.count("vocab_size") ? model.attrs.at("vocab_size").i() : 129280;
   deepseek::GenerateOptions options;
   WEIR_ASSIGN_OR_RETURN(int max_new, args.GetInt("max-new", 32));
@@ -264,6 +280,7 @@ int GenerateCommand(const std::vector<std::string>& argv) {
                                 {"max-new", true, false},
                                 {"speculative", false, false},
                                 {"adapter", true, false},
+                                {"dtype", true, false},
                                 {"temperature", true, false},
                                 {"top-k", true, false},
                                 {"top-p", true, false},

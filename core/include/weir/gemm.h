@@ -6,6 +6,8 @@
 //   C: [..., M, N]. Leading (batch) dims of A and B must be equal, or B may have none (a weight
 //   shared across the batch). f32 and bf16 (bf16 accumulates in f32 inside oneDNN); f64, which
 //   only gradient checks use, runs a plain loop because oneDNN has no f64 matmul on CPU.
+//   Matrix-vector products (M = 1, batch-1 decoding) in f32 and bf16 run weir's own loops
+//   instead, bound by streaming B: each output one f32 sum in a fixed order on any thread count.
 #pragma once
 
 #include "weir/status.h"
@@ -35,6 +37,12 @@ struct MatrixRef {
 // f64 runs a plain loop.
 Status GemmBlock(DataType ab_type, DataType c_type, int64_t m, int64_t n, int64_t k, MatrixRef a,
                  MatrixRef b, void* c, int64_t ldc, bool accumulate = false);
+
+// The instruction sets of the bf16 matrix-vector loops (M = 1), best last. LimitGemvIsa caps what
+// they may use, for tests that check the fallbacks on a CPU that has the best; the default is
+// whatever the CPU has.
+enum class GemvIsa { kPlain, kAvx2, kAvx512, kAvx512Bf16 };
+void LimitGemvIsa(GemvIsa isa);
 
 // Makes the GEMMs of the calling thread single-threaded while it lives. Kernels that already
 // split their work over TBB threads use it so oneDNN's OpenMP team does not fight TBB for the
