@@ -138,6 +138,17 @@ check "generate --speculative" "$weir" generate graphs/tiny/pretrain.pbtxt --che
 check "two lines of 12 ids" test "$(grep -cE '^[0-9]+( [0-9]+){11}$' "$work/greedy.txt")" -eq 2
 check "speculative decoding gives the greedy tokens" cmp -s "$work/greedy.txt" "$work/drafted.txt"
 check "speculative decoding reports the acceptance" grep -q "MTP drafts accepted" "$work/err"
+# bf16 decoding over weights converted once: 12 ids a prompt, most of them f32's (a 3-step model's
+# logits are close, so a rounding can flip a greedy choice; the bench measures agreement).
+check "generate --dtype bf16" "$weir" generate graphs/tiny/pretrain.pbtxt --checkpoint \
+  "$pipe/v3/checkpoints/step-000003" --tokens "$work/prompts.txt" --max-new 12 --dtype bf16 \
+  > "$work/bf16.txt"
+check "bf16: two lines of 12 ids" test "$(grep -cE '^[0-9]+( [0-9]+){11}$' "$work/bf16.txt")" -eq 2
+check "bf16: the first greedy tokens are f32's" \
+  test "$(cut -d' ' -f1 "$work/bf16.txt")" = "$(cut -d' ' -f1 "$work/greedy.txt")"
+"$weir" generate graphs/tiny/pretrain.pbtxt --checkpoint "$pipe/v3/checkpoints/step-000003" \
+  --tokens "$work/prompts.txt" --dtype f16 > /dev/null 2> "$work/err"
+check "--dtype takes f32 or bf16" grep -q "dtype takes f32 or bf16, got 'f16'" "$work/err"
 for run in 1 2; do
   "$weir" generate graphs/tiny/pretrain.pbtxt --checkpoint "$pipe/v3/checkpoints/step-000003" \
     --tokens "$work/prompts.txt" --max-new 12 --temperature 1.0 --top-k 50 --top-p 0.9 --seed 3 \
