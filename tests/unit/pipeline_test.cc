@@ -341,6 +341,26 @@ TEST(PipelineTraining, EveryScheduleTrainsLikeOneRank) {
   }
 }
 
+// Pipelines of two data-parallel groups (4 virtual ranks), with the experts sharded over the
+// groups too (pp=2, dp=2, ep=2: the MoE layers of each stage exchange tokens with the same stage
+// of the other pipeline).
+TEST(PipelineTraining, PipelinesOfDataParallelRanksTrainLikeOneRank) {
+  Trained one = Train("one_pd", {});
+  ASSERT_EQ(one.losses.size(), 3u);
+  for (const std::vector<std::string>& sets :
+       {std::vector<std::string>{"pp=2", "dp=2"},
+        std::vector<std::string>{"pp=2", "dp=2", "ep=2", "schedule=dualpipe"},
+        std::vector<std::string>{"pp=2", "dp=2", "ep=2", "schedule=zb1p"}}) {
+    std::string name = sets.back();
+    SCOPED_TRACE(name + " " + std::to_string(sets.size()));
+    Trained many = Train("pd_" + name + std::to_string(sets.size()), sets);
+    ASSERT_EQ(many.losses.size(), 3u);
+    for (size_t i = 0; i < 3; ++i)
+      EXPECT_NEAR(many.losses[i], one.losses[i], 1e-5 * std::abs(one.losses[i])) << i;
+    EXPECT_LT(MaxRelativeDifference(one.params, many.params), 1e-5);
+  }
+}
+
 // `weir run --trace`: every rank's instructions under its pid, F&B pairs included, and the
 // tensor-program nodes inside them.
 TEST(PipelineTraining, TracesShowEveryRanksInstructions) {

@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "weir/runtime/trace.h"
+#include "weir/runtime/world.h"
 
 namespace weir::train {
 namespace {
@@ -262,6 +263,17 @@ class RankRunner {
         WEIR_ASSIGN_OR_RETURN(Backward b,
                               PrepareBackward(in.backward_micro_batch, in.backward_stage, true));
         Status forward, backward;
+        if (ShardGroup() != nullptr) {
+          // Both halves would issue expert-parallel collectives on one communicator, whose
+          // order must be the same on every rank: one after the other.
+          forward = f.run->Forward(std::move(f.inputs));
+          if (forward.ok()) backward = b.run->Backward(std::move(b.output_grads), true);
+          WEIR_RETURN_IF_ERROR(forward);
+          WEIR_RETURN_IF_ERROR(backward);
+          FinishForward(f);
+          FinishBackward(b);
+          return Status();
+        }
         Trace* trace = Trace::Current();
         int rank = Trace::CurrentRank();
         tbb::task_group both;

@@ -67,11 +67,10 @@ class TrainStep : public StreamKernel {
   // process, across `data_parallel` virtual ranks.
   Status SetUpRanks() {
     if (expert_ranks_ > 1) {
-      if (expert_ranks_ != ranks_ || pipeline_ranks_ > 1) {
+      if (expert_ranks_ != ranks_) {
         return ctx_.Error("expert_parallel=" + std::to_string(expert_ranks_) +
                           " shards the experts over the data-parallel ranks: set data_parallel=" +
-                          std::to_string(expert_ranks_) +
-                          " (and no pipeline_parallel); other layouts are not supported yet");
+                          std::to_string(expert_ranks_) + "; other layouts are not supported yet");
       }
       // Every rank's MoE layers exchange tokens with the ranks that hold their experts.
       Status rewritten = model_->AddRewrite({"", "moe.Experts", "moe.ExpertsParallel", {}});
@@ -98,9 +97,9 @@ class TrainStep : public StreamKernel {
   // Pipeline parallelism: the schedule's instruction lists, run by `pipeline_parallel` virtual
   // ranks or by the launcher's processes.
   Status SetUpPipeline() {
-    if (ranks_ > 1 || zero_) {
+    if (zero_) {
       return ctx_.Error("pipeline_parallel=" + std::to_string(pipeline_ranks_) +
-                        " with data_parallel or zero_stage: combining them is not supported yet");
+                        " with zero_stage=1: combining them is not supported yet");
     }
     auto kind = dualpipe::ParseScheduleKind(ctx_.String("pipeline_schedule"));
     if (!kind.ok()) return ctx_.Error(kind.status().message());
@@ -115,16 +114,24 @@ class TrainStep : public StreamKernel {
                 << micro << " pipeline micro-batches";
     Communicator* world = WorldCommunicator();
     if (world != nullptr && world->size() > 1) {
-      if (pipeline_ranks_ != world->size()) {
+      if (pipeline_ranks_ != world->size() || ranks_ > 1) {
         return ctx_.Error("this process is rank " + std::to_string(world->rank()) + " of " +
                           std::to_string(world->size()) + " (" + world->backend() +
-                          "): set pipeline_parallel=" + std::to_string(world->size()) + ", got " +
-                          std::to_string(pipeline_ranks_));
+                          "): set pipeline_parallel=" + std::to_string(world->size()) + " (got " +
+                          std::to_string(pipeline_ranks_) +
+                          ") and no data_parallel: pipelines of several data-parallel ranks run "
+                          "on virtual ranks only, for now");
       }
       world_ = world;
-    } else {
-      local_ = MakeLocalCommunicators(pipeline_ranks_);
+      return Status();
     }
+    // Virtual ranks: data-parallel group g runs a pipeline of ranks (g, 0..P-1), and the ranks
+    // with one pipeline position r form a data-parallel group (and an expert-parallel one).
+    for (int g = 0; g < ranks_; ++g)
+      pipeline_groups_.push_back(MakeLocalCommunicators(pipeline_ranks_));
+    if (ranks_ > 1)
+      for (int r = 0; r < pipeline_ranks_; ++r)
+        data_groups_.push_back(MakeLocalCommunicators(ranks_));
     return Status();
   }
 
@@ -153,31 +160,50 @@ class TrainStep : public StreamKernel {
     return Status();
   }
 
-  // The batch's rows cut into the pipeline's micro-batches.
-  StatusOr<std::vector<std::vector<Tensor>>> MicroBatches(const std::vector<Tensor>& inputs) {
+  // The batch's rows cut into the data-parallel groups' shares, each into the pipeline's
+  // micro-batches: [group][micro-batch][input].
+  using MicroBatchSets = std::vector<std::vector<std::vector<Tensor>>>;
+  StatusOr<MicroBatchSets> MicroBatches(const std::vector<Tensor>& inputs) {
     int micro = pipeline_.schedule.micro_batches;
-    std::vector<std::vector<Tensor>> micro_batches;
-    for (int m = 0; m < micro; ++m) {
-      auto rows = RowShard(inputs, m, micro);
-      if (!rows.ok()) {
-        return ctx_.Error("the pipeline's " + std::to_string(micro) +
-                          " micro-batches: " + rows.status().message());
+    int groups = world_ != nullptr ? 1 : ranks_;
+    MicroBatchSets sets;
+    for (int g = 0; g < groups; ++g) {
+      WEIR_ASSIGN_OR_RETURN(auto share, RowShard(inputs, g, groups));
+      sets.emplace_back();
+      for (int m = 0; m < micro; ++m) {
+        auto rows = RowShard(share, m, micro);
+        if (!rows.ok()) {
+          return ctx_.Error("the pipeline's " + std::to_string(micro) + " micro-batches" +
+                            (groups > 1 ? " of each data-parallel rank's rows" : "") + ": " +
+                            rows.status().message());
+        }
+        sets.back().push_back(std::move(*rows));
       }
-      micro_batches.push_back(std::move(*rows));
     }
-    return micro_batches;
+    return sets;
   }
 
-  // The micro-batches through the schedule, on every rank.
-  StatusOr<Program::Outputs> RunPipeline(const std::vector<std::vector<Tensor>>& micro_batches) {
+  // The micro-batches through the schedule on every rank, then (with data parallelism) the
+  // groups' results averaged.
+  StatusOr<Program::Outputs> RunPipeline(const MicroBatchSets& sets) {
     if (world_ != nullptr)
-      return RunPipelineRank(pipeline_, micro_batches, model_->params(), *world_, nullptr);
+      return RunPipelineRank(pipeline_, sets[0], model_->params(), *world_, nullptr);
+    const int pp = pipeline_ranks_, all = pp * ranks_;
     std::atomic<bool> abort{false};
-    std::vector<StatusOr<Program::Outputs>> outs(static_cast<size_t>(pipeline_ranks_),
+    std::vector<StatusOr<Program::Outputs>> outs(static_cast<size_t>(all),
                                                  StatusOr<Program::Outputs>(Internal("not run")));
-    OnVirtualRanks(pipeline_ranks_, [&](int r) {
-      outs[static_cast<size_t>(r)] = RunPipelineRank(pipeline_, micro_batches, model_->params(),
-                                                     *local_[static_cast<size_t>(r)], &abort);
+    OnVirtualRanks(all, [&](int t) {
+      size_t g = static_cast<size_t>(t / pp), r = static_cast<size_t>(t % pp);
+      Communicator* data = ranks_ > 1 ? data_groups_[r][g].get() : nullptr;
+      ShardGroupScope experts(expert_ranks_ > 1 ? data : nullptr);
+      auto out =
+          RunPipelineRank(pipeline_, sets[g], model_->params(), *pipeline_groups_[g][r], &abort);
+      if (out.ok() && data != nullptr) {
+        Status combined = CombineOverRanks(*data, *out);
+        if (!combined.ok()) out = combined;
+      }
+      if (!out.ok()) abort.store(true);
+      outs[static_cast<size_t>(t)] = std::move(out);
     });
     // The failure itself, not a rank that stopped because of it.
     for (auto& out : outs)
@@ -245,10 +271,10 @@ class TrainStep : public StreamKernel {
     // With data parallelism the program runs on one rank's rows.
     WEIR_ASSIGN_OR_RETURN(auto rows, RowShard(inputs, 0, ranks_));
     std::shared_ptr<const Program> program;
-    std::vector<std::vector<Tensor>> micro_batches;
+    MicroBatchSets micro_batches;
     if (pipeline_ranks_ > 1) {
       WEIR_ASSIGN_OR_RETURN(micro_batches, MicroBatches(inputs));
-      WEIR_RETURN_IF_ERROR(PreparePipeline(Types(micro_batches[0])));
+      WEIR_RETURN_IF_ERROR(PreparePipeline(Types(micro_batches[0][0])));
       program = pipeline_.whole;
     } else {
       WEIR_ASSIGN_OR_RETURN(program,
@@ -745,7 +771,9 @@ class TrainStep : public StreamKernel {
   bool zero_ = false;
   Communicator* world_ = nullptr;                     // ranks are processes
   std::vector<std::unique_ptr<Communicator>> local_;  // ranks are threads of this process
-  std::map<std::string, int> owners_;                 // ZeRO-1: parameter -> rank
+  // Pipelines on virtual ranks: [data-parallel group][pipeline rank] and the transpose.
+  std::vector<std::vector<std::unique_ptr<Communicator>>> pipeline_groups_, data_groups_;
+  std::map<std::string, int> owners_;  // ZeRO-1: parameter -> rank
   std::map<std::string, Tensor> restored_states_;
   std::vector<Batch> eval_;
 };
