@@ -51,6 +51,14 @@ void Trace::Complete(const std::string& name, const std::string& category,
   events_.push_back({name, category, detail, pid, ThreadId(), us(start), us(end) - us(start)});
 }
 
+void Trace::Flow(const std::string& name, uint64_t id, bool start,
+                 std::chrono::steady_clock::time_point at, int pid) {
+  double us = std::chrono::duration<double, std::micro>(at - origin_).count();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (pid < 0) pid = CurrentRank();
+  events_.push_back({name, "flow", "", pid, ThreadId(), us, 0, start ? 's' : 'f', id});
+}
+
 size_t Trace::size() const {
   std::lock_guard<std::mutex> lock(mu_);
   return events_.size();
@@ -79,9 +87,15 @@ Status Trace::Write(const std::filesystem::path& path) const {
   }
   for (const Event& e : events_) {
     json += ",\n{\"name\": " + JsonQuote(e.name) + ", \"cat\": " + JsonQuote(e.category) +
-            ", \"ph\": \"X\", \"pid\": " + std::to_string(e.pid) +
-            ", \"tid\": " + std::to_string(e.tid) + ", \"ts\": " + JsonNumber(e.start_us) +
-            ", \"dur\": " + JsonNumber(e.duration_us);
+            ", \"ph\": \"" + std::string(1, e.phase) + "\", \"pid\": " + std::to_string(e.pid) +
+            ", \"tid\": " + std::to_string(e.tid) + ", \"ts\": " + JsonNumber(e.start_us);
+    if (e.phase != 'X') {
+      // The finish binds to the event it falls in (the receive), not to the next one.
+      json +=
+          ", \"id\": " + std::to_string(e.flow_id) + (e.phase == 'f' ? ", \"bp\": \"e\"}" : "}");
+      continue;
+    }
+    json += ", \"dur\": " + JsonNumber(e.duration_us);
     if (!e.detail.empty()) json += ", \"args\": {\"detail\": " + JsonQuote(e.detail) + "}";
     json += "}";
   }

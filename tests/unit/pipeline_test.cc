@@ -361,8 +361,8 @@ TEST(PipelineTraining, PipelinesOfDataParallelRanksTrainLikeOneRank) {
   }
 }
 
-// `weir run --trace`: every rank's instructions under its pid, F&B pairs included, and the
-// tensor-program nodes inside them.
+// `weir run --trace`: every rank's instructions under its pid, F&B pairs included, the
+// tensor-program nodes inside them, and arrows from sends to receives.
 TEST(PipelineTraining, TracesShowEveryRanksInstructions) {
   Trace trace;
   Train("traced", {"pp=4", "schedule=dualpipe"}, &trace);
@@ -377,6 +377,14 @@ TEST(PipelineTraining, TracesShowEveryRanksInstructions) {
         << rank;
   }
   EXPECT_NE(json.find("\"name\": \"[F"), std::string::npos);  // an overlapped pair
+  // Arrows from sends to receives: as many starts as finishes.
+  auto count = [&](const std::string& what) {
+    size_t n = 0;
+    for (size_t at = json.find(what); at != std::string::npos; at = json.find(what, at + 1)) ++n;
+    return n;
+  };
+  EXPECT_GT(count("\"ph\": \"s\""), 0u);
+  EXPECT_EQ(count("\"ph\": \"s\""), count("\"ph\": \"f\""));
 }
 
 TEST(PipelineTraining, BadSettingsAreErrors) {

@@ -25,8 +25,13 @@ using Key = std::tuple<Payload, int, int>;  // payload, micro-batch, producing s
 class RankRunner {
  public:
   RankRunner(const PipelinePlan& plan, const std::vector<std::vector<Tensor>>& micro_batches,
-             const ParamStore& params, Communicator& comm, std::atomic<bool>* abort)
-      : plan_(plan), micro_batches_(micro_batches), params_(params), comm_(comm), abort_(abort) {
+             const ParamStore& params, Communicator& comm, std::atomic<bool>* abort, int64_t batch)
+      : plan_(plan),
+        micro_batches_(micro_batches),
+        params_(params),
+        comm_(comm),
+        abort_(abort),
+        batch_(batch) {
     for (const auto& stage : plan.stages)
       most_tensors_ = std::max(most_tensors_, static_cast<int>(stage->stage().outputs.size()));
     ++most_tensors_;
@@ -42,9 +47,18 @@ class RankRunner {
         return s.Prepend("rank " + std::to_string(comm_.rank()) + ", " +
                          dualpipe::InstructionLabel(plan_.schedule, in));
       }
-      if (trace != nullptr && in.kind != OpKind::kSend) {
-        trace->Complete(dualpipe::InstructionLabel(plan_.schedule, in), "pipeline", started,
-                        std::string(dualpipe::OpKindName(in.kind)));
+      if (trace != nullptr) {
+        std::string label = dualpipe::InstructionLabel(plan_.schedule, in);
+        bool transfer = in.kind == OpKind::kSend || in.kind == OpKind::kRecv;
+        if (transfer) {
+          // An arrow from the send to its receive, which have the same key; the batch number
+          // keeps the steps' arrows apart.
+          uint64_t id = (static_cast<uint64_t>(batch_) << 32) |
+                        static_cast<uint64_t>(Tag(in.payload, in.micro_batch, in.stage, 0));
+          bool send = in.kind == OpKind::kSend;
+          trace->Flow(label, id, send, send ? started : Clock::now());
+        }
+        trace->Complete(label, "pipeline", started, std::string(dualpipe::OpKindName(in.kind)));
       }
     }
     for (auto& [handle, tensor] : sends_) WEIR_RETURN_IF_ERROR(Await(handle));
@@ -321,6 +335,7 @@ class RankRunner {
   const ParamStore& params_;
   Communicator& comm_;
   std::atomic<bool>* abort_;
+  int64_t batch_;
   int most_tensors_ = 1;
   std::map<Key, std::vector<Tensor>> inbox_;
   std::map<std::pair<int, int>, std::unique_ptr<Program::Execution>> runs_;
@@ -334,8 +349,8 @@ class RankRunner {
 StatusOr<Program::Outputs> RunPipelineRank(const PipelinePlan& plan,
                                            const std::vector<std::vector<Tensor>>& micro_batches,
                                            const ParamStore& params, Communicator& comm,
-                                           std::atomic<bool>* abort) {
-  RankRunner runner(plan, micro_batches, params, comm, abort);
+                                           std::atomic<bool>* abort, int64_t batch) {
+  RankRunner runner(plan, micro_batches, params, comm, abort, batch);
   Status ran = runner.Run();
   if (!ran.ok() && abort != nullptr) abort->store(true);
   // Every rank learns whether all finished before the sums, so none waits in them for a rank

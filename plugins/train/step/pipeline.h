@@ -31,10 +31,11 @@ struct PipelinePlan {
 // micro-batches' losses; DualPipe's two copies of a stage summed), the whole function's scalar
 // outputs averaged over micro-batches (other outputs left empty: shape [0]), state statistics
 // summed. `abort` is shared by the virtual ranks of one process: a rank that fails sets it, and the
-// others stop waiting for tensors that will not come.
+// others stop waiting for tensors that will not come. `batch` numbers the call (the trainer's
+// batch count) in traces: each instruction is an event, and an arrow joins a send to its receive.
 StatusOr<Program::Outputs> RunPipelineRank(const PipelinePlan& plan,
                                            const std::vector<std::vector<Tensor>>& micro_batches,
                                            const ParamStore& params, Communicator& comm,
-                                           std::atomic<bool>* abort);
+                                           std::atomic<bool>* abort, int64_t batch = 0);
 
 }  // namespace weir::train

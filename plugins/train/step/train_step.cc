@@ -187,7 +187,8 @@ class TrainStep : public StreamKernel {
   // groups' results averaged.
   StatusOr<Program::Outputs> RunPipeline(const MicroBatchSets& sets) {
     if (world_ != nullptr)
-      return RunPipelineRank(pipeline_, sets[0], model_->params(), *world_, nullptr);
+      return RunPipelineRank(pipeline_, sets[0], model_->params(), *world_, nullptr,
+                             data_position_);
     const int pp = pipeline_ranks_, all = pp * ranks_;
     std::atomic<bool> abort{false};
     std::vector<StatusOr<Program::Outputs>> outs(static_cast<size_t>(all),

@@ -2,7 +2,8 @@
 // chrome://tracing open. `weir run --trace` records one complete ("X") event per kernel call of
 // every stream node (a source producing, a node processing an item or finishing) and, inside
 // those calls, one per tensor-program node (a MatMul of a training step, with its phase: forward,
-// input gradient B or weight gradient W). pid is the rank that ran the call — a virtual rank's
+// input gradient B or weight gradient W), and flow arrows from pipeline sends to their receives.
+// pid is the rank that ran the call — a virtual rank's
 // thread sets its own (TraceScope), a process launched as one of several ranks sets the
 // process's (SetProcessRank) — and tid the thread.
 #pragma once
@@ -26,6 +27,11 @@ class Trace {
   void Complete(const std::string& name, const std::string& category,
                 std::chrono::steady_clock::time_point start, const std::string& detail = "",
                 int pid = -1);  // -1: CurrentRank()
+  // One end of an arrow from a send to its receive (a flow event): `start` at the sender, inside
+  // the send's event, the other end inside the receive's, both with the same `id`. Perfetto
+  // draws the arrow between the two events.
+  void Flow(const std::string& name, uint64_t id, bool start,
+            std::chrono::steady_clock::time_point at, int pid = -1);
   // trace.json: {"traceEvents": [...], "displayTimeUnit": "ms"}, written atomically.
   Status Write(const std::filesystem::path& path) const;
   size_t size() const;
@@ -43,6 +49,8 @@ class Trace {
     std::string name, category, detail;
     int pid, tid;
     double start_us, duration_us;
+    char phase = 'X';  // X: a complete event; s, f: a flow's start and finish
+    uint64_t flow_id = 0;
   };
   int ThreadId();
 
