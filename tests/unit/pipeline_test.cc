@@ -4,6 +4,7 @@
 // where one rank does.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -385,6 +386,34 @@ TEST(PipelineTraining, TracesShowEveryRanksInstructions) {
   };
   EXPECT_GT(count("\"ph\": \"s\""), 0u);
   EXPECT_EQ(count("\"ph\": \"s\""), count("\"ph\": \"f\""));
+}
+
+// A rank whose kernel fails fails the step at once, naming the rank, the instruction and the
+// kernel's error; the ranks waiting for its activations stop instead of waiting for a timeout.
+TEST(PipelineTraining, AFailingRankStopsTheOthers) {
+  auto g = LoadTestGraph(TestGraph("good/train_pp.pbtxt"), {"pp=4", "schedule=1f1b"});
+  ASSERT_TRUE(g.ok());
+  // Byte ids above 63 are outside a 64-row embedding: the first stage's forward fails.
+  std::string attrs =
+      "vocab_size=64 hidden_size=16 intermediate_size=24 moe_intermediate_size=8 "
+      "num_hidden_layers=3 first_k_dense_replace=1 num_attention_heads=2 "
+      "q_lora_rank=8 kv_lora_rank=8 qk_nope_head_dim=4 qk_rope_head_dim=4 "
+      "v_head_dim=4 n_routed_experts=4 n_shared_experts=1 num_experts_per_tok=2 "
+      "n_group=2 topk_group=1 rope_factor=1.0 num_nextn_predict_layers=1";
+  fs::path out = fs::path(::testing::TempDir()) / "pp_failing";
+  fs::remove_all(out);
+  auto started = std::chrono::steady_clock::now();
+  RunResult run =
+      RunGraphFile(TestGraph("good/train_pp.pbtxt"), out, {"pp=4", "model_attrs='" + attrs + "'"});
+  double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  ASSERT_FALSE(run.status.ok());
+  const std::string& message = run.status.message();
+  EXPECT_NE(message.find("rank 0, F0"), std::string::npos) << run.status.ToString();
+  EXPECT_NE(message.find("at position"), std::string::npos) << run.status.ToString();
+  EXPECT_EQ(message.find("another rank failed"), std::string::npos) << run.status.ToString();
+  // The communicators' timeout is 300 s: the others stopped long before.
+  EXPECT_LT(seconds, 60) << run.status.ToString();
 }
 
 TEST(PipelineTraining, BadSettingsAreErrors) {
