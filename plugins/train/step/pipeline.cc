@@ -51,11 +51,14 @@ class RankRunner {
         std::string label = dualpipe::InstructionLabel(plan_.schedule, in);
         bool transfer = in.kind == OpKind::kSend || in.kind == OpKind::kRecv;
         if (transfer) {
-          // An arrow from the send to its receive, which have the same key; the batch number
-          // keeps the steps' arrows apart.
-          uint64_t id = (static_cast<uint64_t>(batch_) << 32) |
-                        static_cast<uint64_t>(Tag(in.payload, in.micro_batch, in.stage, 0));
+          // An arrow from the send to its receive, which share the key; the batch number and
+          // the sender's trace pid keep apart the arrows of other steps and other pipelines
+          // (data-parallel groups of virtual ranks have pids g·P + r).
           bool send = in.kind == OpKind::kSend;
+          int sender = Trace::CurrentRank() - comm_.rank() + (send ? comm_.rank() : in.peer);
+          uint64_t id = (static_cast<uint64_t>(batch_) << 40) |
+                        (static_cast<uint64_t>(sender) << 24) |
+                        static_cast<uint64_t>(Tag(in.payload, in.micro_batch, in.stage, 0));
           trace->Flow(label, id, send, send ? started : Clock::now());
         }
         trace->Complete(label, "pipeline", started, std::string(dualpipe::OpKindName(in.kind)));
