@@ -7,34 +7,19 @@
 #include <random>
 
 #include "test_util.h"
+#include "tiny_gpt.h"
 #include "weir/runtime/program.h"
 
 namespace weir::testing {
 namespace {
-
-std::map<std::string, AttrValue> TinyGpt(const std::string& dtype) {
-  std::map<std::string, AttrValue> a;
-  auto i = [&](const char* k, int64_t v) { a[k].set_i(v); };
-  i("vocab", 11);
-  i("n_layers", 2);
-  i("d_model", 8);
-  i("n_heads", 2);
-  i("n_kv_heads", 1);
-  i("q_dim", 8);
-  i("kv_dim", 4);
-  i("d_ff", 12);
-  a["init_std"].set_f(0.3);
-  a["out_std"].set_f(0.3);
-  a["T"].set_type(*ParseDataType(dtype));
-  return a;
-}
 
 StatusOr<std::shared_ptr<const Program>> BuildGpt(const std::string& dtype, int64_t batch,
                                                   int64_t time, ProgramOptions options) {
   WEIR_ASSIGN_OR_RETURN(Graph g, LoadTestGraph(TestGraph("good/gpt_import.pbtxt")));
   options.loss = "loss";
   std::vector<TensorType> types = {{DT_I64, {batch, time}}, {DT_I64, {batch, time}}};
-  return Program::Build(g, "Gpt", TinyGpt(dtype), types, TestRegistry(), options);
+  return Program::Build(g, "Gpt", TinyGptAttrs(*ParseDataType(dtype)), types, TestRegistry(),
+                        options);
 }
 
 TEST(TinyGpt, ParametersAreNamedByPath) {

@@ -11,6 +11,7 @@
 #include <iterator>
 
 #include "test_util.h"
+#include "tiny_gpt.h"
 #include "tiny_v3.h"
 #include "weir/runtime/executor.h"
 #include "weir/runtime/program.h"
@@ -22,23 +23,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::map<std::string, AttrValue> GptAttrs(int64_t layers) {
-  std::map<std::string, AttrValue> a;
-  auto i = [&](const char* k, int64_t v) { a[k].set_i(v); };
-  i("vocab", 11);
-  i("n_layers", layers);
-  i("d_model", 8);
-  i("n_heads", 2);
-  i("n_kv_heads", 1);
-  i("q_dim", 8);
-  i("kv_dim", 4);
-  i("d_ff", 12);
-  a["init_std"].set_f(0.3);
-  a["out_std"].set_f(0.3);
-  a["T"].set_type(DT_F64);
-  return a;
-}
-
 struct Model {
   Graph graph;
   std::string function;
@@ -49,7 +33,7 @@ struct Model {
 Model Gpt(int64_t layers) {
   auto g = LoadTestGraph(TestGraph("good/gpt_import.pbtxt"));
   EXPECT_TRUE(g.ok()) << g.status().ToString();
-  return {std::move(*g), "Gpt", GptAttrs(layers), {{DT_I64, {2, 5}}, {DT_I64, {2, 5}}}};
+  return {std::move(*g), "Gpt", TinyGptAttrs(DT_F64, layers), {{DT_I64, {2, 5}}, {DT_I64, {2, 5}}}};
 }
 
 Model TinyV3() {
@@ -276,51 +260,15 @@ TEST(ProgramExecution, PartsRunApartGiveRunsGradients) {
 }
 
 struct Trained {
-  std::vector<double> losses;
-  std::map<std::string, Tensor> params;
+  TrainedRun run;
   std::vector<google::protobuf::Struct> statistics;
 };
 
 Trained Train(const std::string& name, const std::vector<std::string>& sets,
               Trace* trace = nullptr) {
-  fs::path out = fs::path(::testing::TempDir()) / ("pp_" + name);
-  fs::remove_all(out);
-  auto g = LoadTestGraph(TestGraph("good/train_pp.pbtxt"), sets);
-  EXPECT_TRUE(g.ok()) << g.status().ToString();
-  Trained t;
-  if (!g.ok()) return t;
-  CapturedMetrics metrics;
-  RunOptions options;
-  options.out_dir = out;
-  options.ops = &TestRegistry();
-  options.metrics = &metrics;
-  options.trace = trace;
-  RunResult run = RunGraph(*g, options);
-  EXPECT_TRUE(run.status.ok()) << name << ": " << run.status.ToString();
-  t.losses = metrics.Values("train", "loss");
-  auto params = ReadSafetensorsSharded(out / "checkpoints/step-000003", "model");
-  EXPECT_TRUE(params.ok()) << name;
-  if (params.ok()) t.params = *params;
-  t.statistics = ReadJsonlRows(out / "statistics.jsonl");
+  Trained t{TrainGraph("good/train_pp.pbtxt", "pp_" + name, sets, "step-000003", trace), {}};
+  t.statistics = ReadJsonlRows(t.run.out / "statistics.jsonl");
   return t;
-}
-
-double MaxRelativeDifference(const std::map<std::string, Tensor>& a,
-                             const std::map<std::string, Tensor>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double worst = 0;
-  for (const auto& [name, t] : a) {
-    auto it = b.find(name);
-    if (it == b.end()) {
-      ADD_FAILURE() << name << " is missing";
-      continue;
-    }
-    for (int64_t i = 0; i < t.numel(); ++i) {
-      worst =
-          std::max(worst, std::abs(t.At(i) - it->second.At(i)) / std::max(1e-3, std::abs(t.At(i))));
-    }
-  }
-  return worst;
 }
 
 // The test: a 4-stage model (8 for DualPipeV) trained 3 steps under each schedule on 4
@@ -328,15 +276,15 @@ double MaxRelativeDifference(const std::map<std::string, Tensor>& a,
 // parameters move by the gradients themselves (Adam would magnify rounding in gradients near 0).
 TEST(PipelineTraining, EveryScheduleTrainsLikeOneRank) {
   Trained one = Train("one", {});
-  ASSERT_EQ(one.losses.size(), 3u);
+  ASSERT_EQ(one.run.losses.size(), 3u);
   ASSERT_EQ(one.statistics.size(), 3u);  // the router's loads, one row per step
   for (const char* schedule : {"gpipe", "1f1b", "zb1p", "dualpipe", "dualpipev"}) {
     SCOPED_TRACE(schedule);
     Trained pp = Train(schedule, {"pp=4", std::string("schedule=") + schedule});
-    ASSERT_EQ(pp.losses.size(), 3u);
+    ASSERT_EQ(pp.run.losses.size(), 3u);
     for (size_t i = 0; i < 3; ++i)
-      EXPECT_NEAR(pp.losses[i], one.losses[i], 1e-5 * std::abs(one.losses[i])) << i;
-    EXPECT_LT(MaxRelativeDifference(one.params, pp.params), 1e-5);
+      EXPECT_NEAR(pp.run.losses[i], one.run.losses[i], 1e-5 * std::abs(one.run.losses[i])) << i;
+    EXPECT_LT(MaxRelativeDifference(one.run.params, pp.run.params, 1e-3), 1e-5);
     ASSERT_EQ(pp.statistics.size(), 3u);
     EXPECT_EQ(pp.statistics.back().DebugString(), one.statistics.back().DebugString());
   }
@@ -347,7 +295,7 @@ TEST(PipelineTraining, EveryScheduleTrainsLikeOneRank) {
 // of the other pipeline).
 TEST(PipelineTraining, PipelinesOfDataParallelRanksTrainLikeOneRank) {
   Trained one = Train("one_pd", {});
-  ASSERT_EQ(one.losses.size(), 3u);
+  ASSERT_EQ(one.run.losses.size(), 3u);
   for (const std::vector<std::string>& sets :
        {std::vector<std::string>{"pp=2", "dp=2"},
         std::vector<std::string>{"pp=2", "dp=2", "ep=2", "schedule=dualpipe"},
@@ -355,10 +303,10 @@ TEST(PipelineTraining, PipelinesOfDataParallelRanksTrainLikeOneRank) {
     std::string name = sets.back();
     SCOPED_TRACE(name + " " + std::to_string(sets.size()));
     Trained many = Train("pd_" + name + std::to_string(sets.size()), sets);
-    ASSERT_EQ(many.losses.size(), 3u);
+    ASSERT_EQ(many.run.losses.size(), 3u);
     for (size_t i = 0; i < 3; ++i)
-      EXPECT_NEAR(many.losses[i], one.losses[i], 1e-5 * std::abs(one.losses[i])) << i;
-    EXPECT_LT(MaxRelativeDifference(one.params, many.params), 1e-5);
+      EXPECT_NEAR(many.run.losses[i], one.run.losses[i], 1e-5 * std::abs(one.run.losses[i])) << i;
+    EXPECT_LT(MaxRelativeDifference(one.run.params, many.run.params, 1e-3), 1e-5);
   }
 }
 
@@ -367,10 +315,7 @@ TEST(PipelineTraining, PipelinesOfDataParallelRanksTrainLikeOneRank) {
 TEST(PipelineTraining, TracesShowEveryRanksInstructions) {
   Trace trace;
   Train("traced", {"pp=4", "schedule=dualpipe"}, &trace);
-  fs::path file = fs::path(::testing::TempDir()) / "pp_trace.json";
-  ASSERT_TRUE(trace.Write(file).ok());
-  std::ifstream in(file);
-  std::string json((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string json = TraceJson(trace, "pp_trace");
   for (int rank = 0; rank < 4; ++rank) {
     std::string pid = "\"pid\": " + std::to_string(rank);
     EXPECT_NE(json.find("\"cat\": \"pipeline\", \"ph\": \"X\", " + pid), std::string::npos) << rank;

@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <iterator>
 #include <random>
 
 #include "bpe.h"  // plugins/tokenizer, compiled into the unit tests
 #include "weir/json.h"
+#include "weir/safetensors.h"
 
 namespace weir::testing {
 
@@ -98,6 +100,59 @@ int CheckModelGradients(const Program& program, ParamStore& params,
     }
   }
   return checked;
+}
+
+TrainedRun TrainGraph(const std::string& graph, const std::string& name,
+                      const std::vector<std::string>& sets, const std::string& checkpoint,
+                      Trace* trace) {
+  TrainedRun t;
+  t.out = std::filesystem::path(::testing::TempDir()) / name;
+  std::filesystem::remove_all(t.out);
+  auto g = LoadTestGraph(TestGraph(graph), sets);
+  EXPECT_TRUE(g.ok()) << g.status().ToString();
+  if (!g.ok()) return t;
+  CapturedMetrics metrics;
+  RunOptions options;
+  options.out_dir = t.out;
+  options.ops = &TestRegistry();
+  options.metrics = &metrics;
+  options.trace = trace;
+  RunResult run = RunGraph(*g, options);
+  EXPECT_TRUE(run.status.ok()) << name << ": " << run.status.ToString();
+  t.losses = metrics.Values("train", "loss");
+  std::filesystem::path dir = t.out / "checkpoints" / checkpoint;
+  auto params = ReadSafetensorsSharded(dir, "model");
+  EXPECT_TRUE(params.ok()) << name << ": " << params.status().ToString();
+  if (params.ok()) t.params = *params;
+  auto states = ReadSafetensorsSharded(dir, "optimizer");
+  if (states.ok()) t.states = *states;
+  return t;
+}
+
+double MaxRelativeDifference(const std::map<std::string, Tensor>& a,
+                             const std::map<std::string, Tensor>& b, double floor) {
+  EXPECT_EQ(a.size(), b.size());
+  double worst = 0;
+  for (const auto& [name, t] : a) {
+    auto it = b.find(name);
+    if (it == b.end() || it->second.shape() != t.shape()) {
+      ADD_FAILURE() << name << " is missing or of another shape";
+      continue;
+    }
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      worst = std::max(worst,
+                       std::abs(t.At(i) - it->second.At(i)) / std::max(floor, std::abs(t.At(i))));
+    }
+  }
+  return worst;
+}
+
+std::string TraceJson(const Trace& trace, const std::string& name) {
+  std::filesystem::path file = std::filesystem::path(::testing::TempDir()) / (name + ".json");
+  Status written = trace.Write(file);
+  EXPECT_TRUE(written.ok()) << written.ToString();
+  std::ifstream in(file);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
 }  // namespace weir::testing
