@@ -22,6 +22,18 @@ DeviceMemoryCache::~DeviceMemoryCache() {
     if (block->has_event) backend_->DestroyEvent(block->event);
 }
 
+// A blank Block record: a spare one, else a new one (records live as long as the cache).
+DeviceMemoryCache::Block* DeviceMemoryCache::NewBlock() {
+  if (spare_.empty()) {
+    storage_.push_back(std::make_unique<Block>());
+    return storage_.back().get();
+  }
+  Block* b = spare_.back();
+  spare_.pop_back();
+  *b = Block();
+  return b;
+}
+
 void DeviceMemoryCache::Insert(Block* block) { free_.insert(block); }
 void DeviceMemoryCache::Erase(Block* block) { free_.erase(block); }
 
@@ -59,15 +71,7 @@ DeviceMemoryCache::Block* DeviceMemoryCache::NewSegment(size_t size, StreamId st
   ++stats_.backend_mallocs;
   ++stats_.segments;
   stats_.reserved_bytes += static_cast<int64_t>(bytes);
-  Block* b;
-  if (!spare_.empty()) {
-    b = spare_.back();
-    spare_.pop_back();
-    *b = Block();
-  } else {
-    storage_.push_back(std::make_unique<Block>());
-    b = storage_.back().get();
-  }
+  Block* b = NewBlock();
   b->ptr = static_cast<char*>(memory);
   b->size = bytes;
   b->stream = stream;
@@ -80,15 +84,7 @@ DeviceMemoryCache::Block* DeviceMemoryCache::NewSegment(size_t size, StreamId st
 void DeviceMemoryCache::Split(Block* block, size_t size) {
   size_t rest = block->size - size;
   if (rest < (block->large ? kSmall : kRound)) return;
-  Block* r;
-  if (!spare_.empty()) {
-    r = spare_.back();
-    spare_.pop_back();
-    *r = Block();
-  } else {
-    storage_.push_back(std::make_unique<Block>());
-    r = storage_.back().get();
-  }
+  Block* r = NewBlock();
   r->ptr = block->ptr + size;
   r->size = rest;
   r->stream = block->stream;

@@ -151,13 +151,8 @@ class ProgramBuilder {
       const weir::Node& node = fn.nodes[k];
       std::vector<ValueRef> inputs;
       for (const weir::Node::Input& in : node.inputs) inputs.push_back(ref(in.node, in.port));
-      std::map<std::string, AttrValue> typed(node.attrs.begin(), node.attrs.end());
-      const OpEntry* entry = node.entry;
-      WEIR_RETURN_IF_ERROR(Rewrite(node, entry, typed));
-      auto added =
-          AddOp(entry, node.name, std::move(inputs), std::move(typed), node.loc, /*forward=*/true);
-      if (!added.ok()) return added.status();
-      index[k] = added->node;
+      WEIR_ASSIGN_OR_RETURN(ValueRef added, AddFunctionNode(node, std::move(inputs)));
+      index[k] = added.node;
     }
     const int last = pipe.stages - 1;
     for (const FunctionInstance::Output& out : fn.outputs) {
@@ -274,11 +269,7 @@ class ProgramBuilder {
         inputs.push_back(in.node < 0 ? args.at(static_cast<size_t>(-1 - in.node))
                                      : ValueRef{index.at(static_cast<size_t>(in.node)), in.port});
       }
-      std::map<std::string, AttrValue> typed(node.attrs.begin(), node.attrs.end());
-      const OpEntry* entry = node.entry;
-      WEIR_RETURN_IF_ERROR(builder.Rewrite(node, entry, typed));
-      WEIR_ASSIGN_OR_RETURN(ValueRef added, builder.AddOp(entry, node.name, std::move(inputs),
-                                                          std::move(typed), node.loc, true));
+      WEIR_ASSIGN_OR_RETURN(ValueRef added, builder.AddFunctionNode(node, std::move(inputs)));
       index[k] = added.node;
       order.push_back(static_cast<int>(k));
     }
@@ -469,6 +460,15 @@ class ProgramBuilder {
   }
 
  private:
+  // A forward node of the function instance reading `inputs`, as options_.rewrites have it.
+  StatusOr<ValueRef> AddFunctionNode(const weir::Node& node, std::vector<ValueRef> inputs) {
+    std::map<std::string, AttrValue> typed(node.attrs.begin(), node.attrs.end());
+    const OpEntry* entry = node.entry;
+    WEIR_RETURN_IF_ERROR(Rewrite(node, entry, typed));
+    return AddOp(entry, node.name, std::move(inputs), std::move(typed), node.loc,
+                 /*forward=*/true);
+  }
+
   // The op a node runs and its attrs after options_.rewrites.
   Status Rewrite(const weir::Node& node, const OpEntry*& entry,
                  std::map<std::string, AttrValue>& attrs) const {

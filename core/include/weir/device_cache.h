@@ -95,6 +95,7 @@ class DeviceMemoryCache {
     }
   };
 
+  Block* NewBlock();
   Block* TakeFree(size_t size, StreamId stream, bool large);
   Block* NewSegment(size_t size, StreamId stream, bool large);
   void Split(Block* block, size_t size);

@@ -42,6 +42,15 @@ Status CombineOverRanks(Communicator& comm, Program::Outputs& outputs) {
   return Status();
 }
 
+void AddToSum(std::map<std::string, Tensor>& sums, const std::string& name, const Tensor& t) {
+  Tensor add = t.To(DT_F32);
+  auto [it, fresh] = sums.try_emplace(name, add);
+  if (fresh) return;
+  float* acc = it->second.data<float>();
+  const float* p = add.data<float>();
+  for (int64_t i = 0; i < add.numel(); ++i) acc[i] += p[i];
+}
+
 std::map<std::string, int> OptimizerShards(const std::map<std::string, Tensor>& params, int ranks) {
   std::vector<std::pair<int64_t, std::string>> by_size;
   for (const auto& [name, t] : params) by_size.emplace_back(-t.numel(), name);

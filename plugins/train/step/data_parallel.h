@@ -23,6 +23,10 @@ StatusOr<std::vector<Tensor>> RowShard(const std::vector<Tensor>& inputs, int ra
 // communicator reduces in rank order.
 Status CombineOverRanks(Communicator& comm, Program::Outputs& outputs);
 
+// sums[name] += t, summed in f32; the first call stores a copy of t in f32, so a sum never
+// keeps t's storage (a program run's arena) alive.
+void AddToSum(std::map<std::string, Tensor>& sums, const std::string& name, const Tensor& t);
+
 // ZeRO-1: the rank that keeps the optimizer state of, and updates, each parameter — the largest
 // parameters first, each to the rank with the fewest elements so far (ties: by name).
 std::map<std::string, int> OptimizerShards(const std::map<std::string, Tensor>& params, int ranks);

@@ -7,6 +7,7 @@
 #include <thread>
 #include <tuple>
 
+#include "step/data_parallel.h"
 #include "weir/runtime/trace.h"
 #include "weir/runtime/world.h"
 
@@ -237,17 +238,9 @@ class RankRunner {
   void Collect(int micro_batch, int stage) {
     auto it = runs_.find({micro_batch, stage});
     Program::Outputs outs = it->second->outputs();
-    for (const auto& [name, g] : outs.param_grads) Add(grads_, name, g);
-    for (const auto& [name, s] : outs.statistics) Add(statistics_, name, s);
+    for (const auto& [name, g] : outs.param_grads) AddToSum(grads_, name, g);
+    for (const auto& [name, s] : outs.statistics) AddToSum(statistics_, name, s);
     runs_.erase(it);
-  }
-  static void Add(std::map<std::string, Tensor>& sums, const std::string& name, const Tensor& t) {
-    Tensor add = t.To(DT_F32);  // a copy: the execution's arena goes
-    auto [it, fresh] = sums.try_emplace(name, add);
-    if (fresh) return;
-    float* acc = it->second.data<float>();
-    const float* p = add.data<float>();
-    for (int64_t i = 0; i < add.numel(); ++i) acc[i] += p[i];
   }
 
   Status Execute(const Instruction& in) {
@@ -285,24 +278,20 @@ class RankRunner {
           // order must be the same on every rank: one after the other.
           forward = f.run->Forward(std::move(f.inputs));
           if (forward.ok()) backward = b.run->Backward(std::move(b.output_grads), true);
-          WEIR_RETURN_IF_ERROR(forward);
-          WEIR_RETURN_IF_ERROR(backward);
-          FinishForward(f);
-          FinishBackward(b);
-          return Status();
+        } else {
+          Trace* trace = Trace::Current();
+          int rank = Trace::CurrentRank();
+          tbb::task_group both;
+          both.run([&] {
+            TraceScope traced(trace, rank);
+            forward = f.run->Forward(std::move(f.inputs));
+          });
+          both.run([&] {
+            TraceScope traced(trace, rank);
+            backward = b.run->Backward(std::move(b.output_grads), true);
+          });
+          both.wait();
         }
-        Trace* trace = Trace::Current();
-        int rank = Trace::CurrentRank();
-        tbb::task_group both;
-        both.run([&] {
-          TraceScope traced(trace, rank);
-          forward = f.run->Forward(std::move(f.inputs));
-        });
-        both.run([&] {
-          TraceScope traced(trace, rank);
-          backward = b.run->Backward(std::move(b.output_grads), true);
-        });
-        both.wait();
         WEIR_RETURN_IF_ERROR(forward);
         WEIR_RETURN_IF_ERROR(backward);
         FinishForward(f);

@@ -335,14 +335,7 @@ class TrainStep : public StreamKernel {
       if (v.numel() == 1 && IsFloating(v.dtype()))
         scalar_sums_[program.output_names()[o]] += v.At(0);
     }
-    for (const auto& [param, value] : result.statistics) {
-      Tensor add = value.To(DT_F32);
-      auto [it, fresh] = statistics_.try_emplace(param, add);
-      if (fresh) continue;
-      float* acc = it->second.data<float>();
-      const float* p = add.data<float>();
-      for (int64_t i = 0; i < add.numel(); ++i) acc[i] += p[i];
-    }
+    for (const auto& [param, value] : result.statistics) AddToSum(statistics_, param, value);
   }
 
   // After the optimizer step: each state parameter takes the value its update op computes from
