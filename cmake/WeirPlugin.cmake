@@ -5,9 +5,16 @@
 # installed SDK (find_package(weir)), the default is ${CMAKE_BINARY_DIR}/plugins, and the
 # configure step prints the WEIR_PLUGIN_PATH that makes `weir` find the plugin.
 function(weir_add_plugin name)
-  cmake_parse_arguments(ARG "" "OUTPUT_DIR" "SOURCES" ${ARGN})
+  cmake_parse_arguments(ARG "" "OUTPUT_DIR" "SOURCES;CUDA_SOURCES" ${ARGN})
   set(target weir_plugin_${name})
   add_library(${target} MODULE ${ARG_SOURCES} ${ARG_UNPARSED_ARGUMENTS})
+  # CUDA kernels (.cu, and the .cc that registers them) build only when weir builds with CUDA;
+  # the plugin then defines WEIR_HAVE_CUDA (through weir::cuda) and links libweir_cuda.
+  if(ARG_CUDA_SOURCES AND TARGET weir::cuda)
+    target_sources(${target} PRIVATE ${ARG_CUDA_SOURCES})
+    target_link_libraries(${target} PRIVATE weir::cuda)
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings>)
+  endif()
   set(install_with_weir OFF)
   if(NOT ARG_OUTPUT_DIR)
     if(WEIR_PLUGIN_OUTPUT_DIR)
@@ -27,7 +34,7 @@ function(weir_add_plugin name)
     # Installed beside libweir_core in <libdir>/weir/plugins.
     INSTALL_RPATH "$ORIGIN/../..")
   target_link_libraries(${target} PRIVATE weir::core)
-  target_compile_options(${target} PRIVATE ${WEIR_WARNINGS})
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${WEIR_WARNINGS}>)
   if(install_with_weir)
     install(TARGETS ${target} LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}/weir/plugins)
   endif()

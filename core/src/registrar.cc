@@ -2,6 +2,8 @@
 
 #include <regex>
 
+#include "weir/device.h"
+
 namespace weir {
 namespace {
 
@@ -199,7 +201,7 @@ OpBuilder& OpBuilder::Kernel(const std::string& device, KernelFn fn, std::vector
   if (!RequireTensorOp("kernels")) return *this;
   if (parts_.kernels.count(device))
     errors_->push_back("op '" + def_->name() + "': two kernels for device " + device);
-  if (device != "cpu" && device != "cuda") {
+  if (device != "cpu" && device != "cuda" && !IsDeviceType(device)) {
     errors_->push_back("op '" + def_->name() + "': kernel for unknown device '" + device +
                        "' (weir runs kernels on: cpu, cuda)");
   }
@@ -289,6 +291,18 @@ OpBuilder& Registrar::AddOp(const std::string& name, OpDef::Kind kind) {
 }
 
 OpBuilder& Registrar::StreamOp(const std::string& name) { return AddOp(name, OpDef::STREAM); }
+
+void Registrar::Kernel(const std::string& op, const std::string& device, KernelFn fn,
+                       std::vector<DataType> dtypes) {
+  for (StagedOp& staged : ops_) {
+    if (staged.def->name() == op) {
+      staged.builder->Kernel(device, std::move(fn), std::move(dtypes));
+      return;
+    }
+  }
+  errors_.push_back("a " + device + " kernel for op '" + op +
+                    "', which this plugin does not declare (declare the op first)");
+}
 OpBuilder& Registrar::TensorOp(const std::string& name) { return AddOp(name, OpDef::TENSOR); }
 
 ResourceKindBuilder& Registrar::ResourceKind(const std::string& name) {

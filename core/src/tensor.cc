@@ -48,11 +48,13 @@ std::shared_ptr<Storage> Storage::Allocate(size_t bytes, Allocator* allocator) {
   return s;
 }
 
-std::shared_ptr<Storage> Storage::Wrap(void* data, size_t bytes, std::function<void()> release) {
+std::shared_ptr<Storage> Storage::Wrap(void* data, size_t bytes, std::function<void()> release,
+                                       Device device) {
   std::shared_ptr<Storage> s(new Storage());
   s->data_ = data;
   s->bytes_ = bytes;
   s->release_ = std::move(release);
+  s->device_ = device;
   return s;
 }
 
@@ -274,12 +276,14 @@ Tensor Tensor::Contiguous() const {
 }
 
 Tensor Tensor::Clone() const {
+  CHECK(device().type == DeviceType::kCpu) << "Clone of a tensor on " << device().ToString();
   Tensor t = Empty(dtype_, shape_);
   t.CopyFrom(*this);
   return t;
 }
 
 Tensor Tensor::To(DataType dtype) const {
+  CHECK(device().type == DeviceType::kCpu) << "To() of a tensor on " << device().ToString();
   Tensor t = Empty(dtype, shape_);
   t.CopyFrom(*this);
   return t;
@@ -288,6 +292,9 @@ Tensor Tensor::To(DataType dtype) const {
 void Tensor::CopyFrom(const Tensor& src) {
   CHECK(src.shape_ == shape_) << "copy " << ShapeString(src.shape_) << " into "
                               << ShapeString(shape_);
+  // Host memory only: copies to and from a device go through its DeviceRuntime.
+  CHECK(device().type == DeviceType::kCpu && src.device().type == DeviceType::kCpu)
+      << "CopyFrom between " << src.device().ToString() << " and " << device().ToString();
   if (src.dtype_ == dtype_ && src.is_contiguous() && is_contiguous()) {
     std::memcpy(raw_data(), src.raw_data(), nbytes());
     return;
@@ -311,6 +318,7 @@ void Tensor::CopyFrom(const Tensor& src) {
 }
 
 double Tensor::At(int64_t flat) const {
+  CHECK(device().type == DeviceType::kCpu) << "At() of a tensor on " << device().ToString();
   int64_t offset = 0;
   for (size_t d = shape_.size(); d-- > 0;) {
     offset += (flat % shape_[d]) * strides_[d];

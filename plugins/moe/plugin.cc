@@ -1,6 +1,9 @@
 #include "weir/plugin.h"
 
 #include "moe_ops.h"
+#ifdef WEIR_HAVE_CUDA
+#include "cuda/register.h"
+#endif
 
 namespace {
 
@@ -9,6 +12,9 @@ void RegisterMoe(weir::Registrar& r) {
   weir::moe::RegisterBalanceLoss(r);
   weir::moe::RegisterBiasUpdate(r);
   weir::moe::RegisterExperts(r);
+#ifdef WEIR_HAVE_CUDA
+  weir::moe::RegisterMoeCuda(r);
+#endif
 }
 
 }  // namespace

@@ -2,6 +2,9 @@
 
 #include "nn_common.h"
 #include "segments/segment_ids.h"
+#ifdef WEIR_HAVE_CUDA
+#include "cuda/register.h"
+#endif
 
 namespace {
 
@@ -20,6 +23,9 @@ void RegisterNn(weir::Registrar& r) {
   RegisterShapeOps(r);
   RegisterDropout(r);
   RegisterSum(r);
+#ifdef WEIR_HAVE_CUDA
+  RegisterNnCuda(r);
+#endif
 }
 
 }  // namespace

@@ -8,6 +8,9 @@
 #include "weir/dispatch.h"
 #include "weir/plugin.h"
 #include "weir/tensor_op.h"
+#ifdef WEIR_HAVE_CUDA
+#include "cuda/register.h"
+#endif
 
 namespace weir::optim {
 namespace {
@@ -135,6 +138,9 @@ void RegisterOptim(Registrar& r) {
       .Attr<int64_t>("step", 1, "1-based step (unused; every optimizer takes it)", Min(1))
       .Shape(CheckShapes)
       .Kernel("cpu", SgdCpu, {DT_F32, DT_F64});
+#ifdef WEIR_HAVE_CUDA
+  RegisterOptimCuda(r);
+#endif
 }
 
 }  // namespace

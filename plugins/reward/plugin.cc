@@ -14,6 +14,9 @@
 #include "rewards.h"
 #include "weir/registrar.h"
 #include "weir/stream_kernel.h"
+#ifdef WEIR_HAVE_CUDA
+#include "cuda/register.h"
+#endif
 
 namespace weir::reward {
 namespace {
@@ -300,6 +303,9 @@ void RegisterReward(Registrar& r) {
   RegisterBradleyTerryLoss(r);
   RegisterPreferencePairs(r);
   RegisterRewardModel(r);
+#ifdef WEIR_HAVE_CUDA
+  RegisterRewardCuda(r);
+#endif
 }
 
 }  // namespace

@@ -2,6 +2,9 @@
 #include "weir/plugin.h"
 
 #include "weir/registrar.h"
+#ifdef WEIR_HAVE_CUDA
+#include "cuda/register.h"
+#endif
 
 namespace weir::rl {
 
@@ -17,6 +20,9 @@ void RegisterRl(Registrar& r) {
   RegisterGroupBatch(r);
   RegisterChatTokens(r);
   RegisterSummary(r);
+#ifdef WEIR_HAVE_CUDA
+  RegisterRlCuda(r);
+#endif
 }
 
 }  // namespace weir::rl

@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "weir/device.h"
 #include "weir/gemm.h"
 #include "weir/runtime/trace.h"
 #include "weir/runtime/world.h"
@@ -98,15 +99,30 @@ int64_t FirstNonFinite(const Tensor& t) {
 
 }  // namespace
 
+// The kernels a device runs: "cuda" for cuda:N, known without a GPU so that programs for one can
+// be built (and planned) anywhere; running needs the device.
+std::string KernelDevice(const std::string& device) {
+  auto name = ParseDeviceName(device);
+  if (!name.ok()) return device;  // Build() reports the bad name
+  if (name->host()) return "cpu";
+  for (const std::string& candidate : {device, name->type + ":0"}) {
+    auto runtime = FindDeviceRuntime(candidate);
+    if (runtime.ok() && *runtime != nullptr) return (*runtime)->kernel_device();
+  }
+  return name->type;
+}
+
 class ProgramBuilder {
  public:
   ProgramBuilder(Program& p, const OpRegistry& ops, const ProgramOptions& options)
-      : p_(p), ops_(ops), options_(options) {}
+      : p_(p), ops_(ops), options_(options), kernel_device_(KernelDevice(options.device)) {}
 
   Status Build(const Graph& graph, const std::string& function,
                const std::map<std::string, AttrValue>& attrs,
                const std::vector<TensorType>& input_types) {
     p_.device_ = options_.device;
+    p_.outputs_on_device_ = options_.outputs_on_device;
+    WEIR_RETURN_IF_ERROR(ParseDeviceName(options_.device).status());
     p_.check_finite_ = options_.check_finite;
     p_.input_types_ = input_types;
     WEIR_ASSIGN_OR_RETURN(FunctionInstance fn,
@@ -583,7 +599,7 @@ class ProgramBuilder {
     if (!shaped.ok()) return fail(shaped);
     n.outputs = sc.outputs();
     DataType key = n.outputs.empty() ? types.at(0).dtype : n.outputs[0].dtype;
-    n.kernel = entry->FindKernel(options_.device, key);
+    n.kernel = entry->FindKernel(kernel_device_, key);
     n.view = entry->def.view() && !types.empty() && n.outputs.size() == 1 &&
              n.outputs[0].dtype == types[0].dtype &&
              NumElements(n.outputs[0].shape) == NumElements(types[0].shape);
@@ -595,7 +611,7 @@ class ProgramBuilder {
           have += std::string(i ? " " : "") + DataTypeName(k.dtype(i));
         have += k.dtype_size() ? ")" : "any)";
       }
-      return fail(NotFound("no " + options_.device + " kernel for dtype " + DataTypeName(key) +
+      return fail(NotFound("no " + kernel_device_ + " kernel for dtype " + DataTypeName(key) +
                            " (registered: " + (have.empty() ? "none" : have) + ")"));
     }
     n.inputs = std::move(inputs);
@@ -1028,6 +1044,7 @@ class ProgramBuilder {
   Program& p_;
   const OpRegistry& ops_;
   const ProgramOptions& options_;
+  std::string kernel_device_;
   std::set<ValueRef> activation_grads_;
   size_t backward_start_ = 0;
   int inputs_added_ = 0;
@@ -1043,9 +1060,38 @@ StatusOr<std::shared_ptr<const Program>> Program::Build(
   return std::shared_ptr<const Program>(std::move(p));
 }
 
+// The device a run's kernels queue their work on: its stream and scratch memory.
+class RunDevice : public DeviceContext {
+ public:
+  RunDevice(DeviceRuntime* runtime, StreamId stream) : runtime_(runtime), stream_(stream) {}
+  Device device() const override { return runtime_->device(); }
+  StreamId stream() const override { return stream_; }
+  StatusOr<Tensor> Empty(DataType dtype, const Shape& shape) const override {
+    WEIR_ASSIGN_OR_RETURN(
+        auto storage,
+        runtime_->Allocate(static_cast<size_t>(NumElements(shape)) * DataTypeSize(dtype), stream_));
+    return Tensor::FromStorage(std::move(storage), dtype, shape);
+  }
+  Status Synchronize() const override { return runtime_->Synchronize(stream_); }
+
+ private:
+  DeviceRuntime* runtime_;
+  StreamId stream_;
+};
+
 struct Program::Execution::State {
+  ~State();
   const Program* program;
   const ParamStore* params;
+  // A device run (ProgramOptions::device other than the host): its runtime and stream. Values
+  // live on the device; inputs and parameters are copied in by their nodes, and each part
+  // (forward, B, W) ends by waiting for the stream and copying the outputs it made to the host.
+  DeviceRuntime* device = nullptr;
+  StreamId stream = 0;
+  std::unique_ptr<RunDevice> run_device;
+  Status device_error;                 // the device could not be set up: every part fails with it
+  std::vector<Tensor> host_staging;    // host memory that queued copies read, kept until the wait
+  std::map<ValueRef, Tensor> on_host;  // outputs copied back from the device
   std::shared_ptr<Storage> arena;
   std::vector<Tensor> inputs;
   std::vector<std::vector<Tensor>> values;
@@ -1060,7 +1106,67 @@ struct Program::Execution::State {
   }
   Status RunNode(size_t i);
   Status RunWaves(size_t begin_wave, size_t end_wave);
+  // Device runs: memory on the device, and a host tensor's copy in it.
+  StatusOr<Tensor> DeviceEmpty(const TensorType& t) const {
+    return run_device->Empty(t.dtype, t.shape);
+  }
+  StatusOr<Tensor> ToDevice(const Tensor& host, DataType dtype);
+  // Device runs: waits for the stream, then copies the program outputs computed so far to host.
+  Status FinishPart();
 };
+
+Program::Execution::State::~State() {
+  values.clear();
+  inputs.clear();
+  arena.reset();
+  run_device.reset();
+  // Memory freed above is ordered after the stream's work; the stream is reused once idle.
+  if (device != nullptr) {
+    (void)device->Synchronize(stream);
+    device->ReleaseStream(stream);
+  }
+}
+
+StatusOr<Tensor> Program::Execution::State::ToDevice(const Tensor& host, DataType dtype) {
+  if (host.device() == device->device()) {
+    if (host.dtype() == dtype) return host;
+    WEIR_ASSIGN_OR_RETURN(Tensor t, DeviceEmpty({dtype, host.shape()}));
+    WEIR_RETURN_IF_ERROR(
+        device->Convert(host.raw_data(), host.dtype(), t.raw_data(), dtype, t.numel(), stream));
+    return t;
+  }
+  if (host.device().type != DeviceType::kCpu) {
+    return InvalidArgument("a tensor on " + host.device().ToString() + " given to a program on " +
+                           device->device().ToString());
+  }
+  Tensor staged = host.dtype() == dtype ? host.Contiguous() : host.To(dtype);
+  WEIR_ASSIGN_OR_RETURN(Tensor t, DeviceEmpty({dtype, host.shape()}));
+  WEIR_RETURN_IF_ERROR(device->CopyToDevice(t.raw_data(), staged.raw_data(), t.nbytes(), stream));
+  host_staging.push_back(std::move(staged));
+  return t;
+}
+
+Status Program::Execution::State::FinishPart() {
+  if (device == nullptr) return Status();
+  const Program& p = *program;
+  if (p.outputs_on_device_) return device->Synchronize(stream);
+  std::vector<ValueRef> wanted = p.outputs_;
+  for (const auto& [name, v] : p.param_grads_) wanted.push_back(v);
+  for (const auto& [name, v] : p.statistics_) wanted.push_back(v);
+  for (ValueRef v : p.input_grads_) wanted.push_back(v);
+  for (ValueRef v : wanted) {
+    if (on_host.count(v) ||
+        values[static_cast<size_t>(v.node)].size() <= static_cast<size_t>(v.port))
+      continue;
+    const Tensor& d = value(v);
+    Tensor h = Tensor::Empty(d.dtype(), d.shape());
+    WEIR_RETURN_IF_ERROR(device->CopyToHost(h.raw_data(), d.raw_data(), d.nbytes(), stream));
+    on_host[v] = std::move(h);
+  }
+  Status done = device->Synchronize(stream);
+  host_staging.clear();
+  return done;
+}
 
 // Runs one node; writes only values[i], reads only values of earlier waves.
 Status Program::Execution::State::RunNode(size_t i) {
@@ -1082,7 +1188,15 @@ Status Program::Execution::State::RunNode(size_t i) {
         return InvalidArgument("input '" + n.name + "' is " + in.DebugString() +
                                ", the program was built for " + n.outputs[0].ToString());
       }
-      out = {in.Contiguous()};
+      if (device == nullptr) {
+        out = {in.Contiguous()};
+        return Status();
+      }
+      auto started = std::chrono::steady_clock::now();
+      auto copied = ToDevice(in, in.dtype());
+      if (!copied.ok()) return Status(copied.status()).InNode(n.name);
+      if (trace != nullptr) trace->Complete(n.name, "copy to " + p.device_, started, "F");
+      out = {*copied};
       return Status();
     }
     case Node::kParam: {
@@ -1092,21 +1206,40 @@ Status Program::Execution::State::RunNode(size_t i) {
         return InvalidArgument("parameter '" + n.name + "' is " + master->DebugString() +
                                ", the program needs " + n.outputs[0].ToString());
       }
-      out = {master->dtype() == n.outputs[0].dtype ? *master : master->To(n.outputs[0].dtype)};
+      if (device == nullptr) {
+        out = {master->dtype() == n.outputs[0].dtype ? *master : master->To(n.outputs[0].dtype)};
+        return Status();
+      }
+      auto started = std::chrono::steady_clock::now();
+      auto copied = ToDevice(*master, n.outputs[0].dtype);
+      if (!copied.ok()) return Status(copied.status()).InNode(n.name);
+      if (trace != nullptr && master->device() != device->device())
+        trace->Complete(n.name, "copy to " + p.device_, started, "F");
+      out = {*copied};
       return Status();
     }
     case Node::kConstant: {
       Tensor t = planned(0);
-      for (int64_t k = 0; k < t.numel(); ++k)
-        StoreFromDouble(t.raw_data(), t.dtype(), k, n.constant);
+      if (device != nullptr) {
+        WEIR_RETURN_IF_ERROR(device->Fill(t.raw_data(), t.dtype(), t.numel(), n.constant, stream));
+      } else {
+        for (int64_t k = 0; k < t.numel(); ++k)
+          StoreFromDouble(t.raw_data(), t.dtype(), k, n.constant);
+      }
       out = {t};
       return Status();
     }
     case Node::kAccumulate: {
       Tensor t = planned(0);
-      std::vector<const Tensor*> parts;
-      for (ValueRef v : n.inputs) parts.push_back(&value(v));
-      SumInto(parts, t);
+      if (device != nullptr) {
+        std::vector<const void*> parts;
+        for (ValueRef v : n.inputs) parts.push_back(value(v).raw_data());
+        WEIR_RETURN_IF_ERROR(device->Sum(parts, t.raw_data(), t.dtype(), t.numel(), stream));
+      } else {
+        std::vector<const Tensor*> parts;
+        for (ValueRef v : n.inputs) parts.push_back(&value(v));
+        SumInto(parts, t);
+      }
       out = {t};
       return Status();
     }
@@ -1128,7 +1261,7 @@ Status Program::Execution::State::RunNode(size_t i) {
       }
       std::vector<Tensor*> outs;
       for (Tensor& t : made) outs.push_back(&t);
-      KernelContext ctx(std::move(ins), std::move(outs), &n.attrs);
+      KernelContext ctx(std::move(ins), std::move(outs), &n.attrs, run_device.get());
       Status s;
       auto started = std::chrono::steady_clock::now();
       try {
@@ -1143,15 +1276,22 @@ Status Program::Execution::State::RunNode(size_t i) {
       if (!s.ok()) return s.At(n.loc).InNode(n.name, n.entry->def.name());
       if (p.check_finite_) {
         for (size_t o = 0; o < made.size(); ++o) {
-          int64_t at = FirstNonFinite(made[o]);
+          Tensor host = made[o];
+          if (device != nullptr) {  // a debugging aid: a wait per node is acceptable
+            host = Tensor::Empty(made[o].dtype(), made[o].shape());
+            WEIR_RETURN_IF_ERROR(
+                device->CopyToHost(host.raw_data(), made[o].raw_data(), host.nbytes(), stream));
+            WEIR_RETURN_IF_ERROR(device->Synchronize(stream));
+          }
+          int64_t at = FirstNonFinite(host);
           if (at < 0) continue;
           std::string port =
               n.entry->def
                   .output(std::min<int>(static_cast<int>(o), n.entry->def.output_size() - 1))
                   .name();
           return InvalidArgument("output '" + port + "' " + made[o].DebugString() + " holds " +
-                                 std::to_string(made[o].At(at)) + " at element " +
-                                 std::to_string(at) + " (check_finite)")
+                                 std::to_string(host.At(at)) + " at element " + std::to_string(at) +
+                                 " (check_finite)")
               .At(n.loc)
               .InNode(n.name, n.entry->def.name());
         }
@@ -1188,8 +1328,27 @@ std::unique_ptr<Program::Execution> Program::Start(const ParamStore& params) con
   auto state = std::make_unique<Execution::State>();
   state->program = this;
   state->params = &params;
-  state->arena = Storage::Allocate(static_cast<size_t>(stats_.memory.arena_bytes));
   state->values.resize(nodes_.size());
+  auto device = FindDeviceRuntime(device_);
+  if (!device.ok()) {
+    state->device_error = Status(device.status()).Prepend("program");
+  } else if (*device != nullptr) {
+    auto stream = (*device)->AcquireStream();
+    if (!stream.ok()) {
+      state->device_error = stream.status();
+    } else {
+      state->device = *device;
+      state->stream = *stream;
+      state->run_device = std::make_unique<RunDevice>(*device, *stream);
+      auto arena = (*device)->Allocate(static_cast<size_t>(stats_.memory.arena_bytes), *stream);
+      if (arena.ok())
+        state->arena = *arena;
+      else
+        state->device_error = arena.status();
+    }
+  } else {
+    state->arena = Storage::Allocate(static_cast<size_t>(stats_.memory.arena_bytes));
+  }
   state->trace = Trace::Current();
   state->shard_group = ShardGroup();
   return std::unique_ptr<Execution>(new Execution(std::move(state)));
@@ -1205,7 +1364,9 @@ Status Program::Execution::Forward(std::vector<Tensor> inputs) {
   }
   st.inputs = std::move(inputs);
   st.done = State::kForward;
-  return st.RunWaves(0, p.backward_wave_);
+  WEIR_RETURN_IF_ERROR(st.device_error);
+  WEIR_RETURN_IF_ERROR(st.RunWaves(0, p.backward_wave_));
+  return st.FinishPart();
 }
 
 Status Program::Execution::Backward(std::vector<Tensor> output_grads, bool weights) {
@@ -1220,6 +1381,7 @@ Status Program::Execution::Backward(std::vector<Tensor> output_grads, bool weigh
   for (Tensor& g : output_grads) st.inputs.push_back(std::move(g));
   st.done = State::kBackward;
   WEIR_RETURN_IF_ERROR(st.RunWaves(p.backward_wave_, p.weight_wave_));
+  WEIR_RETURN_IF_ERROR(st.FinishPart());
   return weights ? Weights() : Status();
 }
 
@@ -1228,23 +1390,28 @@ Status Program::Execution::Weights() {
   const Program& p = *st.program;
   if (st.done != State::kBackward) return FailedPrecondition("W runs once, after B");
   st.done = State::kWeights;
-  return st.RunWaves(p.weight_wave_, p.waves_.size() - 1);
+  WEIR_RETURN_IF_ERROR(st.RunWaves(p.weight_wave_, p.waves_.size() - 1));
+  return st.FinishPart();
 }
 
 Program::Outputs Program::Execution::outputs() const {
   const State& st = *state_;
   const Program& p = *st.program;
+  // Device runs give the host copies FinishPart made.
+  bool copied = st.device != nullptr && !p.outputs_on_device_;
   auto has = [&](ValueRef v) {
+    if (copied) return st.on_host.count(v) > 0;
     return st.values[static_cast<size_t>(v.node)].size() > static_cast<size_t>(v.port);
   };
+  auto get = [&](ValueRef v) { return copied ? st.on_host.at(v) : st.value(v); };
   Outputs result;
-  for (ValueRef v : p.outputs_) result.values.push_back(has(v) ? st.value(v) : Tensor());
+  for (ValueRef v : p.outputs_) result.values.push_back(has(v) ? get(v) : Tensor());
   for (const auto& [name, v] : p.param_grads_)
-    if (has(v)) result.param_grads[name] = st.value(v);
+    if (has(v)) result.param_grads[name] = get(v);
   for (const auto& [name, v] : p.statistics_)
-    if (has(v)) result.statistics[name] = st.value(v);
+    if (has(v)) result.statistics[name] = get(v);
   for (ValueRef v : p.input_grads_)
-    if (has(v)) result.input_grads.push_back(st.value(v));
+    if (has(v)) result.input_grads.push_back(get(v));
   return result;
 }
 

@@ -6,6 +6,9 @@
 #include <fstream>
 #include <random>
 
+#include "weir/device.h"
+#include "weir/testing/gpu.h"
+
 namespace weir::testing {
 
 int NumCaseOutputs(const OpCase& c) {
@@ -130,7 +133,18 @@ StatusOr<std::vector<Tensor>> RunOp(const OpCase& c, const std::map<int, Tensor>
   return out.values;
 }
 
-std::vector<std::string> RunnableDevices() { return {"cpu"}; }
+std::vector<std::string> RunnableDevices() {
+  std::vector<std::string> devices = {"cpu"};
+  if (HaveCudaDevice(nullptr)) devices.push_back("cuda");
+  return devices;
+}
+
+bool HaveCudaDevice(std::string* why) {
+  auto runtime = FindDeviceRuntime("cuda:0");
+  if (runtime.ok()) return true;
+  if (why != nullptr) *why = runtime.status().message();
+  return false;
+}
 
 std::vector<std::string> CheckDeviceConformance(const OpCase& c, double tolerance,
                                                 std::vector<std::string>* not_runnable) {
@@ -166,37 +180,92 @@ std::vector<std::string> CheckDeviceConformance(const OpCase& c, double toleranc
   return compared;
 }
 
-int CheckGradients(const OpCase& c, double tolerance) {
-  auto forward = RunOp(c);
-  EXPECT_TRUE(forward.ok()) << forward.status().ToString();
-  if (!forward.ok()) return 0;
-  auto graph = OpGraph(c, true);
-  EXPECT_TRUE(graph.ok()) << graph.status().ToString();
-  if (!graph.ok()) return 0;
+namespace {
+
+// The case's loss program (the op's outputs weighted by random tensors, summed) on `device`,
+// with its inputs (the case's, then the weights) and which case inputs take gradients.
+struct LossRun {
+  std::shared_ptr<const Program> program;
+  std::vector<Tensor> inputs;
+  std::vector<size_t> checked_inputs;
+};
+
+StatusOr<LossRun> BuildLoss(const OpCase& c, const std::string& device) {
+  WEIR_ASSIGN_OR_RETURN(std::vector<Tensor> forward, RunOp(c));
+  WEIR_ASSIGN_OR_RETURN(Graph graph, OpGraph(c, true));
+  LossRun run;
   std::vector<TensorType> types = c.inputs;
-  std::vector<Tensor> inputs = CaseInputs(c);
+  run.inputs = CaseInputs(c);
   for (int o : LossOutputs(c)) {  // a random weight per reduced output
-    const Tensor& out = forward->at(static_cast<size_t>(o));
+    const Tensor& out = forward.at(static_cast<size_t>(o));
     OpCase wcase;
     wcase.inputs = {TensorType{out.dtype(), out.shape()}};
     wcase.seed = c.seed + 7 + static_cast<uint64_t>(o);
     types.push_back(wcase.inputs[0]);
-    inputs.push_back(CaseInputs(wcase)[0]);
+    run.inputs.push_back(CaseInputs(wcase)[0]);
   }
   ProgramOptions options;
   options.loss = "loss";
-  std::vector<size_t> checked_inputs;
+  options.device = device;
   for (size_t i = 0; i < c.inputs.size(); ++i) {
     bool skip =
         std::find(c.no_grad.begin(), c.no_grad.end(), static_cast<int>(i)) != c.no_grad.end();
     if (!skip && IsFloating(c.inputs[i].dtype)) {
       options.input_grads.push_back("x" + std::to_string(i));
-      checked_inputs.push_back(i);
+      run.checked_inputs.push_back(i);
     }
   }
-  auto program = Build(*graph, types, options);
-  EXPECT_TRUE(program.ok()) << program.status().ToString();
-  if (!program.ok()) return 0;
+  WEIR_ASSIGN_OR_RETURN(run.program, Build(graph, types, options));
+  return run;
+}
+
+}  // namespace
+
+int CheckDeviceGradients(const OpCase& c, const std::string& device, double tolerance) {
+  auto host = BuildLoss(c, "cpu");
+  auto other = BuildLoss(c, device);
+  EXPECT_TRUE(host.ok()) << host.status().ToString();
+  EXPECT_TRUE(other.ok()) << device << ": " << other.status().ToString();
+  if (!host.ok() || !other.ok()) return 0;
+  ParamStore params;
+  params.Initialize(host->program->params(), c.seed);
+  Perturb(params, c.seed + 1);
+  auto want = host->program->Run(host->inputs, params);
+  auto got = other->program->Run(other->inputs, params);
+  EXPECT_TRUE(want.ok()) << want.status().ToString();
+  EXPECT_TRUE(got.ok()) << device << ": " << got.status().ToString();
+  if (!want.ok() || !got.ok()) return 0;
+  int compared = 0;
+  auto compare = [&](const Tensor& w, const Tensor& g, const std::string& what) {
+    EXPECT_EQ(w.shape(), g.shape()) << what;
+    if (w.shape() != g.shape()) return;
+    for (int64_t k = 0; k < w.numel(); ++k) {
+      double a = w.At(k), b = g.At(k);
+      EXPECT_NEAR(b, a, tolerance * std::max(1e-3, std::abs(a)))
+          << c.op << " on " << device << ": d loss / d " << what << "[" << k << "]";
+      ++compared;
+    }
+  };
+  EXPECT_EQ(got->input_grads.size(), want->input_grads.size());
+  for (size_t j = 0; j < std::min(got->input_grads.size(), want->input_grads.size()); ++j) {
+    compare(want->input_grads[j], got->input_grads[j],
+            "input " + std::to_string(host->checked_inputs[j]));
+  }
+  for (const auto& [name, w] : want->param_grads) {
+    auto g = got->param_grads.find(name);
+    EXPECT_NE(g, got->param_grads.end()) << device << " gives no gradient for " << name;
+    if (g != got->param_grads.end()) compare(w, g->second, name);
+  }
+  return compared;
+}
+
+int CheckGradients(const OpCase& c, double tolerance) {
+  auto built = BuildLoss(c, "cpu");
+  EXPECT_TRUE(built.ok()) << built.status().ToString();
+  if (!built.ok()) return 0;
+  const std::shared_ptr<const Program>* program = &built->program;
+  std::vector<Tensor>& inputs = built->inputs;
+  const std::vector<size_t>& checked_inputs = built->checked_inputs;
   ParamStore params;
   params.Initialize((*program)->params(), c.seed);
   Perturb(params, c.seed + 1);

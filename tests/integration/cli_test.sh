@@ -128,6 +128,11 @@ check "pipeline: MTP loss, acceptance and expert load logged" grep -q \
   '"mtp_acceptance":.*"moe_layers.1.ffn.router.load_max_over_mean"' "$pipe/v3/metrics.jsonl"
 check "pipeline: a load histogram per step and router" \
   test "$(grep -c '"mtp.0.block.ffn.router.load": \[' "$pipe/v3/statistics.jsonl")" -eq 3
+# A device this build cannot run on fails the run at once, naming it (docs/cuda.md).
+"$weir" run graphs/tiny/pretrain.pbtxt --out "$work/tpu" --set shards="$pipe/data/shards" \
+  --set steps=1 --set device=tpu:0 --progress none 2> "$work/err"
+check "an unknown device fails the run" test $? -eq 1
+check "... naming it" grep -q "device 'tpu:0': this build of weir runs on cpu" "$work/err"
 # Greedy generation from its checkpoint, plain and with MTP drafts: the same tokens.
 printf '5 17 42 9\n300 2 7 11\n' > "$work/prompts.txt"
 check "generate" "$weir" generate graphs/tiny/pretrain.pbtxt --checkpoint \

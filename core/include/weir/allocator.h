@@ -12,6 +12,9 @@
 
 namespace weir {
 
+// A device's queue of work (a cudaStream_t), by value; 0: the device's default stream.
+using StreamId = uint64_t;
+
 class Allocator {
  public:
   virtual ~Allocator() = default;

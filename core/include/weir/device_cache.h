@@ -24,11 +24,10 @@
 #include <set>
 #include <vector>
 
+#include "weir/allocator.h"
 #include "weir/status.h"
 
 namespace weir {
-
-using StreamId = uint64_t;  // a backend's stream handle (cudaStream_t), 0: the default stream
 
 class DeviceMemoryBackend {
  public:

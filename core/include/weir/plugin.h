@@ -26,7 +26,7 @@
 // Bump the major for any change that breaks existing plugins (a changed struct layout, a changed
 // virtual interface); bump the minor for additions.
 #define WEIR_PLUGIN_ABI_MAJOR 1
-#define WEIR_PLUGIN_ABI_MINOR 0
+#define WEIR_PLUGIN_ABI_MINOR 1
 #define WEIR_PLUGIN_ALIAS weir_plugin
 
 #ifndef WEIR_CUDA_VERSION

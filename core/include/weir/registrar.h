@@ -270,6 +270,10 @@ class Registrar {
   OpBuilder& StreamOp(const std::string& name);
   OpBuilder& TensorOp(const std::string& name);
   ResourceKindBuilder& ResourceKind(const std::string& name);
+  // Adds a kernel for `device` to op `op`, declared earlier by this registrar: a plugin's CUDA
+  // kernels, built only when nvcc is found, register apart from the op's declaration.
+  void Kernel(const std::string& op, const std::string& device, KernelFn fn,
+              std::vector<DataType> dtypes = {});
 
   // Declaration mistakes found so far.
   const std::vector<std::string>& errors() const { return errors_; }

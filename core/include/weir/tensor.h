@@ -39,8 +39,9 @@ struct Device {
 class Storage {
  public:
   static std::shared_ptr<Storage> Allocate(size_t bytes, Allocator* allocator = nullptr);
-  // Memory owned elsewhere; `release` runs when the storage dies.
-  static std::shared_ptr<Storage> Wrap(void* data, size_t bytes, std::function<void()> release);
+  // Memory owned elsewhere (on `device`); `release` runs when the storage dies.
+  static std::shared_ptr<Storage> Wrap(void* data, size_t bytes, std::function<void()> release,
+                                       Device device = {});
   // A read-only, private mapping of [offset, offset + bytes) of a file.
   static StatusOr<std::shared_ptr<Storage>> MapFile(const std::filesystem::path& file,
                                                     size_t offset, size_t bytes);

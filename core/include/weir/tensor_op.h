@@ -55,10 +55,27 @@ class ShapeContext {
 // shapes (the caller adds the node and its place in the graph file).
 using ShapeFn = std::function<Status(ShapeContext& ctx)>;
 
+// Where a kernel of a device other than the host runs: its stream, and scratch memory.
+class DeviceContext {
+ public:
+  virtual ~DeviceContext() = default;
+  virtual Device device() const = 0;
+  // The stream the kernel queues its work on; the runtime waits for it.
+  virtual StreamId stream() const = 0;
+  // Scratch memory on the device for work queued on stream(): it may be released (the tensor
+  // dropped) as soon as that work is queued, since later users of the memory queue after it.
+  virtual StatusOr<Tensor> Empty(DataType dtype, const Shape& shape) const = 0;
+  // Waits until the work queued on stream() so far has finished, for the rare kernel that needs
+  // device results on the host to go on (MoE token counts for an all-to-all). Inside a TBB task
+  // the worker thread runs other tasks meanwhile.
+  virtual Status Synchronize() const = 0;
+};
+
 class KernelContext {
  public:
-  KernelContext(std::vector<const Tensor*> inputs, std::vector<Tensor*> outputs, const Attrs* attrs)
-      : inputs_(std::move(inputs)), outputs_(std::move(outputs)), attrs_(attrs) {}
+  KernelContext(std::vector<const Tensor*> inputs, std::vector<Tensor*> outputs, const Attrs* attrs,
+                const DeviceContext* device = nullptr)
+      : inputs_(std::move(inputs)), outputs_(std::move(outputs)), attrs_(attrs), device_(device) {}
 
   int num_inputs() const { return static_cast<int>(inputs_.size()); }
   const Tensor& input(int i) const { return *inputs_.at(static_cast<size_t>(i)); }
@@ -66,11 +83,14 @@ class KernelContext {
   Tensor& output(int i) const { return *outputs_.at(static_cast<size_t>(i)); }
   int num_outputs() const { return static_cast<int>(outputs_.size()); }
   const Attrs& attrs() const { return *attrs_; }
+  // Null for host kernels; the device, its stream and scratch memory for the others.
+  const DeviceContext* device() const { return device_; }
 
  private:
   std::vector<const Tensor*> inputs_;
   std::vector<Tensor*> outputs_;
   const Attrs* attrs_;
+  const DeviceContext* device_;
 };
 
 using KernelFn = std::function<Status(KernelContext& ctx)>;

@@ -1,15 +1,21 @@
 #include <cuda_runtime.h>
 
 #include "weir/cuda.h"
+#include "weir/cuda_kernel.h"
 
 namespace weir::cuda {
-namespace {
 
 Status Check(cudaError_t error, const char* what) {
   if (error == cudaSuccess) return Status();
   return Unavailable(std::string(what) + ": " + cudaGetErrorName(error) + " (" +
                      cudaGetErrorString(error) + ")");
 }
+
+Status CheckLaunch(const char* kernel) {
+  return Check(cudaGetLastError(), (std::string("launching ") + kernel).c_str());
+}
+
+namespace {
 
 class CudaMemory : public DeviceMemoryBackend {
  public:

@@ -2,6 +2,7 @@
 #include "weir/runtime/model.h"
 
 #include "weir/checkpoints.h"
+#include "weir/device.h"
 #include "weir/graph.h"
 #include "weir/safetensors.h"
 
@@ -61,6 +62,9 @@ void RegisterModel(Registrar& r) {
       .AttrOfType("function", ATTR_FUNC, std::nullopt, "the model's tensor function")
       .Attr<std::string>("attrs", "", "the function's attrs, as key=value pairs")
       .Attr<int64_t>("seed", 0, "seed of the parameter initialization")
+      .Attr<std::string>("device", "cpu",
+                         "where the model's programs run: `cpu`, or `cuda:N` (a GPU, when weir "
+                         "is built with CUDA); masters and optimizer states stay on the host")
       .Attr("check_finite", false,
             "check every node's outputs for NaN and Inf: the first is an error naming the node, "
             "its op and the output (slower; for finding where a run goes wrong)")
@@ -99,6 +103,9 @@ void RegisterModel(Registrar& r) {
             InstantiateFunction(*ctx.env().graph, function, attrs, *ctx.env().ops));
         WEIR_ASSIGN_OR_RETURN(LoraSetup lora, ReadLora(ctx, instance));
         ProgramOptions options;
+        options.device = ctx.attrs().String("device");
+        // A missing GPU or an unknown device fails here, before any data is read.
+        WEIR_RETURN_IF_ERROR(FindDeviceRuntime(options.device).status());
         options.recompute = ctx.attrs().Bool("recompute");
         options.concurrent_nodes = ctx.attrs().Bool("concurrent_nodes");
         options.check_finite = ctx.attrs().Bool("check_finite");

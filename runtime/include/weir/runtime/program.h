@@ -54,7 +54,12 @@ struct NodeRewrite {
 };
 
 struct ProgramOptions {
+  // Where the program runs: "cpu" (the host), or a device such as "cuda:0" (weir/device.h), where
+  // inputs and parameters may live on the host or the device (host ones are copied in).
   std::string device = "cpu";
+  // On a device: Outputs stay there (a training loop whose optimizer runs on the device). Off:
+  // each part of a run ends by copying the outputs it made to the host.
+  bool outputs_on_device = false;
   // Build the backward pass from this function output (a scalar loss); empty: inference only.
   std::string loss;
   // The function outputs to compute (with `loss`); empty: all. Nodes that none of them needs
@@ -192,7 +197,8 @@ class Program {
     // function), then W when `weights`.
     Status Backward(std::vector<Tensor> output_grads, bool weights);
     Status Weights();
-    // What the parts run so far produced (gradients once Backward/Weights ran).
+    // What the parts run so far produced (gradients once Backward/Weights ran). On a device:
+    // host copies, made as each part ended, unless the program keeps outputs on the device.
     Outputs outputs() const;
 
    private:
@@ -248,6 +254,7 @@ class Program {
   std::vector<std::vector<int64_t>> offsets_;
   ProgramStats stats_;
   std::string device_;
+  bool outputs_on_device_ = false;
   bool check_finite_ = false;
 
   friend class ProgramBuilder;

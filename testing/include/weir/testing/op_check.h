@@ -53,6 +53,12 @@ std::vector<std::string> RunnableDevices();
 std::vector<std::string> CheckDeviceConformance(const OpCase& c, double tolerance,
                                                 std::vector<std::string>* not_runnable);
 
+// Gradient conformance on one device: the case's loss (as CheckGradients builds it) is
+// differentiated on `device` and on the CPU, from the same inputs, parameters and loss weights;
+// every input and parameter gradient must agree within `tolerance` (relative, at least absolute
+// `tolerance` · 1e-3). Returns how many elements it compared.
+int CheckDeviceGradients(const OpCase& c, const std::string& device, double tolerance);
+
 // The inputs the case uses (random floats in [-1, 1] unless fixed), deterministic in the seed.
 std::vector<Tensor> CaseInputs(const OpCase& c);
 

@@ -1,0 +1,12 @@
+#include "cuda/register.h"
+
+namespace weir::moe {
+
+void RegisterMoeCuda(Registrar& r) {
+  RegisterRouterCuda(r);
+  RegisterBalanceCuda(r);
+  RegisterExpertsCuda(r);
+  RegisterExpertsParallelCuda(r);
+}
+
+}  // namespace weir::moe
