@@ -6,7 +6,6 @@
 #include <fstream>
 #include <random>
 
-#include "weir/device.h"
 #include "weir/testing/gpu.h"
 
 namespace weir::testing {
@@ -137,13 +136,6 @@ std::vector<std::string> RunnableDevices() {
   std::vector<std::string> devices = {"cpu"};
   if (HaveCudaDevice(nullptr)) devices.push_back("cuda");
   return devices;
-}
-
-bool HaveCudaDevice(std::string* why) {
-  auto runtime = FindDeviceRuntime("cuda:0");
-  if (runtime.ok()) return true;
-  if (why != nullptr) *why = runtime.status().message();
-  return false;
 }
 
 std::vector<std::string> CheckDeviceConformance(const OpCase& c, double tolerance,

@@ -97,39 +97,6 @@ OpCase ForwardCase(const Problem& p, DataType dtype) {
   return c;
 }
 
-bool HasCudaKernel(const std::string& op) {
-  const OpEntry* entry = TestRegistry().Find(op);
-  if (entry == nullptr) return false;
-  for (const KernelDef& k : entry->def.kernel())
-    if (k.device() == "cuda") return true;
-  return false;
-}
-
-// Runs c on the CPU and on cuda and compares every output: within tolerance · max(|cpu|, floor);
-// equal infinities (lse = −∞ where a query sees no key) match.
-void ExpectCudaNearCpu(const OpCase& c, double tolerance, double floor) {
-  EXPECT_TRUE(HasCudaKernel(c.op)) << "no cuda kernel for " << c.op;
-  auto cpu = RunOp(c, {}, nullptr, "cpu");
-  ASSERT_TRUE(cpu.ok()) << cpu.status().ToString();
-  auto gpu = RunOp(c, {}, nullptr, "cuda");
-  ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
-  ASSERT_EQ(gpu->size(), cpu->size());
-  for (size_t o = 0; o < cpu->size(); ++o) {
-    std::vector<double> want = (*cpu)[o].To(DT_F64).ToVector();
-    std::vector<double> got = (*gpu)[o].To(DT_F64).ToVector();
-    ASSERT_EQ(got.size(), want.size()) << "output " << o;
-    int reported = 0;
-    for (size_t i = 0; i < want.size() && reported < 10; ++i) {
-      bool same_infinity = std::isinf(want[i]) && got[i] == want[i];
-      double allowed = tolerance * std::max(std::abs(want[i]), floor);
-      if (same_infinity || std::abs(got[i] - want[i]) <= allowed) continue;
-      ADD_FAILURE() << c.op << " output " << o << "[" << i << "]: cuda " << got[i] << ", cpu "
-                    << want[i] << " (allowed difference " << allowed << ")";
-      ++reported;
-    }
-  }
-}
-
 // The forward pass through CheckDeviceConformance (outputs relative to their own values).
 void ExpectForwardConformance(const Problem& p) {
   for (const Tolerance& t : Tolerances()) {
@@ -293,10 +260,7 @@ TEST(CudaAttention, SplitKeyAttentionMatchesCpu) {
   for (const Problem& p : large) {
     for (DataType dtype : {DT_F32, DT_BF16}) {  // f64 tiles of these dims exceed shared memory
       SCOPED_TRACE(Describe(p, dtype));
-      std::vector<std::string> not_runnable;
-      auto compared = CheckDeviceConformance(ForwardCase(p, dtype), dtype == DT_F32 ? 1e-4 : 2e-2,
-                                             &not_runnable);
-      EXPECT_NE(std::find(compared.begin(), compared.end(), "cuda"), compared.end());
+      ExpectCudaConformance(ForwardCase(p, dtype), dtype == DT_F32 ? 1e-4 : 2e-2);
     }
   }
 }

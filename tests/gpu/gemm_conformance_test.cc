@@ -53,26 +53,6 @@ OpCase WithDyadicInputs(OpCase c) {
   return c;
 }
 
-std::string Describe(const OpCase& c) {
-  std::string s = c.op + " [" + c.attrs + "]";
-  for (const TensorType& t : c.inputs) s += " " + t.ToString();
-  return s;
-}
-
-// Forward conformance, which must have compared the cuda kernel.
-void ExpectForwardConforms(const OpCase& c, double tolerance) {
-  SCOPED_TRACE(Describe(c));
-  std::vector<std::string> not_runnable;
-  std::vector<std::string> compared = CheckDeviceConformance(c, tolerance, &not_runnable);
-  EXPECT_NE(std::find(compared.begin(), compared.end(), "cuda"), compared.end())
-      << "cuda was not compared (" << not_runnable.size() << " devices not runnable)";
-}
-
-void ExpectGradientsConform(const OpCase& c, double tolerance) {
-  SCOPED_TRACE(Describe(c));
-  EXPECT_GT(CheckDeviceGradients(c, "cuda:0", tolerance), 0);
-}
-
 std::string Flag(const char* name, bool value) {
   return std::string(name) + (value ? "=true" : "=false");
 }
@@ -107,7 +87,7 @@ TEST(GemmConformance, MatMulEveryTransposeAndBatchLayout) {
                    Flag("transpose_a", ta) + " " + Flag("transpose_b", tb),
                    {{t, a}, {t, b}}};
           c.seed = static_cast<uint64_t>(s.m * 1000 + s.k * 10 + s.n);
-          ExpectForwardConforms(t == DT_F32 ? WithDyadicInputs(c) : c, Tolerance(t));
+          ExpectCudaConformance(t == DT_F32 ? WithDyadicInputs(c) : c, Tolerance(t));
         }
       }
     }
@@ -142,13 +122,13 @@ TEST(GemmConformance, MatMulGradients) {
             "nn.MatMul",
             Flag("transpose_a", ta) + " " + Flag("transpose_b", tb),
             {{t, ta ? Shape{2, 7, 5} : Shape{2, 5, 7}}, {t, tb ? Shape{2, 3, 7} : Shape{2, 7, 3}}}};
-        ExpectGradientsConform(c, GradTolerance(t));
+        ExpectCudaGradients(c, GradTolerance(t));
       }
     }
     // A shared 2-D b: its gradient sums over the batch.
-    ExpectGradientsConform({"nn.MatMul", "", {{t, {3, 4, 6}}, {t, {6, 5}}}}, GradTolerance(t));
-    ExpectGradientsConform({"nn.MatMul", "transpose_b=true", {{t, {2, 3, 6}}, {t, {5, 6}}}},
-                           GradTolerance(t));
+    ExpectCudaGradients({"nn.MatMul", "", {{t, {3, 4, 6}}, {t, {6, 5}}}}, GradTolerance(t));
+    ExpectCudaGradients({"nn.MatMul", "transpose_b=true", {{t, {2, 3, 6}}, {t, {5, 6}}}},
+                        GradTolerance(t));
   }
 }
 
@@ -166,8 +146,8 @@ TEST(GemmConformance, HeadMatMulForwardAndGradients) {
         Shape w = tw ? Shape{heads, s.m, n} : Shape{heads, n, s.m};
         OpCase c{"nn.HeadMatMul", Flag("transpose_w", tw), {{t, s.x}, {t, w}}};
         c.seed = static_cast<uint64_t>(heads * 100 + n);
-        ExpectForwardConforms(t == DT_F32 ? WithDyadicInputs(c) : c, Tolerance(t));
-        if (NumElements(s.x) <= 200) ExpectGradientsConform(c, GradTolerance(t));
+        ExpectCudaConformance(t == DT_F32 ? WithDyadicInputs(c) : c, Tolerance(t));
+        if (NumElements(s.x) <= 200) ExpectCudaGradients(c, GradTolerance(t));
       }
     }
   }
@@ -187,7 +167,7 @@ TEST(GemmConformance, HeadMatMulGradW) {
         dy.back() = s.m;
         OpCase c{"nn.HeadMatMulGradW", Flag("transpose_w", tw), {{t, s.x}, {t, dy}}};
         c.seed = static_cast<uint64_t>(NumElements(s.x) + s.m);
-        ExpectForwardConforms(t == DT_F32 ? WithDyadicInputs(c) : c, Tolerance(t));
+        ExpectCudaConformance(t == DT_F32 ? WithDyadicInputs(c) : c, Tolerance(t));
       }
     }
   }
@@ -196,7 +176,7 @@ TEST(GemmConformance, HeadMatMulGradW) {
 // Runs `c` on the CPU and on cuda with the given parameters (dyadic, so f32 results are exact)
 // and expects the same outputs.
 void ExpectExactlyConforms(const OpCase& c, const ParamStore& params) {
-  SCOPED_TRACE(Describe(c));
+  SCOPED_TRACE(DescribeCase(c));
   ParamStore cpu_params = params, cuda_params = params;
   auto cpu = RunOp(c, {}, &cpu_params, "cpu");
   auto gpu = RunOp(c, {}, &cuda_params, "cuda");
@@ -225,7 +205,7 @@ TEST(GemmConformance, LinearForwardAndGradients) {
   for (const Shapes& s : shapes) {
     std::string attrs = "out_features=" + std::to_string(s.out);
     for (DataType t : {DT_BF16, DT_F64})
-      ExpectForwardConforms({"nn.Linear", attrs + " T=" + Name(t), {{t, s.x}}}, Tolerance(t));
+      ExpectCudaConformance({"nn.Linear", attrs + " T=" + Name(t), {{t, s.x}}}, Tolerance(t));
     // f32 with dyadic inputs and weights: exact on both devices.
     OpCase c{"nn.Linear", attrs + " T=f32", {{DT_F32, s.x}}};
     c = WithDyadicInputs(c);
@@ -234,9 +214,8 @@ TEST(GemmConformance, LinearForwardAndGradients) {
     ExpectExactlyConforms(c, params);
   }
   for (DataType t : kTypes) {
-    ExpectGradientsConform(
-        {"nn.Linear", std::string("out_features=4 T=") + Name(t), {{t, {2, 3, 6}}}},
-        GradTolerance(t));
+    ExpectCudaGradients({"nn.Linear", std::string("out_features=4 T=") + Name(t), {{t, {2, 3, 6}}}},
+                        GradTolerance(t));
   }
 }
 
@@ -254,7 +233,7 @@ TEST(GemmConformance, LoraLinearForwardAndGradients) {
                         " lora_alpha=" + std::to_string(4 * s.rank);
     for (DataType t : {DT_BF16, DT_F64}) {
       OpCase c{"nn.LoRALinear", attrs + " T=" + Name(t), {{t, s.x}}};
-      ExpectForwardConforms(c, Tolerance(t));
+      ExpectCudaConformance(c, Tolerance(t));
     }
     OpCase c{"nn.LoRALinear", attrs + " T=f32", {{DT_F32, s.x}}};
     c = WithDyadicInputs(c);
@@ -266,10 +245,10 @@ TEST(GemmConformance, LoraLinearForwardAndGradients) {
     ExpectExactlyConforms(c, params);
   }
   for (DataType t : kTypes) {
-    ExpectGradientsConform({"nn.LoRALinear",
-                            std::string("out_features=5 lora_rank=3 lora_alpha=6 T=") + Name(t),
-                            {{t, {2, 3, 7}}}},
-                           GradTolerance(t));
+    ExpectCudaGradients({"nn.LoRALinear",
+                         std::string("out_features=5 lora_rank=3 lora_alpha=6 T=") + Name(t),
+                         {{t, {2, 3, 7}}}},
+                        GradTolerance(t));
   }
 }
 

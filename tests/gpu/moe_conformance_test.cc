@@ -20,66 +20,7 @@
 namespace weir::testing {
 namespace {
 
-struct FloatCase {
-  DataType dtype;
-  double tolerance;
-};
-const std::vector<FloatCase>& FloatCases() {
-  static const std::vector<FloatCase> cases = {{DT_F32, 1e-4}, {DT_BF16, 2e-2}, {DT_F64, 1e-9}};
-  return cases;
-}
-
-std::string Describe(const OpCase& c) {
-  std::string s = c.op + " [" + c.attrs + "]";
-  for (const TensorType& t : c.inputs) s += " " + t.ToString();
-  return s;
-}
-
 std::string Name(DataType t) { return DataTypeName(t); }
-
-void ExpectConformance(const OpCase& c, double tolerance) {
-  SCOPED_TRACE(Describe(c));
-  std::vector<std::string> not_runnable;
-  std::vector<std::string> compared = CheckDeviceConformance(c, tolerance, &not_runnable);
-  EXPECT_NE(std::find(compared.begin(), compared.end(), "cuda"), compared.end())
-      << "not compared on cuda";
-}
-
-void ExpectGradients(const OpCase& c, double tolerance) {
-  SCOPED_TRACE(Describe(c));
-  EXPECT_GT(CheckDeviceGradients(c, "cuda", tolerance), 0);
-}
-
-// The experts' outputs sum products of both signs, so an element can cancel to near zero, where
-// any change in the order of a sum (cuBLAS-style tiles against oneDNN) is large relative to it.
-// These compare each element relative to itself or, when smaller, to `floor` times the largest
-// magnitude of its output. `rows` (optional) limits output o to its first rows[o] rows (the rows
-// of unused slots are not written by the CPU kernel).
-void ExpectCloseToCpu(const OpCase& c, double tolerance, std::vector<int64_t> rows = {},
-                      double floor = 1e-2) {
-  SCOPED_TRACE(Describe(c));
-  auto want = RunOp(c, {}, nullptr, "cpu");
-  auto got = RunOp(c, {}, nullptr, "cuda");
-  ASSERT_TRUE(want.ok()) << want.status().ToString();
-  ASSERT_TRUE(got.ok()) << "cuda: " << got.status().ToString();
-  ASSERT_EQ(got->size(), want->size());
-  for (size_t o = 0; o < want->size(); ++o) {
-    const Tensor &w = (*want)[o], &g = (*got)[o];
-    ASSERT_EQ(w.shape(), g.shape()) << "output " << o;
-    std::vector<double> a = w.ToVector(), b = g.To(DT_F64).ToVector();
-    size_t n = a.size();
-    if (o < rows.size() && rows[o] >= 0 && !w.shape().empty()) {
-      n = std::min(n, static_cast<size_t>(rows[o] * (w.numel() / std::max<int64_t>(1, w.dim(0)))));
-    }
-    double largest = 0;
-    for (size_t i = 0; i < n; ++i) largest = std::max(largest, std::abs(a[i]));
-    for (size_t i = 0; i < n; ++i) {
-      double scale = std::max(std::abs(a[i]), floor * largest);
-      ASSERT_NEAR(b[i], a[i], std::max(1e-12, tolerance * scale))
-          << c.op << " output " << o << "[" << i << "]";
-    }
-  }
-}
 
 // ---- moe.Router -----------------------------------------------------------------------------
 
@@ -114,8 +55,9 @@ OpCase Router(const RouterCase& r, DataType t) {
 
 TEST(MoeCuda, RouterForward) {
   WEIR_REQUIRE_GPU();
-  for (const FloatCase& f : FloatCases())
-    for (const RouterCase& r : RouterCases()) ExpectConformance(Router(r, f.dtype), f.tolerance);
+  for (const DtypeTolerance& f : GpuTolerances())
+    for (const RouterCase& r : RouterCases())
+      ExpectCudaConformance(Router(r, f.dtype), f.tolerance);
 }
 
 // Equal logits tie: the lower expert index wins, in the groups' ranking and in the top-K.
@@ -124,17 +66,17 @@ TEST(MoeCuda, RouterTiesBreakToTheLowerIndex) {
   std::vector<double> logits = {0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5,  // all equal
                                 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0,  // equal groups
                                 -1,  2,   2,   -1,  2,   -1,  -1,  2};
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     DataType t = f.dtype;
     for (const char* attrs :
          {"num_experts_per_tok=3 n_group=4 topk_group=2", "num_experts_per_tok=4",
           "num_experts_per_tok=2 scoring_func=softmax"}) {
-      ExpectConformance({"moe.Router", attrs, {{t, {3, 8}}}, {{0, logits}}}, f.tolerance);
+      ExpectCudaConformance({"moe.Router", attrs, {{t, {3, 8}}}, {{0, logits}}}, f.tolerance);
       OpCase biased{"moe.Router",
                     attrs,
                     {{t, {3, 8}}, {DT_F32, {8}}},
                     {{0, logits}, {1, {0, 0.25, 0, 0.25, 0, 0, 0.25, 0.25}}}};
-      ExpectConformance(biased, f.tolerance);  // indices exactly: they differ by 1 or more
+      ExpectCudaConformance(biased, f.tolerance);  // indices exactly: they differ by 1 or more
     }
   }
 }
@@ -142,8 +84,8 @@ TEST(MoeCuda, RouterTiesBreakToTheLowerIndex) {
 TEST(MoeCuda, RouterGradients) {
   WEIR_REQUIRE_GPU();
   for (const RouterCase& r : RouterCases()) {
-    ExpectGradients(Router(r, DT_F64), 1e-9);
-    ExpectGradients(Router(r, DT_F32), 1e-4);
+    ExpectCudaGradients(Router(r, DT_F64), 1e-9);
+    ExpectCudaGradients(Router(r, DT_F32), 1e-4);
   }
 }
 
@@ -161,38 +103,39 @@ TEST(MoeCuda, BalanceLossForwardAndGradient) {
   WEIR_REQUIRE_GPU();
   const std::vector<std::vector<int64_t>> dims = {{2, 3, 4, 2}, {1, 1, 1, 1}, {3, 37, 64, 6}};
   for (const auto& d : dims) {
-    for (const FloatCase& f : FloatCases()) {
+    for (const DtypeTolerance& f : GpuTolerances()) {
       OpCase c{"moe.BalanceLoss",
                "alpha=0.3",
                {{f.dtype, {d[0], d[1], d[2]}}, {DT_I64, {d[0], d[1], d[3]}}},
                {{1, Routes(d[0], d[1], d[3], d[2])}},
                {1}};
-      ExpectConformance(c, f.dtype == DT_BF16 ? 2e-2 : f.dtype == DT_F32 ? 1e-4 : 1e-9);
-      if (f.dtype != DT_BF16) ExpectGradients(c, f.dtype == DT_F32 ? 1e-4 : 1e-9);
+      ExpectCudaConformance(c, f.dtype == DT_BF16 ? 2e-2 : f.dtype == DT_F32 ? 1e-4 : 1e-9);
+      if (f.dtype != DT_BF16) ExpectCudaGradients(c, f.dtype == DT_F32 ? 1e-4 : 1e-9);
     }
   }
   // The gradient op on its own, with its scalar seed.
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     DataType seed = f.dtype == DT_F64 ? DT_F64 : DT_F32;
-    ExpectConformance({"moe.BalanceLossGrad",
-                       "alpha=0.3",
-                       {{f.dtype, {2, 5, 9}}, {DT_I64, {2, 5, 3}}, {seed, {}}},
-                       {{1, Routes(2, 5, 3, 9)}, {2, {1.7}}}},
-                      f.tolerance);
+    ExpectCudaConformance({"moe.BalanceLossGrad",
+                           "alpha=0.3",
+                           {{f.dtype, {2, 5, 9}}, {DT_I64, {2, 5, 3}}, {seed, {}}},
+                           {{1, Routes(2, 5, 3, 9)}, {2, {1.7}}}},
+                          f.tolerance);
   }
 }
 
 TEST(MoeCuda, BiasUpdate) {
   WEIR_REQUIRE_GPU();
-  ExpectConformance({"moe.BiasUpdate",
-                     "bias_update_speed=0.001",
-                     {{DT_F32, {4}}, {DT_F32, {4}}},
-                     {{1, {3, 2, 1.5, 0}}}},
-                    1e-6);
+  ExpectCudaConformance({"moe.BiasUpdate",
+                         "bias_update_speed=0.001",
+                         {{DT_F32, {4}}, {DT_F32, {4}}},
+                         {{1, {3, 2, 1.5, 0}}}},
+                        1e-6);
   std::vector<double> load;
   for (int e = 0; e < 300; ++e) load.push_back(static_cast<double>((e * 37) % 11));
-  ExpectConformance({"moe.BiasUpdate", "", {{DT_F32, {300}}, {DT_F32, {300}}}, {{1, load}}}, 1e-6);
-  ExpectConformance(
+  ExpectCudaConformance({"moe.BiasUpdate", "", {{DT_F32, {300}}, {DT_F32, {300}}}, {{1, load}}},
+                        1e-6);
+  ExpectCudaConformance(
       {"moe.BiasUpdate", "", {{DT_F32, {3}}, {DT_F32, {3}}}, {{1, {0, 0, 0}}}},  // no load
       1e-6);
 }
@@ -238,10 +181,10 @@ const std::vector<ExpertShape>& ExpertShapes() {
 
 TEST(MoeCuda, ExpertsForward) {
   WEIR_REQUIRE_GPU();
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     for (const ExpertShape& s : ExpertShapes()) {
-      ExpectCloseToCpu(Experts("moe.Experts", s.tokens, s.d, s.k, s.experts, s.inter, f.dtype),
-                       f.tolerance);
+      ExpectCudaNearCpu(Experts("moe.Experts", s.tokens, s.d, s.k, s.experts, s.inter, f.dtype),
+                        f.tolerance);
     }
   }
   // Tokens as [2, 4, d].
@@ -249,7 +192,7 @@ TEST(MoeCuda, ExpertsForward) {
                  ExpertAttrs(5, 3, DT_F32),
                  {{DT_F32, {2, 4, 4}}, {DT_F32, {2, 4, 2}}, {DT_I64, {2, 4, 2}}},
                  {{2, {2, 0, 2, 1, 0, 2, 2, 3, 1, 2, 2, 2, 3, 0, 2, 1}}}};
-  ExpectCloseToCpu(batched, 1e-4);
+  ExpectCudaNearCpu(batched, 1e-4);
 }
 
 // A slot of -1 is skipped. The CPU leaves the rows of h past the used slots unwritten: compare y
@@ -257,18 +200,18 @@ TEST(MoeCuda, ExpertsForward) {
 TEST(MoeCuda, ExpertsSkipUnusedSlots) {
   WEIR_REQUIRE_GPU();
   std::vector<double> idx = {1, -1, -1, 0, 2, 1, -1, -1, 0, 2};
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     OpCase c{"moe.Experts",
              ExpertAttrs(3, 5, f.dtype),
              {{f.dtype, {5, 6}}, {f.dtype, {5, 2}}, {DT_I64, {5, 2}}},
              {{2, idx}}};
-    ExpectCloseToCpu(c, f.tolerance, {-1, 6});
+    ExpectCudaNearCpu(c, f.tolerance, 1e-2, {-1, 6});
   }
 }
 
 TEST(MoeCuda, ExpertsGradOpsForward) {
   WEIR_REQUIRE_GPU();
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     for (const ExpertShape& s : ExpertShapes()) {
       OpCase forward = Experts("moe.Experts", s.tokens, s.d, s.k, s.experts, s.inter, f.dtype);
       DataType t = f.dtype;
@@ -285,7 +228,7 @@ TEST(MoeCuda, ExpertsGradOpsForward) {
                    {t, {slots, 2 * s.inter}},
                    {t, {s.tokens, s.d}}},
                   {{1, forward.values[2]}}};
-      ExpectCloseToCpu(grad, f.tolerance);
+      ExpectCudaNearCpu(grad, f.tolerance);
       // moe.ExpertsWeightGrad: x, weights, indices, h, dh, dy.
       OpCase weight{"moe.ExpertsWeightGrad",
                     "n_routed_experts=" + std::to_string(s.experts),
@@ -296,7 +239,7 @@ TEST(MoeCuda, ExpertsGradOpsForward) {
                      {t, {slots, 2 * s.inter}},
                      {t, {s.tokens, s.d}}},
                     {{2, forward.values[2]}}};
-      ExpectCloseToCpu(weight, f.tolerance);
+      ExpectCudaNearCpu(weight, f.tolerance);
     }
   }
 }
@@ -304,11 +247,13 @@ TEST(MoeCuda, ExpertsGradOpsForward) {
 TEST(MoeCuda, ExpertsGradients) {
   WEIR_REQUIRE_GPU();
   for (const ExpertShape& s : ExpertShapes()) {
-    ExpectGradients(Experts("moe.Experts", s.tokens, s.d, s.k, s.experts, s.inter, DT_F64), 1e-9);
+    ExpectCudaGradients(Experts("moe.Experts", s.tokens, s.d, s.k, s.experts, s.inter, DT_F64),
+                        1e-9);
     // f32 where the weight gradients sum fewer rows: a long f32 sum that cancels to near zero
     // would exceed the check's absolute floor (tolerance · 1e-3) by rounding alone.
     if (s.tokens <= 100) {
-      ExpectGradients(Experts("moe.Experts", s.tokens, s.d, s.k, s.experts, s.inter, DT_F32), 1e-3);
+      ExpectCudaGradients(Experts("moe.Experts", s.tokens, s.d, s.k, s.experts, s.inter, DT_F32),
+                          1e-3);
     }
   }
 }
@@ -318,10 +263,10 @@ TEST(MoeCuda, ExpertsGradients) {
 // Without a shard group the parallel ops are moe.Experts (h zeros).
 TEST(MoeCuda, ExpertsParallelAlone) {
   WEIR_REQUIRE_GPU();
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     for (const ExpertShape& s : ExpertShapes()) {
       OpCase c = Experts("moe.ExpertsParallel", s.tokens, s.d, s.k, s.experts, s.inter, f.dtype);
-      ExpectCloseToCpu(c, f.tolerance);
+      ExpectCudaNearCpu(c, f.tolerance);
       DataType t = f.dtype;
       OpCase grad{"moe.ExpertsParallelGrad",
                   "",
@@ -333,10 +278,10 @@ TEST(MoeCuda, ExpertsParallelAlone) {
                    {t, {s.experts, s.d, s.inter}},
                    {t, {s.tokens, s.d}}},
                   {{2, c.values[2]}}};
-      ExpectCloseToCpu(grad, f.tolerance);
+      ExpectCudaNearCpu(grad, f.tolerance);
     }
   }
-  ExpectGradients(Experts("moe.ExpertsParallel", 30, 6, 2, 4, 5, DT_F64), 1e-9);
+  ExpectCudaGradients(Experts("moe.ExpertsParallel", 30, 6, 2, 4, 5, DT_F64), 1e-9);
 }
 
 // Two ranks of in-process communicators on one GPU (the exchanges go through the host): every

@@ -19,15 +19,6 @@
 namespace weir::testing {
 namespace {
 
-// Each float dtype with its relative tolerance (../BRIEF: f64 1e-9, f32 1e-4, bf16 2e-2).
-struct FloatCase {
-  DataType dtype;
-  double tolerance;
-};
-const std::vector<FloatCase>& FloatCases() {
-  static const std::vector<FloatCase> cases = {{DT_F32, 1e-4}, {DT_BF16, 2e-2}, {DT_F64, 1e-9}};
-  return cases;
-}
 // f32 sums over thousands of terms (a vocabulary, many rows) round differently per device.
 constexpr double kF32LongReduction = 1e-3;
 
@@ -38,57 +29,6 @@ TensorType F32(Shape s) { return {DT_F32, std::move(s)}; }
 TensorType F64(Shape s) { return {DT_F64, std::move(s)}; }
 
 std::string Name(DataType t) { return DataTypeName(t); }
-
-std::string Describe(const OpCase& c) {
-  std::string s = c.op + " [" + c.attrs + "]";
-  for (const TensorType& t : c.inputs) s += " " + t.ToString();
-  return s;
-}
-
-// Conformance of every output on cuda against the CPU; fails when cuda was not compared (no
-// cuda kernel, or no runnable GPU in a build that should have one).
-void ExpectConformance(const OpCase& c, double tolerance) {
-  SCOPED_TRACE(Describe(c));
-  std::vector<std::string> not_runnable;
-  std::vector<std::string> compared = CheckDeviceConformance(c, tolerance, &not_runnable);
-  EXPECT_NE(std::find(compared.begin(), compared.end(), "cuda"), compared.end())
-      << "not compared on cuda";
-}
-
-// For outputs that are sums whose terms may cancel (a weight gradient summed over rows, an
-// embedding row's gradient): the devices sum in different orders, so an element is as accurate
-// as the output's scale, not as its own value. Each element must be within
-// tolerance · max(|cpu|, floor · max |cpu| over that output).
-void ExpectCudaNearCpu(const OpCase& c, double tolerance, double floor = 1e-2) {
-  SCOPED_TRACE(Describe(c));
-  const OpEntry* entry = TestRegistry().Find(c.op);
-  ASSERT_NE(entry, nullptr);
-  bool has_cuda = false;
-  for (const KernelDef& k : entry->def.kernel()) has_cuda |= k.device() == "cuda";
-  EXPECT_TRUE(has_cuda) << "no cuda kernel";
-  auto cpu = RunOp(c, {}, nullptr, "cpu");
-  ASSERT_TRUE(cpu.ok()) << cpu.status().ToString();
-  auto gpu = RunOp(c, {}, nullptr, "cuda");
-  ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
-  ASSERT_EQ(gpu->size(), cpu->size());
-  for (size_t o = 0; o < cpu->size(); ++o) {
-    std::vector<double> want = (*cpu)[o].To(DT_F64).ToVector();
-    std::vector<double> got = (*gpu)[o].To(DT_F64).ToVector();
-    ASSERT_EQ(got.size(), want.size()) << "output " << o;
-    double scale = 0;
-    for (double v : want) scale = std::max(scale, std::abs(v));
-    for (size_t i = 0; i < want.size(); ++i) {
-      EXPECT_NEAR(got[i], want[i],
-                  std::max(1e-12, tolerance * std::max(std::abs(want[i]), floor * scale)))
-          << "output " << o << "[" << i << "]";
-    }
-  }
-}
-
-void ExpectGradients(const OpCase& c, double tolerance) {
-  SCOPED_TRACE(Describe(c));
-  EXPECT_GT(CheckDeviceGradients(c, "cuda", tolerance), 0);
-}
 
 // Integer ids in [0, n): i · step mod n, so ids repeat.
 std::vector<double> Ids(int64_t count, int64_t n, int64_t step = 7) {
@@ -105,24 +45,25 @@ TEST(NnNormsCuda, RmsNormForward) {
   // One element, a row narrower than a warp, rows wider than one thread's share, a row wider
   // than the largest block (512 threads · 4), many rows.
   const std::vector<Shape> shapes = {{1, 1}, {3, 5}, {2, 7, 300}, {4, 2049}, {700, 64}};
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     for (const Shape& s : shapes)
-      ExpectConformance({"nn.RMSNorm", "eps=1e-5 T=" + Name(f.dtype), {{f.dtype, s}}}, f.tolerance);
+      ExpectCudaConformance({"nn.RMSNorm", "eps=1e-5 T=" + Name(f.dtype), {{f.dtype, s}}},
+                            f.tolerance);
   }
 }
 
 TEST(NnNormsCuda, RmsNormGradients) {
   WEIR_REQUIRE_GPU();
-  ExpectGradients({"nn.RMSNorm", "T=f64 eps=1e-5", {F64({5, 300})}}, 1e-9);
+  ExpectCudaGradients({"nn.RMSNorm", "T=f64 eps=1e-5", {F64({5, 300})}}, 1e-9);
   // One element: dx = rstd·g·w·eps/(x² + eps), a difference of nearly equal terms unless eps is
   // large.
-  ExpectGradients({"nn.RMSNorm", "T=f64 eps=0.5", {F64({1, 1})}}, 1e-9);
-  ExpectGradients({"nn.RMSNorm", "T=f32", {F32({3, 2, 77})}}, 1e-3);
+  ExpectCudaGradients({"nn.RMSNorm", "T=f64 eps=0.5", {F64({1, 1})}}, 1e-9);
+  ExpectCudaGradients({"nn.RMSNorm", "T=f32", {F32({3, 2, 77})}}, 1e-3);
 }
 
 TEST(NnNormsCuda, RmsNormGradXAndGradW) {
   WEIR_REQUIRE_GPU();
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     const DataType t = f.dtype;
     // A single element needs a large eps (see RmsNormGradients); the rows are realistic.
     for (const auto& [s, eps] : std::vector<std::pair<Shape, std::string>>{
@@ -157,32 +98,33 @@ TEST(NnNormsCuda, RopeForward) {
       {"interleaved=false", {1, 3, 1, 600}},  // 300 pairs: two frequency launches
       {"start=100000", {1, 2, 1, 16}},        // angles far beyond float's exact integers
   };
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     for (const Case& k : cases)
-      ExpectConformance({"nn.RoPE", k.attrs, {{f.dtype, k.shape}}}, f.tolerance);
+      ExpectCudaConformance({"nn.RoPE", k.attrs, {{f.dtype, k.shape}}}, f.tolerance);
   }
 }
 
 TEST(NnNormsCuda, RopeGradients) {
   WEIR_REQUIRE_GPU();
-  ExpectGradients({"nn.RoPE", "theta=100", {F64({2, 3, 2, 4})}}, 1e-9);
-  ExpectGradients({"nn.RoPE", "interleaved=false start=5", {F64({1, 3, 1, 6})}}, 1e-9);
-  ExpectGradients({"nn.RoPE", "rope_factor=40 original_max_position=8", {F32({1, 4, 1, 8})}}, 1e-4);
+  ExpectCudaGradients({"nn.RoPE", "theta=100", {F64({2, 3, 2, 4})}}, 1e-9);
+  ExpectCudaGradients({"nn.RoPE", "interleaved=false start=5", {F64({1, 3, 1, 6})}}, 1e-9);
+  ExpectCudaGradients({"nn.RoPE", "rope_factor=40 original_max_position=8", {F32({1, 4, 1, 8})}},
+                      1e-4);
 }
 
 // ---- nn.Embedding ----
 
 TEST(NnNormsCuda, EmbeddingForward) {
   WEIR_REQUIRE_GPU();
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     const std::string t = " T=" + Name(f.dtype);
     // Rows of 3 elements (odd byte counts), 130 (wide words), 1.
-    ExpectConformance(
+    ExpectCudaConformance(
         {"nn.Embedding", "num_embeddings=5 dim=3" + t, {I64({2, 3})}, {{0, {0, 4, 1, 1, 3, 0}}}},
         1e-12);
-    ExpectConformance(
+    ExpectCudaConformance(
         {"nn.Embedding", "num_embeddings=11 dim=130" + t, {I32({37})}, {{0, Ids(37, 11)}}}, 1e-12);
-    ExpectConformance(
+    ExpectCudaConformance(
         {"nn.Embedding", "num_embeddings=4 dim=1" + t, {I64({4, 1})}, {{0, {3, 2, 1, 0}}}}, 1e-12);
   }
 }
@@ -203,14 +145,14 @@ TEST(NnNormsCuda, EmbeddingIdOutsideTheTableGivesNaN) {
 
 TEST(NnNormsCuda, EmbeddingGradient) {
   WEIR_REQUIRE_GPU();
-  ExpectGradients(
+  ExpectCudaGradients(
       {"nn.Embedding", "num_embeddings=5 dim=3 T=f64", {I64({2, 3})}, {{0, {0, 4, 1, 1, 3, 0}}}},
       1e-9);
   // f64: the rows' sums come in any order, and in f32 a sum that cancels would differ beyond the
   // gradient check's absolute floor (ExpectCudaNearCpu below covers f32 and bf16).
-  ExpectGradients(
+  ExpectCudaGradients(
       {"nn.Embedding", "num_embeddings=9 dim=70 T=f64", {I64({4, 25})}, {{0, Ids(100, 9)}}}, 1e-9);
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     // Up to 43 rows summed into one (atomics: any order), unused rows stay zero.
     ExpectCudaNearCpu({"nn.EmbeddingGrad",
                        "num_embeddings=11",
@@ -229,32 +171,32 @@ TEST(NnNormsCuda, EmbeddingGradient) {
 
 TEST(NnNormsCuda, CrossEntropyForward) {
   WEIR_REQUIRE_GPU();
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     const DataType t = f.dtype;
     const double tolerance = t == DT_F32 ? kF32LongReduction : f.tolerance;
     // An ignored position.
-    ExpectConformance({"nn.CrossEntropy",
-                       "ignore_index=-1",
-                       {{t, {2, 3, 5}}, I64({2, 3})},
-                       {{1, {0, 4, -1, 2, 2, 1}}}},
-                      tolerance);
+    ExpectCudaConformance({"nn.CrossEntropy",
+                           "ignore_index=-1",
+                           {{t, {2, 3, 5}}, I64({2, 3})},
+                           {{1, {0, 4, -1, 2, 2, 1}}}},
+                          tolerance);
     // A mask with a zero and a half.
-    ExpectConformance({"nn.CrossEntropy",
-                       "",
-                       {{t, {4, 5}}, I64({4}), {t, {4}}},
-                       {{1, {0, 4, 3, 2}}, {2, {1, 0, 1, 0.5}}}},
-                      tolerance);
+    ExpectCudaConformance({"nn.CrossEntropy",
+                           "",
+                           {{t, {4, 5}}, I64({4}), {t, {4}}},
+                           {{1, {0, 4, 3, 2}}, {2, {1, 0, 1, 0.5}}}},
+                          tolerance);
     // A vocabulary of many blocks' worth per row, i32 targets at both ends.
-    ExpectConformance({"nn.CrossEntropy", "", {{t, {3, 5000}}, I32({3})}, {{1, {17, 4999, 0}}}},
-                      tolerance);
+    ExpectCudaConformance({"nn.CrossEntropy", "", {{t, {3, 5000}}, I32({3})}, {{1, {17, 4999, 0}}}},
+                          tolerance);
     // More rows than the finishing block's threads.
-    ExpectConformance(
+    ExpectCudaConformance(
         {"nn.CrossEntropy", "", {{t, {1300, 33}}, I64({1300})}, {{1, Ids(1300, 33, 5)}}},
         tolerance);
     // Everything ignored: the loss is 0.
-    ExpectConformance({"nn.CrossEntropy", "", {{t, {2, 4}}, I64({2})}, {{1, {-100, -100}}}},
-                      tolerance);
-    ExpectConformance({"nn.CrossEntropy", "", {{t, {1, 1}}, I64({1})}, {{1, {0}}}}, tolerance);
+    ExpectCudaConformance({"nn.CrossEntropy", "", {{t, {2, 4}}, I64({2})}, {{1, {-100, -100}}}},
+                          tolerance);
+    ExpectCudaConformance({"nn.CrossEntropy", "", {{t, {1, 1}}, I64({1})}, {{1, {0}}}}, tolerance);
   }
 }
 
@@ -268,39 +210,40 @@ TEST(NnNormsCuda, CrossEntropyTargetOutsideTheVocabularyGivesNaN) {
 
 TEST(NnNormsCuda, CrossEntropyGradients) {
   WEIR_REQUIRE_GPU();
-  ExpectGradients({"nn.CrossEntropy",
-                   "ignore_index=-1",
-                   {F64({2, 3, 5}), I64({2, 3})},
-                   {{1, {0, 4, -1, 2, 2, 1}}},
-                   {1}},
-                  1e-9);
-  ExpectGradients({"nn.CrossEntropy",
-                   "",
-                   {F64({4, 5}), I64({4}), F64({4})},
-                   {{1, {0, 4, 3, 2}}, {2, {1, 0, 1, 0.5}}},
-                   {1, 2}},
-                  1e-9);
-  ExpectGradients({"nn.CrossEntropy", "", {F32({3, 5000}), I32({3})}, {{1, {17, 4999, 0}}}, {1}},
-                  kF32LongReduction);
-  for (const FloatCase& f : FloatCases()) {
+  ExpectCudaGradients({"nn.CrossEntropy",
+                       "ignore_index=-1",
+                       {F64({2, 3, 5}), I64({2, 3})},
+                       {{1, {0, 4, -1, 2, 2, 1}}},
+                       {1}},
+                      1e-9);
+  ExpectCudaGradients({"nn.CrossEntropy",
+                       "",
+                       {F64({4, 5}), I64({4}), F64({4})},
+                       {{1, {0, 4, 3, 2}}, {2, {1, 0, 1, 0.5}}},
+                       {1, 2}},
+                      1e-9);
+  ExpectCudaGradients(
+      {"nn.CrossEntropy", "", {F32({3, 5000}), I32({3})}, {{1, {17, 4999, 0}}}, {1}},
+      kF32LongReduction);
+  for (const DtypeTolerance& f : GpuTolerances()) {
     const DataType t = f.dtype;
     const TensorType dloss{t == DT_F64 ? DT_F64 : DT_F32, {}};
-    ExpectConformance({"nn.CrossEntropyGrad",
-                       "ignore_index=-1",
-                       {{t, {2, 3, 5}}, I64({2, 3}), dloss},
-                       {{1, {0, 4, -1, 2, 2, 1}}, {2, {0.75}}}},
-                      f.tolerance);
-    ExpectConformance({"nn.CrossEntropyGrad",
-                       "",
-                       {{t, {4, 5}}, I32({4}), dloss, {t, {4}}},
-                       {{1, {0, 4, 3, 2}}, {2, {-1.5}}, {3, {1, 0, 1, 0.5}}}},
-                      f.tolerance);
-    ExpectConformance({"nn.CrossEntropyGrad",
-                       "",
-                       {{t, {3, 5000}}, I64({3}), dloss},
-                       {{1, {17, 4999, 0}}, {2, {1}}}},
-                      f.tolerance);
-    ExpectConformance(
+    ExpectCudaConformance({"nn.CrossEntropyGrad",
+                           "ignore_index=-1",
+                           {{t, {2, 3, 5}}, I64({2, 3}), dloss},
+                           {{1, {0, 4, -1, 2, 2, 1}}, {2, {0.75}}}},
+                          f.tolerance);
+    ExpectCudaConformance({"nn.CrossEntropyGrad",
+                           "",
+                           {{t, {4, 5}}, I32({4}), dloss, {t, {4}}},
+                           {{1, {0, 4, 3, 2}}, {2, {-1.5}}, {3, {1, 0, 1, 0.5}}}},
+                          f.tolerance);
+    ExpectCudaConformance({"nn.CrossEntropyGrad",
+                           "",
+                           {{t, {3, 5000}}, I64({3}), dloss},
+                           {{1, {17, 4999, 0}}, {2, {1}}}},
+                          f.tolerance);
+    ExpectCudaConformance(
         {"nn.CrossEntropyGrad", "", {{t, {2, 4}}, I64({2}), dloss}, {{1, {-100, -100}}, {2, {1}}}},
         f.tolerance);
   }
@@ -320,13 +263,14 @@ TEST(NnNormsCuda, ArgmaxMatch) {
   std::vector<double> a(static_cast<size_t>(rows * width)), b(a.size());
   for (double& v : a) v = u(rng);
   for (size_t i = 0; i < b.size(); ++i) b[i] = i / width % 3 == 0 ? a[i] : u(rng);
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     const DataType t = f.dtype;
-    ExpectConformance({"nn.ArgmaxMatch", "", {{t, {3, 3}}, {t, {3, 3}}}, {{0, a3}, {1, b3}}}, 1e-7);
+    ExpectCudaConformance({"nn.ArgmaxMatch", "", {{t, {3, 3}}, {t, {3, 3}}}, {{0, a3}, {1, b3}}},
+                          1e-7);
     // bf16 rounds many of these to equal values: ties.
-    ExpectConformance(
+    ExpectCudaConformance(
         {"nn.ArgmaxMatch", "", {{t, {rows, width}}, {t, {rows, width}}}, {{0, a}, {1, b}}}, 1e-7);
-    ExpectConformance({"nn.ArgmaxMatch", "", {{t, {3, 1}}, {t, {3, 1}}}}, 1e-7);
+    ExpectCudaConformance({"nn.ArgmaxMatch", "", {{t, {3, 1}}, {t, {3, 1}}}}, 1e-7);
   }
   // NaNs are never the largest, except at index 0 where nothing beats them; −∞ rows pick 0.
   const double nan = std::numeric_limits<double>::quiet_NaN(), inf = INFINITY;
@@ -335,7 +279,8 @@ TEST(NnNormsCuda, ArgmaxMatch) {
   const std::vector<double> b5 = {5, 1, 2,    3,    0,    0,    9, 1, 2, 1,
                                   2, 2, -inf, -inf, -inf, -inf, 0, 0, 0, 1};
   for (DataType t : {DT_F32, DT_F64})
-    ExpectConformance({"nn.ArgmaxMatch", "", {{t, {5, 4}}, {t, {5, 4}}}, {{0, a5}, {1, b5}}}, 1e-7);
+    ExpectCudaConformance({"nn.ArgmaxMatch", "", {{t, {5, 4}}, {t, {5, 4}}}, {{0, a5}, {1, b5}}},
+                          1e-7);
 }
 
 // ---- nn.Dropout ----
@@ -383,17 +328,17 @@ TEST(NnNormsCuda, DropoutConformance) {
   WEIR_REQUIRE_GPU();
   std::vector<double> mask(5 * 67);
   for (size_t i = 0; i < mask.size(); ++i) mask[i] = i % 3 == 1 ? 0 : 1;
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     // Rates whose masks do not depend on the call: keep all, drop all.
-    ExpectConformance({"nn.Dropout", "rate=0", {{f.dtype, {3, 67}}}}, f.tolerance);
-    ExpectConformance({"nn.Dropout", "rate=1 seed=3", {{f.dtype, {3, 67}}}}, f.tolerance);
-    ExpectConformance(
+    ExpectCudaConformance({"nn.Dropout", "rate=0", {{f.dtype, {3, 67}}}}, f.tolerance);
+    ExpectCudaConformance({"nn.Dropout", "rate=1 seed=3", {{f.dtype, {3, 67}}}}, f.tolerance);
+    ExpectCudaConformance(
         {"nn.DropoutGrad", "rate=0.25", {{f.dtype, {5, 67}}, U8({5, 67})}, {{1, mask}}},
         f.tolerance);
-    ExpectConformance({"nn.DropoutGrad", "rate=1", {{f.dtype, {1}}, U8({1})}, {{1, {1}}}},
-                      f.tolerance);
+    ExpectCudaConformance({"nn.DropoutGrad", "rate=1", {{f.dtype, {1}}, U8({1})}, {{1, {1}}}},
+                          f.tolerance);
   }
-  ExpectGradients({"nn.Dropout", "rate=0.0", {F64({3, 4})}}, 1e-9);
+  ExpectCudaGradients({"nn.Dropout", "rate=0.0", {F64({3, 4})}}, 1e-9);
 }
 
 // ---- nn.SegmentIds ----
@@ -410,9 +355,9 @@ TEST(NnNormsCuda, SegmentIds) {
   // Rows of one tile, one tile and one, many tiles; separator 2 is a fifth of the tokens.
   for (const Shape& s : std::vector<Shape>{{1, 1}, {3, 256}, {2, 257}, {3, 700}, {1, 5000}}) {
     const size_t n = static_cast<size_t>(NumElements(s));
-    ExpectConformance({"nn.SegmentIds", "separator=2", {I64(s)}, {{0, tokens(n)}}}, 0);
-    ExpectConformance({"nn.SegmentIds", "separator=4", {I32(s)}, {{0, tokens(n)}}}, 0);
-    ExpectConformance({"nn.SegmentIds", "separator=-1", {I64(s)}, {{0, tokens(n)}}}, 0);
+    ExpectCudaConformance({"nn.SegmentIds", "separator=2", {I64(s)}, {{0, tokens(n)}}}, 0);
+    ExpectCudaConformance({"nn.SegmentIds", "separator=4", {I32(s)}, {{0, tokens(n)}}}, 0);
+    ExpectCudaConformance({"nn.SegmentIds", "separator=-1", {I64(s)}, {{0, tokens(n)}}}, 0);
   }
 }
 

@@ -17,15 +17,6 @@
 namespace weir::testing {
 namespace {
 
-// Each float dtype with its relative tolerance (f64 1e-9, f32 1e-4, bf16 2e-2).
-struct FloatCase {
-  DataType dtype;
-  double tolerance;
-};
-const std::vector<FloatCase>& FloatCases() {
-  static const std::vector<FloatCase> cases = {{DT_F32, 1e-4}, {DT_BF16, 2e-2}, {DT_F64, 1e-9}};
-  return cases;
-}
 // Copies and casts move or convert each element the same way on both devices: exact (the check's
 // absolute floor of 1e-12 aside).
 constexpr double kExact = 0;
@@ -40,12 +31,6 @@ TensorType F32(Shape s) { return {DT_F32, std::move(s)}; }
 TensorType F64(Shape s) { return {DT_F64, std::move(s)}; }
 
 std::string Name(DataType t) { return DataTypeName(t); }
-
-std::string Describe(const OpCase& c) {
-  std::string s = c.op + " [" + c.attrs + "]";
-  for (const TensorType& t : c.inputs) s += " " + t.ToString();
-  return s;
-}
 
 // Distinct values that every dtype holds exactly (small integers), so that integer copies are
 // not all zeros; random values in [-1, 1] otherwise.
@@ -63,21 +48,6 @@ OpCase Case(std::string op, std::string attrs, std::vector<TensorType> inputs) {
   return c;
 }
 
-// Conformance of every output on cuda against the CPU; fails when cuda was not compared (no
-// cuda kernel, or no runnable GPU in a build that should have one).
-void ExpectConformance(const OpCase& c, double tolerance) {
-  SCOPED_TRACE(Describe(c));
-  std::vector<std::string> not_runnable;
-  std::vector<std::string> compared = CheckDeviceConformance(c, tolerance, &not_runnable);
-  EXPECT_NE(std::find(compared.begin(), compared.end(), "cuda"), compared.end())
-      << "not compared on cuda";
-}
-
-void ExpectGradients(const OpCase& c, double tolerance) {
-  SCOPED_TRACE(Describe(c));
-  EXPECT_GT(CheckDeviceGradients(c, "cuda", tolerance), 0);
-}
-
 // One element, fewer than a 16-byte pack, a tail after whole packs, one element past a block of
 // 256 threads, a size no pack divides, many blocks.
 const std::vector<Shape>& ElementwiseShapes() {
@@ -89,18 +59,18 @@ const std::vector<Shape>& ElementwiseShapes() {
 
 TEST(NnPointwiseCuda, ElementwiseForward) {
   WEIR_REQUIRE_GPU();
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     for (const Shape& s : ElementwiseShapes()) {
       TensorType t{f.dtype, s};
-      ExpectConformance({"nn.Add", "", {t, t}}, f.tolerance);
-      ExpectConformance({"nn.Mul", "", {t, t}}, f.tolerance);
-      ExpectConformance({"nn.Scale", "factor=-2.5", {t}}, f.tolerance);
-      ExpectConformance({"nn.Scale", "factor=0.1", {t}}, f.tolerance);
-      ExpectConformance({"nn.SiLU", "", {t}}, f.tolerance);
-      ExpectConformance({"nn.SiLUGrad", "", {t, t}}, f.tolerance);
-      ExpectConformance({"nn.SwiGLU", "", {t, t}}, f.tolerance);
+      ExpectCudaConformance({"nn.Add", "", {t, t}}, f.tolerance);
+      ExpectCudaConformance({"nn.Mul", "", {t, t}}, f.tolerance);
+      ExpectCudaConformance({"nn.Scale", "factor=-2.5", {t}}, f.tolerance);
+      ExpectCudaConformance({"nn.Scale", "factor=0.1", {t}}, f.tolerance);
+      ExpectCudaConformance({"nn.SiLU", "", {t}}, f.tolerance);
+      ExpectCudaConformance({"nn.SiLUGrad", "", {t, t}}, f.tolerance);
+      ExpectCudaConformance({"nn.SwiGLU", "", {t, t}}, f.tolerance);
       OpCase grad{"nn.SwiGLUGrad", "", {t, t, t}};
-      ExpectConformance(grad, f.tolerance);  // both outputs
+      ExpectCudaConformance(grad, f.tolerance);  // both outputs
     }
   }
 }
@@ -112,23 +82,23 @@ TEST(NnPointwiseCuda, SiluSaturates) {
   Shape s = {static_cast<int64_t>(x.size())};
   for (DataType t : {DT_F32, DT_F64}) {
     double tolerance = t == DT_F32 ? 1e-4 : 1e-9;
-    ExpectConformance({"nn.SiLU", "", {{t, s}}, {{0, x}}}, tolerance);
-    ExpectConformance({"nn.SwiGLU", "", {{t, s}, {t, s}}, {{0, x}}}, tolerance);
+    ExpectCudaConformance({"nn.SiLU", "", {{t, s}}, {{0, x}}}, tolerance);
+    ExpectCudaConformance({"nn.SwiGLU", "", {{t, s}, {t, s}}, {{0, x}}}, tolerance);
   }
 }
 
 TEST(NnPointwiseCuda, ElementwiseGradients) {
   WEIR_REQUIRE_GPU();
   for (const Shape& s : {Shape{1}, Shape{3, 5}, Shape{4, 300}}) {
-    ExpectGradients({"nn.Add", "", {F64(s), F64(s)}}, 1e-9);
-    ExpectGradients({"nn.Mul", "", {F64(s), F64(s)}}, 1e-9);
-    ExpectGradients({"nn.Scale", "factor=-2.5", {F64(s)}}, 1e-9);
-    ExpectGradients({"nn.SiLU", "", {F64(s)}}, 1e-9);
-    ExpectGradients({"nn.SwiGLU", "", {F64(s), F64(s)}}, 1e-9);
+    ExpectCudaGradients({"nn.Add", "", {F64(s), F64(s)}}, 1e-9);
+    ExpectCudaGradients({"nn.Mul", "", {F64(s), F64(s)}}, 1e-9);
+    ExpectCudaGradients({"nn.Scale", "factor=-2.5", {F64(s)}}, 1e-9);
+    ExpectCudaGradients({"nn.SiLU", "", {F64(s)}}, 1e-9);
+    ExpectCudaGradients({"nn.SwiGLU", "", {F64(s), F64(s)}}, 1e-9);
   }
-  ExpectGradients({"nn.SiLU", "", {F32({5, 77})}}, 1e-4);
-  ExpectGradients({"nn.SwiGLU", "", {F32({5, 77}), F32({5, 77})}}, 1e-4);
-  ExpectGradients({"nn.Mul", "", {F32({5, 77}), F32({5, 77})}}, 1e-4);
+  ExpectCudaGradients({"nn.SiLU", "", {F32({5, 77})}}, 1e-4);
+  ExpectCudaGradients({"nn.SwiGLU", "", {F32({5, 77}), F32({5, 77})}}, 1e-4);
+  ExpectCudaGradients({"nn.Mul", "", {F32({5, 77}), F32({5, 77})}}, 1e-4);
 }
 
 // ---- nn.Cast ----
@@ -139,7 +109,7 @@ TEST(NnPointwiseCuda, CastBetweenFloats) {
   for (DataType from : floats) {
     for (DataType to : floats) {
       for (const Shape& s : {Shape{1}, Shape{3, 7}, Shape{300, 301}}) {
-        ExpectConformance({"nn.Cast", "dtype=" + Name(to), {{from, s}}}, kExact);
+        ExpectCudaConformance({"nn.Cast", "dtype=" + Name(to), {{from, s}}}, kExact);
       }
     }
   }
@@ -163,25 +133,25 @@ TEST(NnPointwiseCuda, CastEdgeValues) {
       if (std::abs(v) < finite) kept.push_back(v);
     Shape s = {static_cast<int64_t>(kept.size())};
     for (DataType from : {DT_F32, DT_F64}) {
-      ExpectConformance({"nn.Cast", "dtype=" + Name(to), {{from, s}}, {{0, kept}}}, kExact);
+      ExpectCudaConformance({"nn.Cast", "dtype=" + Name(to), {{from, s}}, {{0, kept}}}, kExact);
     }
   }
   // From integers and bools.
   std::vector<double> ints = {0, 1, -1, 5, -128, 127, 255, 1000, -100000, 16777217};
   Shape n = {static_cast<int64_t>(ints.size())};
   for (DataType to : {DT_F32, DT_BF16, DT_F64, DT_I32, DT_U8, DT_BOOL}) {
-    ExpectConformance({"nn.Cast", "dtype=" + Name(to), {{DT_I64, n}}, {{0, ints}}}, kExact);
-    ExpectConformance({"nn.Cast", "dtype=" + Name(to), {{DT_I32, n}}, {{0, ints}}}, kExact);
-    ExpectConformance({"nn.Cast", "dtype=" + Name(to), {{DT_BOOL, {4}}}, {{0, {0, 1, 1, 0}}}},
-                      kExact);
+    ExpectCudaConformance({"nn.Cast", "dtype=" + Name(to), {{DT_I64, n}}, {{0, ints}}}, kExact);
+    ExpectCudaConformance({"nn.Cast", "dtype=" + Name(to), {{DT_I32, n}}, {{0, ints}}}, kExact);
+    ExpectCudaConformance({"nn.Cast", "dtype=" + Name(to), {{DT_BOOL, {4}}}, {{0, {0, 1, 1, 0}}}},
+                          kExact);
   }
 }
 
 TEST(NnPointwiseCuda, CastGradients) {
   WEIR_REQUIRE_GPU();
-  ExpectGradients({"nn.Cast", "dtype=f64", {F64({3, 5})}}, 1e-9);
-  ExpectGradients({"nn.Cast", "dtype=f32", {F64({3, 5})}}, 1e-6);
-  ExpectGradients({"nn.Cast", "dtype=bf16", {F32({4, 33})}}, 2e-2);
+  ExpectCudaGradients({"nn.Cast", "dtype=f64", {F64({3, 5})}}, 1e-9);
+  ExpectCudaGradients({"nn.Cast", "dtype=f32", {F64({3, 5})}}, 1e-6);
+  ExpectCudaGradients({"nn.Cast", "dtype=bf16", {F32({4, 33})}}, 2e-2);
 }
 
 // ---- nn.Sum, nn.SumGrad ----
@@ -191,22 +161,22 @@ TEST(NnPointwiseCuda, SumForward) {
   // One block, a block and one, several blocks, more elements than the partial sums' grid covers
   // at one element per thread.
   const std::vector<Shape> shapes = {{1}, {255}, {256}, {257}, {3, 700}, {70000}, {1100, 1000}};
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     for (const Shape& s : shapes) {
       double tolerance = f.dtype == DT_F32 ? 1e-3 : f.tolerance;  // a long reduction
-      ExpectConformance({"nn.Sum", "", {{f.dtype, s}}}, tolerance);
+      ExpectCudaConformance({"nn.Sum", "", {{f.dtype, s}}}, tolerance);
     }
-    ExpectConformance({"nn.SumGrad", "shape=[1]", {{f.dtype, {}}}}, kExact);
-    ExpectConformance({"nn.SumGrad", "shape=[3, 5, 7]", {{f.dtype, {}}}}, kExact);
-    ExpectConformance({"nn.SumGrad", "shape=[300, 1001]", {{f.dtype, {}}}}, kExact);
+    ExpectCudaConformance({"nn.SumGrad", "shape=[1]", {{f.dtype, {}}}}, kExact);
+    ExpectCudaConformance({"nn.SumGrad", "shape=[3, 5, 7]", {{f.dtype, {}}}}, kExact);
+    ExpectCudaConformance({"nn.SumGrad", "shape=[300, 1001]", {{f.dtype, {}}}}, kExact);
   }
 }
 
 TEST(NnPointwiseCuda, SumGradients) {
   WEIR_REQUIRE_GPU();
-  ExpectGradients({"nn.Sum", "", {F64({3, 4})}}, 1e-9);
-  ExpectGradients({"nn.Sum", "", {F64({100, 700})}}, 1e-9);
-  ExpectGradients({"nn.Sum", "", {F32({1000})}}, 1e-4);
+  ExpectCudaGradients({"nn.Sum", "", {F64({3, 4})}}, 1e-9);
+  ExpectCudaGradients({"nn.Sum", "", {F64({100, 700})}}, 1e-9);
+  ExpectCudaGradients({"nn.Sum", "", {F32({1000})}}, 1e-4);
 }
 
 // ---- copies: nn.Reshape, nn.Cached, nn.Weight ----
@@ -214,25 +184,25 @@ TEST(NnPointwiseCuda, SumGradients) {
 TEST(NnPointwiseCuda, ReshapeCachedWeight) {
   WEIR_REQUIRE_GPU();
   for (DataType t : CopyTypes()) {
-    ExpectConformance(Case("nn.Reshape", "shape=[0, -1]", {{t, {2, 3, 2}}}), kExact);
-    ExpectConformance(Case("nn.Reshape", "shape=[-1]", {{t, {1}}}), kExact);
-    ExpectConformance(Case("nn.Reshape", "shape=[7, -1, 3]", {{t, {21, 50}}}), kExact);
-    ExpectConformance(Case("nn.Cached", "", {{t, {2, 3, 2}}}), kExact);
-    ExpectConformance(Case("nn.Cached", "", {{t, {1, 1}}}), kExact);
+    ExpectCudaConformance(Case("nn.Reshape", "shape=[0, -1]", {{t, {2, 3, 2}}}), kExact);
+    ExpectCudaConformance(Case("nn.Reshape", "shape=[-1]", {{t, {1}}}), kExact);
+    ExpectCudaConformance(Case("nn.Reshape", "shape=[7, -1, 3]", {{t, {21, 50}}}), kExact);
+    ExpectCudaConformance(Case("nn.Cached", "", {{t, {2, 3, 2}}}), kExact);
+    ExpectCudaConformance(Case("nn.Cached", "", {{t, {1, 1}}}), kExact);
   }
-  for (const FloatCase& f : FloatCases()) {
-    ExpectConformance({"nn.Weight", "shape=[3, 5] T=" + Name(f.dtype), {}}, kExact);
-    ExpectConformance({"nn.Weight", "shape=[1] T=" + Name(f.dtype), {}}, kExact);
-    ExpectConformance({"nn.Weight", "shape=[300, 77] T=" + Name(f.dtype), {}}, kExact);
+  for (const DtypeTolerance& f : GpuTolerances()) {
+    ExpectCudaConformance({"nn.Weight", "shape=[3, 5] T=" + Name(f.dtype), {}}, kExact);
+    ExpectCudaConformance({"nn.Weight", "shape=[1] T=" + Name(f.dtype), {}}, kExact);
+    ExpectCudaConformance({"nn.Weight", "shape=[300, 77] T=" + Name(f.dtype), {}}, kExact);
   }
 }
 
 TEST(NnPointwiseCuda, ReshapeCachedWeightGradients) {
   WEIR_REQUIRE_GPU();
-  ExpectGradients({"nn.Reshape", "shape=[0, -1]", {F64({2, 3, 2})}}, 1e-9);
-  ExpectGradients({"nn.Cached", "", {F64({2, 3, 2})}}, 1e-9);
-  ExpectGradients({"nn.Weight", "shape=[3, 2] T=f64", {}}, 1e-9);
-  ExpectGradients({"nn.Weight", "shape=[30, 20] T=f32", {}}, 1e-4);
+  ExpectCudaGradients({"nn.Reshape", "shape=[0, -1]", {F64({2, 3, 2})}}, 1e-9);
+  ExpectCudaGradients({"nn.Cached", "", {F64({2, 3, 2})}}, 1e-9);
+  ExpectCudaGradients({"nn.Weight", "shape=[3, 2] T=f64", {}}, 1e-9);
+  ExpectCudaGradients({"nn.Weight", "shape=[30, 20] T=f32", {}}, 1e-4);
 }
 
 // ---- nn.Transpose ----
@@ -263,14 +233,14 @@ TEST(NnPointwiseCuda, TransposeForward) {
   };
   for (DataType t : CopyTypes()) {
     for (const Perm& p : perms)
-      ExpectConformance(Case("nn.Transpose", "perm=" + p.perm, {{t, p.shape}}), kExact);
+      ExpectCudaConformance(Case("nn.Transpose", "perm=" + p.perm, {{t, p.shape}}), kExact);
   }
 }
 
 TEST(NnPointwiseCuda, TransposeGradients) {
   WEIR_REQUIRE_GPU();
-  ExpectGradients({"nn.Transpose", "perm=[2, 0, 1]", {F64({2, 3, 4})}}, 1e-9);
-  ExpectGradients({"nn.Transpose", "perm=[1, 0]", {F64({40, 33})}}, 1e-9);
+  ExpectCudaGradients({"nn.Transpose", "perm=[2, 0, 1]", {F64({2, 3, 4})}}, 1e-9);
+  ExpectCudaGradients({"nn.Transpose", "perm=[1, 0]", {F64({40, 33})}}, 1e-9);
 }
 
 // ---- nn.Concat, nn.Split ----
@@ -278,42 +248,44 @@ TEST(NnPointwiseCuda, TransposeGradients) {
 TEST(NnPointwiseCuda, ConcatForward) {
   WEIR_REQUIRE_GPU();
   for (DataType t : CopyTypes()) {
-    ExpectConformance(Case("nn.Concat", "axis=1", {{t, {2, 1, 3}}, {t, {2, 2, 3}}}), kExact);
-    ExpectConformance(Case("nn.Concat", "axis=0", {{t, {1, 4}}, {t, {3, 4}}, {t, {2, 4}}}), kExact);
-    ExpectConformance(Case("nn.Concat", "axis=-1", {{t, {5, 3}}, {t, {5, 8}}}), kExact);
+    ExpectCudaConformance(Case("nn.Concat", "axis=1", {{t, {2, 1, 3}}, {t, {2, 2, 3}}}), kExact);
+    ExpectCudaConformance(Case("nn.Concat", "axis=0", {{t, {1, 4}}, {t, {3, 4}}, {t, {2, 4}}}),
+                          kExact);
+    ExpectCudaConformance(Case("nn.Concat", "axis=-1", {{t, {5, 3}}, {t, {5, 8}}}), kExact);
     // An empty part (a decoding cache before the first token).
-    ExpectConformance(Case("nn.Concat", "axis=1", {{t, {2, 0, 3}}, {t, {2, 2, 3}}}), kExact);
+    ExpectCudaConformance(Case("nn.Concat", "axis=1", {{t, {2, 0, 3}}, {t, {2, 2, 3}}}), kExact);
     // Long rows (word-widened copies) and many of them.
-    ExpectConformance(Case("nn.Concat", "axis=1", {{t, {4, 64, 128}}, {t, {4, 1, 128}}}), kExact);
-    ExpectConformance(Case("nn.Concat", "axis=-1", {{t, {300, 127}}, {t, {300, 129}}}), kExact);
+    ExpectCudaConformance(Case("nn.Concat", "axis=1", {{t, {4, 64, 128}}, {t, {4, 1, 128}}}),
+                          kExact);
+    ExpectCudaConformance(Case("nn.Concat", "axis=-1", {{t, {300, 127}}, {t, {300, 129}}}), kExact);
   }
 }
 
 TEST(NnPointwiseCuda, SplitForward) {
   WEIR_REQUIRE_GPU();
   for (DataType t : CopyTypes()) {
-    ExpectConformance(Case("nn.Split", "num=3 axis=1", {{t, {2, 6, 2}}}), kExact);
-    ExpectConformance(Case("nn.Split", "num=3 sizes=[2, 0, 3] axis=-1", {{t, {2, 5}}}), kExact);
-    ExpectConformance(Case("nn.Split", "num=2 axis=0", {{t, {2, 7}}}), kExact);
-    ExpectConformance(Case("nn.Split", "num=1 axis=0", {{t, {1}}}), kExact);
-    ExpectConformance(Case("nn.Split", "num=3 sizes=[128, 64, 1] axis=-1", {{t, {300, 193}}}),
-                      kExact);
+    ExpectCudaConformance(Case("nn.Split", "num=3 axis=1", {{t, {2, 6, 2}}}), kExact);
+    ExpectCudaConformance(Case("nn.Split", "num=3 sizes=[2, 0, 3] axis=-1", {{t, {2, 5}}}), kExact);
+    ExpectCudaConformance(Case("nn.Split", "num=2 axis=0", {{t, {2, 7}}}), kExact);
+    ExpectCudaConformance(Case("nn.Split", "num=1 axis=0", {{t, {1}}}), kExact);
+    ExpectCudaConformance(Case("nn.Split", "num=3 sizes=[128, 64, 1] axis=-1", {{t, {300, 193}}}),
+                          kExact);
   }
 }
 
 TEST(NnPointwiseCuda, ConcatSplitGradients) {
   WEIR_REQUIRE_GPU();
-  ExpectGradients({"nn.Concat", "axis=1", {F64({2, 1, 3}), F64({2, 2, 3})}}, 1e-9);
-  ExpectGradients({"nn.Concat", "axis=1", {F64({2, 0, 3}), F64({2, 2, 3})}}, 1e-9);
+  ExpectCudaGradients({"nn.Concat", "axis=1", {F64({2, 1, 3}), F64({2, 2, 3})}}, 1e-9);
+  ExpectCudaGradients({"nn.Concat", "axis=1", {F64({2, 0, 3}), F64({2, 2, 3})}}, 1e-9);
   OpCase all{"nn.Split", "num=3 axis=1", {F64({2, 6, 2})}};
   all.output = -1;  // every part used: the gradient is a Concat
-  ExpectGradients(all, 1e-9);
+  ExpectCudaGradients(all, 1e-9);
   OpCase one{"nn.Split", "num=3 sizes=[1, 4, 1] axis=1", {F64({2, 6, 2})}};
   one.output = 1;  // one part used: SliceGrad pads it with zeros
-  ExpectGradients(one, 1e-9);
+  ExpectCudaGradients(one, 1e-9);
   OpCase two{"nn.Split", "num=3 sizes=[100, 50, 43] axis=-1", {F32({30, 193})}};
   two.output = -1;
-  ExpectGradients(two, 1e-4);
+  ExpectCudaGradients(two, 1e-4);
 }
 
 // ---- nn.Slice, nn.SliceGrad ----
@@ -321,33 +293,34 @@ TEST(NnPointwiseCuda, ConcatSplitGradients) {
 TEST(NnPointwiseCuda, SliceForward) {
   WEIR_REQUIRE_GPU();
   for (DataType t : CopyTypes()) {
-    ExpectConformance(Case("nn.Slice", "axis=1 begin=1 end=3", {{t, {2, 4, 2}}}), kExact);
-    ExpectConformance(Case("nn.Slice", "axis=1 begin=0 end=-1", {{t, {2, 4, 2}}}), kExact);
-    ExpectConformance(Case("nn.Slice", "axis=1 begin=1", {{t, {2, 4, 2}}}), kExact);
-    ExpectConformance(Case("nn.Slice", "axis=1 begin=-1", {{t, {2, 4, 2}}}), kExact);
-    ExpectConformance(Case("nn.Slice", "axis=0 begin=0 end=1", {{t, {1}}}), kExact);
-    ExpectConformance(Case("nn.Slice", "axis=-1 begin=5 end=260", {{t, {64, 300}}}), kExact);
-    ExpectConformance(Case("nn.Slice", "axis=0 begin=3 end=40", {{t, {64, 3, 33}}}), kExact);
+    ExpectCudaConformance(Case("nn.Slice", "axis=1 begin=1 end=3", {{t, {2, 4, 2}}}), kExact);
+    ExpectCudaConformance(Case("nn.Slice", "axis=1 begin=0 end=-1", {{t, {2, 4, 2}}}), kExact);
+    ExpectCudaConformance(Case("nn.Slice", "axis=1 begin=1", {{t, {2, 4, 2}}}), kExact);
+    ExpectCudaConformance(Case("nn.Slice", "axis=1 begin=-1", {{t, {2, 4, 2}}}), kExact);
+    ExpectCudaConformance(Case("nn.Slice", "axis=0 begin=0 end=1", {{t, {1}}}), kExact);
+    ExpectCudaConformance(Case("nn.Slice", "axis=-1 begin=5 end=260", {{t, {64, 300}}}), kExact);
+    ExpectCudaConformance(Case("nn.Slice", "axis=0 begin=3 end=40", {{t, {64, 3, 33}}}), kExact);
   }
 }
 
 TEST(NnPointwiseCuda, SliceGradForward) {
   WEIR_REQUIRE_GPU();
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     DataType t = f.dtype;
-    ExpectConformance({"nn.SliceGrad", "axis=1 begin=2 size=9", {{t, {3, 4, 5}}}}, kExact);
-    ExpectConformance({"nn.SliceGrad", "axis=0 begin=0 size=1", {{t, {1}}}}, kExact);
-    ExpectConformance({"nn.SliceGrad", "axis=2 begin=7 size=300", {{t, {2, 30, 255}}}}, kExact);
-    ExpectConformance({"nn.SliceGrad", "axis=0 begin=0 size=5", {{t, {3, 1000}}}}, kExact);
+    ExpectCudaConformance({"nn.SliceGrad", "axis=1 begin=2 size=9", {{t, {3, 4, 5}}}}, kExact);
+    ExpectCudaConformance({"nn.SliceGrad", "axis=0 begin=0 size=1", {{t, {1}}}}, kExact);
+    ExpectCudaConformance({"nn.SliceGrad", "axis=2 begin=7 size=300", {{t, {2, 30, 255}}}}, kExact);
+    ExpectCudaConformance({"nn.SliceGrad", "axis=0 begin=0 size=5", {{t, {3, 1000}}}}, kExact);
   }
-  ExpectConformance(Case("nn.SliceGrad", "axis=1 begin=1 size=4", {{DT_I64, {2, 2, 3}}}), kExact);
+  ExpectCudaConformance(Case("nn.SliceGrad", "axis=1 begin=1 size=4", {{DT_I64, {2, 2, 3}}}),
+                        kExact);
 }
 
 TEST(NnPointwiseCuda, SliceGradients) {
   WEIR_REQUIRE_GPU();
-  ExpectGradients({"nn.Slice", "axis=1 begin=1 end=3", {F64({2, 4, 2})}}, 1e-9);
-  ExpectGradients({"nn.Slice", "axis=1 begin=-1", {F64({2, 4, 2})}}, 1e-9);
-  ExpectGradients({"nn.Slice", "axis=-1 begin=5 end=260", {F32({6, 300})}}, 1e-4);
+  ExpectCudaGradients({"nn.Slice", "axis=1 begin=1 end=3", {F64({2, 4, 2})}}, 1e-9);
+  ExpectCudaGradients({"nn.Slice", "axis=1 begin=-1", {F64({2, 4, 2})}}, 1e-9);
+  ExpectCudaGradients({"nn.Slice", "axis=-1 begin=5 end=260", {F32({6, 300})}}, 1e-4);
 }
 
 // ---- nn.Expand, nn.ExpandGrad ----
@@ -355,31 +328,31 @@ TEST(NnPointwiseCuda, SliceGradients) {
 TEST(NnPointwiseCuda, ExpandForward) {
   WEIR_REQUIRE_GPU();
   for (DataType t : CopyTypes()) {
-    ExpectConformance(Case("nn.Expand", "axis=-2 size=3", {{t, {2, 2, 1, 4}}}), kExact);
-    ExpectConformance(Case("nn.Expand", "axis=0 size=5", {{t, {1, 7}}}), kExact);
-    ExpectConformance(Case("nn.Expand", "axis=-1 size=9", {{t, {3, 1}}}), kExact);
-    ExpectConformance(Case("nn.Expand", "axis=1 size=1", {{t, {3, 1, 2}}}), kExact);
+    ExpectCudaConformance(Case("nn.Expand", "axis=-2 size=3", {{t, {2, 2, 1, 4}}}), kExact);
+    ExpectCudaConformance(Case("nn.Expand", "axis=0 size=5", {{t, {1, 7}}}), kExact);
+    ExpectCudaConformance(Case("nn.Expand", "axis=-1 size=9", {{t, {3, 1}}}), kExact);
+    ExpectCudaConformance(Case("nn.Expand", "axis=1 size=1", {{t, {3, 1, 2}}}), kExact);
     // MLA's shared RoPE key, one per head.
-    ExpectConformance(Case("nn.Expand", "axis=-2 size=128", {{t, {2, 9, 1, 64}}}), kExact);
+    ExpectCudaConformance(Case("nn.Expand", "axis=-2 size=128", {{t, {2, 9, 1, 64}}}), kExact);
   }
 }
 
 TEST(NnPointwiseCuda, ExpandGradForward) {
   WEIR_REQUIRE_GPU();
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     DataType t = f.dtype;
-    ExpectConformance({"nn.ExpandGrad", "axis=-2", {{t, {2, 2, 3, 4}}}}, f.tolerance);
-    ExpectConformance({"nn.ExpandGrad", "axis=0", {{t, {5, 7}}}}, f.tolerance);
-    ExpectConformance({"nn.ExpandGrad", "axis=-1", {{t, {3, 9}}}}, f.tolerance);
-    ExpectConformance({"nn.ExpandGrad", "axis=1", {{t, {3, 1, 2}}}}, f.tolerance);
-    ExpectConformance({"nn.ExpandGrad", "axis=-2", {{t, {2, 9, 128, 64}}}}, f.tolerance);
+    ExpectCudaConformance({"nn.ExpandGrad", "axis=-2", {{t, {2, 2, 3, 4}}}}, f.tolerance);
+    ExpectCudaConformance({"nn.ExpandGrad", "axis=0", {{t, {5, 7}}}}, f.tolerance);
+    ExpectCudaConformance({"nn.ExpandGrad", "axis=-1", {{t, {3, 9}}}}, f.tolerance);
+    ExpectCudaConformance({"nn.ExpandGrad", "axis=1", {{t, {3, 1, 2}}}}, f.tolerance);
+    ExpectCudaConformance({"nn.ExpandGrad", "axis=-2", {{t, {2, 9, 128, 64}}}}, f.tolerance);
   }
 }
 
 TEST(NnPointwiseCuda, ExpandGradients) {
   WEIR_REQUIRE_GPU();
-  ExpectGradients({"nn.Expand", "axis=-2 size=3", {F64({2, 2, 1, 4})}}, 1e-9);
-  ExpectGradients({"nn.Expand", "axis=-2 size=16", {F32({2, 5, 1, 64})}}, 1e-4);
+  ExpectCudaGradients({"nn.Expand", "axis=-2 size=3", {F64({2, 2, 1, 4})}}, 1e-9);
+  ExpectCudaGradients({"nn.Expand", "axis=-2 size=16", {F32({2, 5, 1, 64})}}, 1e-4);
 }
 
 }  // namespace

@@ -17,34 +17,6 @@
 namespace weir::testing {
 namespace {
 
-struct FloatCase {
-  DataType dtype;
-  double tolerance;
-};
-const std::vector<FloatCase>& FloatCases() {
-  static const std::vector<FloatCase> cases = {{DT_F32, 1e-4}, {DT_BF16, 2e-2}, {DT_F64, 1e-9}};
-  return cases;
-}
-
-std::string Describe(const OpCase& c) {
-  std::string s = c.op + " [" + c.attrs + "]";
-  for (const TensorType& t : c.inputs) s += " " + t.ToString();
-  return s;
-}
-
-void ExpectConformance(const OpCase& c, double tolerance) {
-  SCOPED_TRACE(Describe(c));
-  std::vector<std::string> not_runnable;
-  std::vector<std::string> compared = CheckDeviceConformance(c, tolerance, &not_runnable);
-  EXPECT_NE(std::find(compared.begin(), compared.end(), "cuda"), compared.end())
-      << "not compared on cuda";
-}
-
-void ExpectGradients(const OpCase& c, double tolerance) {
-  SCOPED_TRACE(Describe(c));
-  EXPECT_GT(CheckDeviceGradients(c, "cuda", tolerance), 0);
-}
-
 // Values in (0, 1]: second moments, which are never negative.
 std::vector<double> Positive(int64_t n) {
   std::vector<double> v;
@@ -68,11 +40,11 @@ TEST(OptimCuda, AdamW) {
       for (const Shape& s : ParamShapes()) {
         for (const char* attrs : {"", "lr=0.01 weight_decay=0.05 step=7 grad_scale=0.5",
                                   "beta1=0.8 beta2=0.99 eps=1e-6 weight_decay=0 step=1000"}) {
-          ExpectConformance({"optim.AdamW",
-                             attrs,
-                             {{param, s}, {grad, s}, {param, s}, {param, s}},
-                             {{3, Positive(NumElements(s))}}},
-                            tolerance);
+          ExpectCudaConformance({"optim.AdamW",
+                                 attrs,
+                                 {{param, s}, {grad, s}, {param, s}, {param, s}},
+                                 {{3, Positive(NumElements(s))}}},
+                                tolerance);
         }
       }
     }
@@ -87,7 +59,8 @@ TEST(OptimCuda, Sgd) {
       for (const Shape& s : ParamShapes()) {
         for (const char* attrs : {"", "lr=0.1 momentum=0.5 weight_decay=0.01 nesterov=true",
                                   "momentum=0 grad_scale=0.25"}) {
-          ExpectConformance({"optim.SGD", attrs, {{param, s}, {grad, s}, {param, s}}}, tolerance);
+          ExpectCudaConformance({"optim.SGD", attrs, {{param, s}, {grad, s}, {param, s}}},
+                                tolerance);
         }
       }
     }
@@ -134,42 +107,42 @@ OpCase LogProbs(const LogProbShape& s, DataType logits, DataType ids) {
 
 TEST(RlCuda, TokenLogProbsForward) {
   WEIR_REQUIRE_GPU();
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     for (const LogProbShape& s : LogProbShapes()) {
       double tolerance = f.dtype == DT_F32 && s.vocab > 10000 ? 1e-3 : f.tolerance;
       // Computed in f32 from bf16 logits: the outputs are f32, but the rounding of the inputs is
       // the same on both devices, so f32's tolerance holds.
       if (f.dtype == DT_BF16) tolerance = 1e-4;
-      ExpectConformance(LogProbs(s, f.dtype, DT_I64), tolerance);
+      ExpectCudaConformance(LogProbs(s, f.dtype, DT_I64), tolerance);
     }
   }
-  ExpectConformance(LogProbs({{9}, 513}, DT_F16, DT_I64), 1e-4);
-  ExpectConformance(LogProbs({{2, 6}, 1000}, DT_F32, DT_I32), 1e-4);
+  ExpectCudaConformance(LogProbs({{9}, 513}, DT_F16, DT_I64), 1e-4);
+  ExpectCudaConformance(LogProbs({{2, 6}, 1000}, DT_F32, DT_I32), 1e-4);
   // A custom ignore_index, and a logit of -inf (a masked token), which adds 0 to the entropy.
   std::vector<double> masked = {0.5, -INFINITY, 1.0, -0.25, -INFINITY, 0.0};
-  ExpectConformance({"rl.TokenLogProbs",
-                     "ignore_index=1",
-                     {{DT_F32, {2, 3}}, {DT_I64, {2}}},
-                     {{0, masked}, {1, {0, 2}}}},
-                    1e-4);
+  ExpectCudaConformance({"rl.TokenLogProbs",
+                         "ignore_index=1",
+                         {{DT_F32, {2, 3}}, {DT_I64, {2}}},
+                         {{0, masked}, {1, {0, 2}}}},
+                        1e-4);
 }
 
 TEST(RlCuda, TokenLogProbsGradients) {
   WEIR_REQUIRE_GPU();
   for (const LogProbShape& s : LogProbShapes()) {
-    ExpectGradients(LogProbs(s, DT_F64, DT_I64), 1e-9);
-    ExpectGradients(LogProbs(s, DT_F32, DT_I64), 1e-4);
+    ExpectCudaGradients(LogProbs(s, DT_F64, DT_I64), 1e-9);
+    ExpectCudaGradients(LogProbs(s, DT_F32, DT_I64), 1e-4);
   }
   // The gradient op on its own, in every logits dtype, with some dlogp exactly 0.
   for (DataType t : {DT_F32, DT_BF16, DT_F16, DT_F64}) {
     DataType loss = t == DT_F64 ? DT_F64 : DT_F32;
     double tolerance = t == DT_F64 ? 1e-9 : t == DT_F32 ? 1e-4 : 2e-2;
     std::vector<double> dlogp = {0.5, 0, -1.25, 2, 0.75, -0.5, 0, 1};
-    ExpectConformance({"rl.TokenLogProbsGrad",
-                       "",
-                       {{t, {8, 300}}, {DT_I64, {8}}, {loss, {8}}},
-                       {{1, Targets(8, 300)}, {2, dlogp}}},
-                      tolerance);
+    ExpectCudaConformance({"rl.TokenLogProbsGrad",
+                           "",
+                           {{t, {8, 300}}, {DT_I64, {8}}, {loss, {8}}},
+                           {{1, Targets(8, 300)}, {2, dlogp}}},
+                          tolerance);
   }
 }
 
@@ -202,35 +175,35 @@ const std::vector<std::string>& GrpoAttrs() {
 
 TEST(RlCuda, GrpoLossForward) {
   WEIR_REQUIRE_GPU();
-  for (const FloatCase& f : FloatCases()) {
+  for (const DtypeTolerance& f : GpuTolerances()) {
     double tolerance = f.dtype == DT_BF16 ? 1e-4 : f.tolerance;  // f64 sums of the same inputs
     for (const std::string& attrs : GrpoAttrs()) {
-      ExpectConformance(Grpo(attrs, 1, 1, f.dtype), tolerance);
-      ExpectConformance(Grpo(attrs, 3, 7, f.dtype), tolerance);
-      ExpectConformance(Grpo(attrs, 40, 300, f.dtype), tolerance);
+      ExpectCudaConformance(Grpo(attrs, 1, 1, f.dtype), tolerance);
+      ExpectCudaConformance(Grpo(attrs, 3, 7, f.dtype), tolerance);
+      ExpectCudaConformance(Grpo(attrs, 40, 300, f.dtype), tolerance);
     }
   }
-  ExpectConformance(Grpo("beta=0.04", 3, 7, DT_F16), 1e-4);
+  ExpectCudaConformance(Grpo("beta=0.04", 3, 7, DT_F16), 1e-4);
 }
 
 TEST(RlCuda, GrpoLossGradients) {
   WEIR_REQUIRE_GPU();
   for (const std::string& attrs : GrpoAttrs()) {
     // Every input: logp's gradient from rl.GRPOLossGrad, the others' (zeros) from rl.ZerosLike.
-    ExpectGradients(Grpo(attrs, 3, 7, DT_F64), 1e-9);
-    ExpectGradients(Grpo(attrs, 40, 300, DT_F32), 1e-4);
+    ExpectCudaGradients(Grpo(attrs, 3, 7, DT_F64), 1e-9);
+    ExpectCudaGradients(Grpo(attrs, 40, 300, DT_F32), 1e-4);
   }
   // Only a metric used: the loss takes no gradient.
   OpCase metric = Grpo("beta=0.04", 3, 7, DT_F64);
   metric.output = 1;
-  ExpectGradients(metric, 1e-9);
+  ExpectCudaGradients(metric, 1e-9);
   // The gradient op on its own, with its scalar seed.
   for (DataType t : {DT_F32, DT_BF16, DT_F64}) {
     OpCase c = Grpo("loss_type=grpo beta=0.04", 5, 11, t);
     c.op = "rl.GRPOLossGrad";
     c.inputs.push_back({t == DT_F64 ? DT_F64 : DT_F32, {}});
     c.values[5] = {0.75};
-    ExpectConformance(c, t == DT_F64 ? 1e-9 : t == DT_F32 ? 1e-4 : 2e-2);
+    ExpectCudaConformance(c, t == DT_F64 ? 1e-9 : t == DT_F32 ? 1e-4 : 2e-2);
   }
 }
 
@@ -238,7 +211,7 @@ TEST(RlCuda, ZerosLike) {
   WEIR_REQUIRE_GPU();
   for (DataType t : {DT_F32, DT_BF16, DT_F64, DT_I64, DT_I32, DT_U8})
     for (const Shape& s : {Shape{1}, Shape{3, 5}, Shape{1001}})
-      ExpectConformance({"rl.ZerosLike", "", {{t, s}}, {{0, Positive(NumElements(s))}}}, 0);
+      ExpectCudaConformance({"rl.ZerosLike", "", {{t, s}}, {{0, Positive(NumElements(s))}}}, 0);
 }
 
 // ---- reward.BradleyTerryLoss --------------------------------------------------------------------
@@ -248,9 +221,9 @@ TEST(RewardCuda, BradleyTerryLoss) {
   for (DataType t : {DT_F32, DT_BF16, DT_F16, DT_F64}) {
     double tolerance = t == DT_F64 ? 1e-9 : 1e-4;  // f64 sums of the same inputs
     for (int64_t rows : {2, 10, 6000})
-      ExpectConformance({"reward.BradleyTerryLoss", "", {{t, {rows}}}}, tolerance);
+      ExpectCudaConformance({"reward.BradleyTerryLoss", "", {{t, {rows}}}}, tolerance);
     // Large margins of both signs (softplus without overflow) and a tie (not a win).
-    ExpectConformance(
+    ExpectCudaConformance(
         {"reward.BradleyTerryLoss", "", {{t, {8}}}, {{0, {40, -40, 3, 0.5, -40, 40, -3, 0.5}}}},
         tolerance);
   }
@@ -259,19 +232,19 @@ TEST(RewardCuda, BradleyTerryLoss) {
 TEST(RewardCuda, BradleyTerryLossGradients) {
   WEIR_REQUIRE_GPU();
   for (int64_t rows : {2, 10, 6000}) {
-    ExpectGradients({"reward.BradleyTerryLoss", "", {{DT_F64, {rows}}}}, 1e-9);
-    ExpectGradients({"reward.BradleyTerryLoss", "", {{DT_F32, {rows}}}}, 1e-4);
+    ExpectCudaGradients({"reward.BradleyTerryLoss", "", {{DT_F64, {rows}}}}, 1e-9);
+    ExpectCudaGradients({"reward.BradleyTerryLoss", "", {{DT_F32, {rows}}}}, 1e-4);
   }
   // Only the accuracy used: the gradient op runs detached (zeros).
   OpCase accuracy{"reward.BradleyTerryLoss", "", {{DT_F64, {10}}}};
   accuracy.output = 1;
-  ExpectGradients(accuracy, 1e-9);
+  ExpectCudaGradients(accuracy, 1e-9);
   // The gradient op on its own, in every scores dtype.
   for (DataType t : {DT_F32, DT_BF16, DT_F16, DT_F64}) {
     DataType loss = t == DT_F64 ? DT_F64 : DT_F32;
     double tolerance = t == DT_F64 ? 1e-9 : t == DT_F32 ? 1e-4 : 2e-2;
     for (const char* attrs : {"", "detached=true"}) {
-      ExpectConformance(
+      ExpectCudaConformance(
           {"reward.BradleyTerryLossGrad", attrs, {{t, {10}}, {loss, {}}}, {{1, {1.5}}}}, tolerance);
     }
   }
