@@ -1,7 +1,7 @@
 // What an op's CUDA kernels use (DESIGN.md §7): the stream and scratch memory of the run, launch
-// checks, dtype dispatch and the device element types. Plugins compile their .cu files only when
-// weir is built with CUDA (WEIR_HAVE_CUDA), register those kernels with
-// Registrar::Kernel(op, "cuda", fn, dtypes), and link weir::cuda.
+// checks, dtype dispatch, the device element types, and warp and block reductions. Plugins
+// compile their .cu files only when weir is built with CUDA (WEIR_HAVE_CUDA), register those
+// kernels with Registrar::Kernel(op, "cuda", fn, dtypes), and link weir::cuda.
 //
 // A CUDA kernel function runs on the host: it checks shapes, then queues device work on
 // Stream(ctx) and returns without waiting. Its inputs and outputs are dense device tensors (the
@@ -87,6 +87,53 @@ __device__ __forceinline__ D Store(double v) {
     return v;
   else
     return Store<D>(static_cast<float>(v));
+}
+
+__device__ __forceinline__ float Exp(float x) { return expf(x); }
+__device__ __forceinline__ double Exp(double x) { return exp(x); }
+
+constexpr unsigned kFullMask = 0xffffffffu;  // every lane of a warp
+
+template <typename A>
+__device__ __forceinline__ A WarpSum(A v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
+}
+
+template <typename A>
+__device__ __forceinline__ A WarpMax(A v) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    A other = __shfl_xor_sync(kFullMask, v, offset);
+    v = other > v ? other : v;
+  }
+  return v;
+}
+
+// The sum (max) over the block, returned to every thread, which must all call it. `shared` holds
+// one A per warp; blockDim.x is a multiple of 32. The order is fixed by the launch shape, so the
+// result is deterministic.
+template <typename A>
+__device__ A BlockSum(A v, A* shared) {
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  v = WarpSum(v);
+  __syncthreads();  // a previous call may still read `shared`
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  A total = 0;
+  for (int w = 0; w < warps; ++w) total += shared[w];
+  return total;
+}
+
+template <typename A>
+__device__ A BlockMax(A v, A* shared) {
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  v = WarpMax(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  A best = shared[0];
+  for (int w = 1; w < warps; ++w) best = shared[w] > best ? shared[w] : best;
+  return best;
 }
 #endif
 

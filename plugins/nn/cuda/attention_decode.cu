@@ -39,16 +39,10 @@ struct DecodeGeometry {
   int group_rows;  // (heads / kv_heads) · time: the query rows of one kv head
 };
 
-template <typename A>
-__device__ __forceinline__ A WarpMax(A x) {
-  for (int o = 16; o > 0; o /= 2) x = max(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-template <typename A>
-__device__ __forceinline__ A WarpSum(A x) {
-  for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
+using cuda::Exp;
+using cuda::WarpMax;
+using cuda::WarpSum;
+
 template <typename A>
 __device__ __forceinline__ A Infinity() {
   if constexpr (std::is_same_v<A, double>)
@@ -56,8 +50,6 @@ __device__ __forceinline__ A Infinity() {
   else
     return __int_as_float(0x7f800000);
 }
-__device__ __forceinline__ float Exp(float x) { return expf(x); }
-__device__ __forceinline__ double Exp(double x) { return exp(x); }
 
 // Row r of a kv head's group is head (kv_head · group + r / time) at time r % time.
 template <typename T, typename A>

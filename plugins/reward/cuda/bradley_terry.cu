@@ -15,18 +15,7 @@ using weir::cuda::Load;
 using weir::cuda::Store;
 using weir::cuda::Stream;
 
-constexpr unsigned kFullMask = 0xffffffffu;
-
-__device__ double BlockSum(double v, double* shared) {
-  int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
-  __syncthreads();
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  double total = 0;
-  for (int w = 0; w < warps; ++w) total += shared[w];
-  return total;
-}
+using weir::cuda::BlockSum;
 
 // softplus(x) = log(1 + e^x), without overflow for large x or lost digits for very negative x.
 __device__ double Softplus(double x) { return fmax(x, 0.0) + log1p(exp(-fabs(x))); }

@@ -10,7 +10,6 @@
 // the device without a wait; such a position's outputs come out NaN instead.
 #include <string>
 
-#include "cuda/reduce.cuh"
 #include "cuda/register.h"
 #include "losses/losses.h"
 #include "weir/cuda_kernel.h"
@@ -18,19 +17,19 @@
 namespace weir::rl {
 namespace {
 
-using namespace cuda_detail;
+using weir::cuda::BlockMax;
 using weir::cuda::Blocks;
+using weir::cuda::BlockSum;
 using weir::cuda::Check;
 using weir::cuda::CheckLaunch;
 using weir::cuda::Data;
 using weir::cuda::DeviceT;
+using weir::cuda::Exp;
 using weir::cuda::Load;
 using weir::cuda::Scratch;
 using weir::cuda::Store;
 using weir::cuda::Stream;
 
-__device__ __forceinline__ float Exp(float x) { return expf(x); }
-__device__ __forceinline__ double Exp(double x) { return exp(x); }
 __device__ __forceinline__ float Log(float x) { return logf(x); }
 __device__ __forceinline__ double Log(double x) { return log(x); }
 
