@@ -98,12 +98,14 @@ CollectiveCall CollectiveCall::Decode(const Signature& s) {
 }
 
 Status Validate(const CollectiveCall& call, const Tensor& t, const std::vector<int64_t>& counts,
-                int rank, int size) {
+                int rank, int size, const PlaceCheck& place) {
   std::string where = "rank " + std::to_string(rank) + ": " + call.Label() + ": ";
   if (call.tag < 0) return InvalidArgument(where + "tags are >= 0");
   if (call.kind == CollectiveKind::kBarrier) return Status::Ok();
   if (!t.defined()) return InvalidArgument(where + "no tensor given");
-  if (t.device().type != DeviceType::kCpu) {
+  if (place) {
+    WEIR_RETURN_IF_ERROR(place(t, where));
+  } else if (t.device().type != DeviceType::kCpu) {
     return InvalidArgument(where + "the tensor is on " + t.device().ToString() +
                            "; this communicator moves CPU tensors");
   }

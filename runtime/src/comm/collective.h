@@ -6,6 +6,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -94,11 +95,14 @@ class CollectiveBackend : public Communicator {
                                      const std::vector<int64_t>& send_counts) = 0;
 };
 
-// The call's arguments checked without its peers: a CPU tensor, a reducible dtype, dim 0
-// divisible by `size` for reduce_scatter, counts for all_to_all_v, the root in range. Messages
-// start with "rank R: LABEL: ".
+// Checks where a tensor lives for a backend; `where` starts its messages.
+using PlaceCheck = std::function<Status(const Tensor& t, const std::string& where)>;
+
+// The call's arguments checked without its peers: the tensor's place (`place`; unset: host
+// memory), a reducible dtype, dim 0 divisible by `size` for reduce_scatter, counts for
+// all_to_all_v, the root in range. Messages start with "rank R: LABEL: ".
 Status Validate(const CollectiveCall& call, const Tensor& t, const std::vector<int64_t>& counts,
-                int rank, int size);
+                int rank, int size, const PlaceCheck& place = nullptr);
 Status ValidatePeer(const char* what, int peer, int tag, int rank, int size);  // send / recv
 
 // "0.3 s", "300 s".

@@ -123,60 +123,12 @@ Status CheckDeviceTensor(const Tensor& t, Device device, const std::string& wher
   return Status::Ok();
 }
 
-namespace {
-
-bool Reduces(comm::CollectiveKind kind) {
-  return kind == comm::CollectiveKind::kAllReduce || kind == comm::CollectiveKind::kReduceScatter;
-}
-
-}  // namespace
-
 Status ValidateCollective(const comm::CollectiveCall& call, const Tensor& t,
                           const std::vector<int64_t>& counts, int rank, int size, Device device) {
-  using comm::CollectiveKind;
-  std::string where = "rank " + std::to_string(rank) + ": " + call.Label() + ": ";
-  if (call.tag < 0) return InvalidArgument(where + "tags are >= 0");
-  if (call.kind == CollectiveKind::kBarrier) return Status::Ok();
-  if (!t.defined()) return InvalidArgument(where + "no tensor given");
-  WEIR_RETURN_IF_ERROR(CheckDeviceTensor(t, device, where));
-  if (t.rank() > comm::CollectiveCall::kMaxSignatureDims) {
-    return InvalidArgument(where + "collectives take tensors of at most " +
-                           std::to_string(comm::CollectiveCall::kMaxSignatureDims) + " dims, got " +
-                           t.DebugString());
-  }
-  if (Reduces(call.kind) && !comm::IsReducible(t.dtype())) {
-    return InvalidArgument(where + "reduces f32, f64, bf16, f16, i32 and i64 tensors, not " +
-                           DataTypeName(t.dtype()));
-  }
-  if (call.kind == CollectiveKind::kReduceScatter && (t.rank() == 0 || t.dim(0) % size != 0)) {
-    return InvalidArgument(where + "dim 0 must be a multiple of the " + std::to_string(size) +
-                           " ranks, got " + t.DebugString());
-  }
-  if (call.kind == CollectiveKind::kAllToAllV) {
-    if (t.rank() == 0) return InvalidArgument(where + "needs a tensor of rows, got a scalar");
-    if (static_cast<int>(counts.size()) != size) {
-      return InvalidArgument(where + "send_counts has " + std::to_string(counts.size()) +
-                             " entries, one per rank expected (" + std::to_string(size) + ")");
-    }
-    int64_t total = 0;
-    for (size_t j = 0; j < counts.size(); ++j) {
-      if (counts[j] < 0) {
-        return InvalidArgument(where + "send_counts[" + std::to_string(j) + "] is " +
-                               std::to_string(counts[j]));
-      }
-      total += counts[j];
-    }
-    if (total != t.dim(0)) {
-      return InvalidArgument(where + "send_counts sum to " + std::to_string(total) +
-                             " rows but the tensor has " + std::to_string(t.dim(0)) + " (" +
-                             t.DebugString() + ")");
-    }
-  }
-  if (call.kind == CollectiveKind::kBroadcast && (call.root < 0 || call.root >= size)) {
-    return InvalidArgument(where + "root " + std::to_string(call.root) +
-                           " is not a rank of this communicator of " + std::to_string(size));
-  }
-  return Status::Ok();
+  return comm::Validate(call, t, counts, rank, size,
+                        [device](const Tensor& tensor, const std::string& where) {
+                          return CheckDeviceTensor(tensor, device, where);
+                        });
 }
 
 Status ValidateSend(const Tensor& t, int dst, int tag, int rank, int size, Device device) {
