@@ -1458,10 +1458,14 @@ std::string Program::DebugString() const {
   std::ostringstream out;
   const char* phases[] = {"F", "B", "W"};
   const char* kinds[] = {"input", "param", "constant", "", "sum"};
+  // On a device, inputs and parameters are copied in by their nodes.
+  auto device = ParseDeviceName(device_);
+  std::string copied = device.ok() && !device->host() ? " copied to " + device_ : "";
   for (size_t i = 0; i < nodes_.size(); ++i) {
     const Node& n = nodes_[i];
-    out << phases[n.phase] << "  %" << i << " " << n.name << " = "
-        << (n.kind == Node::kOp ? n.entry->def.name() : kinds[n.kind]) << "(";
+    std::string kind = n.kind == Node::kOp ? n.entry->def.name() : kinds[n.kind];
+    if (n.kind == Node::kInput || n.kind == Node::kParam) kind += copied;
+    out << phases[n.phase] << "  %" << i << " " << n.name << " = " << kind << "(";
     for (size_t k = 0; k < n.inputs.size(); ++k)
       out << (k ? ", " : "") << "%" << n.inputs[k].node << ":" << n.inputs[k].port;
     out << ") ->";

@@ -210,6 +210,19 @@ TEST(DeviceProgram, MlpWithGradientsOnATestDeviceMatchesTheHost) {
   EXPECT_EQ(device.live_bytes, 0);  // every run gave its device memory back
 }
 
+TEST(DeviceProgram, TheProgramShowsItsCopies) {
+  Device0();
+  auto graph = OpGraph({"nn.Linear", "out_features=2 T=f32", {{DT_F32, {3, 4}}}}, false);
+  ASSERT_TRUE(graph.ok()) << graph.status().ToString();
+  ProgramOptions options;
+  options.device = "test:0";
+  auto program = Program::Build(*graph, "F", {}, {{DT_F32, {3, 4}}}, TestRegistry(), options);
+  ASSERT_TRUE(program.ok()) << program.status().ToString();
+  std::string text = (*program)->DebugString();
+  EXPECT_NE(text.find("x0 = input copied to test:0("), std::string::npos) << text;
+  EXPECT_NE(text.find("op.weight = param copied to test:0("), std::string::npos) << text;
+}
+
 TEST(DeviceProgram, ConstantsSumsAndConversionsRunOnTheDevice) {
   TestDevice& device = Device0();
   // x feeds both inputs of one Mul: its gradient is a sum of two parts, made on the device, and
