@@ -97,8 +97,6 @@ int64_t FirstNonFinite(const Tensor& t) {
   return -1;
 }
 
-}  // namespace
-
 // The kernels a device runs: "cuda" for cuda:N, known without a GPU so that programs for one can
 // be built (and planned) anywhere; running needs the device.
 std::string KernelDevice(const std::string& device) {
@@ -111,6 +109,8 @@ std::string KernelDevice(const std::string& device) {
   }
   return name->type;
 }
+
+}  // namespace
 
 class ProgramBuilder {
  public:
