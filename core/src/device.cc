@@ -25,6 +25,12 @@ Registry& Devices() {
 
 }  // namespace
 
+StatusOr<Tensor> StreamContext::Empty(DataType dtype, const Shape& shape) const {
+  size_t bytes = static_cast<size_t>(NumElements(shape)) * DataTypeSize(dtype);
+  WEIR_ASSIGN_OR_RETURN(std::shared_ptr<Storage> storage, runtime_->Allocate(bytes, stream_));
+  return Tensor::FromStorage(std::move(storage), dtype, shape);
+}
+
 void RegisterDeviceType(const std::string& type, DeviceFactory factory) {
   Registry& r = Devices();
   std::lock_guard<std::mutex> lock(r.mu);

@@ -1060,25 +1060,6 @@ StatusOr<std::shared_ptr<const Program>> Program::Build(
   return std::shared_ptr<const Program>(std::move(p));
 }
 
-// The device a run's kernels queue their work on: its stream and scratch memory.
-class RunDevice : public DeviceContext {
- public:
-  RunDevice(DeviceRuntime* runtime, StreamId stream) : runtime_(runtime), stream_(stream) {}
-  Device device() const override { return runtime_->device(); }
-  StreamId stream() const override { return stream_; }
-  StatusOr<Tensor> Empty(DataType dtype, const Shape& shape) const override {
-    WEIR_ASSIGN_OR_RETURN(
-        auto storage,
-        runtime_->Allocate(static_cast<size_t>(NumElements(shape)) * DataTypeSize(dtype), stream_));
-    return Tensor::FromStorage(std::move(storage), dtype, shape);
-  }
-  Status Synchronize() const override { return runtime_->Synchronize(stream_); }
-
- private:
-  DeviceRuntime* runtime_;
-  StreamId stream_;
-};
-
 struct Program::Execution::State {
   ~State();
   const Program* program;
@@ -1088,7 +1069,7 @@ struct Program::Execution::State {
   // (forward, B, W) ends by waiting for the stream and copying the outputs it made to the host.
   DeviceRuntime* device = nullptr;
   StreamId stream = 0;
-  std::unique_ptr<RunDevice> run_device;
+  std::unique_ptr<StreamContext> run_device;
   Status device_error;                 // the device could not be set up: every part fails with it
   std::vector<Tensor> host_staging;    // host memory that queued copies read, kept until the wait
   std::map<ValueRef, Tensor> on_host;  // outputs copied back from the device
@@ -1339,7 +1320,7 @@ std::unique_ptr<Program::Execution> Program::Start(const ParamStore& params) con
     } else {
       state->device = *device;
       state->stream = *stream;
-      state->run_device = std::make_unique<RunDevice>(*device, *stream);
+      state->run_device = std::make_unique<StreamContext>(*device, *stream);
       auto arena = (*device)->Allocate(static_cast<size_t>(stats_.memory.arena_bytes), *stream);
       if (arena.ok())
         state->arena = *arena;

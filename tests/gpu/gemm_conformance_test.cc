@@ -312,24 +312,6 @@ TEST(GemmConformance, LoraLinearDropoutFollowsItsMask) {
 
 #ifdef WEIR_HAVE_CUDA
 
-// A DeviceContext over cuda:0's runtime, for calling cuda:: functions directly.
-class TestDeviceContext : public DeviceContext {
- public:
-  TestDeviceContext(DeviceRuntime* runtime, StreamId stream) : runtime_(runtime), stream_(stream) {}
-  Device device() const override { return runtime_->device(); }
-  StreamId stream() const override { return stream_; }
-  StatusOr<Tensor> Empty(DataType dtype, const Shape& shape) const override {
-    size_t bytes = static_cast<size_t>(NumElements(shape)) * DataTypeSize(dtype);
-    WEIR_ASSIGN_OR_RETURN(std::shared_ptr<Storage> storage, runtime_->Allocate(bytes, stream_));
-    return Tensor::FromStorage(std::move(storage), dtype, shape);
-  }
-  Status Synchronize() const override { return runtime_->Synchronize(stream_); }
-
- private:
-  DeviceRuntime* runtime_;
-  StreamId stream_;
-};
-
 // cuda:0 with a stream, scratch memory and host copies, released at the end of the test.
 class Gpu {
  public:
@@ -342,7 +324,7 @@ class Gpu {
     EXPECT_TRUE(stream.ok()) << stream.status().ToString();
     if (!stream.ok()) return;
     stream_ = *stream;
-    context_ = std::make_unique<TestDeviceContext>(runtime_, stream_);
+    context_ = std::make_unique<StreamContext>(runtime_, stream_);
     kernel_ = std::make_unique<KernelContext>(std::vector<const Tensor*>{}, std::vector<Tensor*>{},
                                               &attrs_, context_.get());
   }
@@ -381,7 +363,7 @@ class Gpu {
   DeviceRuntime* runtime_ = nullptr;
   StreamId stream_{};
   Attrs attrs_;
-  std::unique_ptr<TestDeviceContext> context_;
+  std::unique_ptr<StreamContext> context_;
   std::unique_ptr<KernelContext> kernel_;
 };
 

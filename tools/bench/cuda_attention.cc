@@ -44,25 +44,6 @@ using weir::Status;
 using weir::StatusOr;
 using weir::Tensor;
 
-// The DeviceContext a program would give the kernels: one stream of cuda:0 and its memory.
-class BenchContext : public weir::DeviceContext {
- public:
-  BenchContext(weir::DeviceRuntime* runtime, weir::StreamId stream)
-      : runtime_(runtime), stream_(stream) {}
-  weir::Device device() const override { return runtime_->device(); }
-  weir::StreamId stream() const override { return stream_; }
-  StatusOr<Tensor> Empty(weir::DataType dtype, const weir::Shape& shape) const override {
-    size_t bytes = static_cast<size_t>(weir::NumElements(shape)) * weir::DataTypeSize(dtype);
-    WEIR_ASSIGN_OR_RETURN(auto storage, runtime_->Allocate(bytes, stream_));
-    return Tensor::FromStorage(std::move(storage), dtype, shape);
-  }
-  Status Synchronize() const override { return runtime_->Synchronize(stream_); }
-
- private:
-  weir::DeviceRuntime* runtime_;
-  weir::StreamId stream_;
-};
-
 void Require(const Status& status, const char* what) {
   if (status.ok()) return;
   std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
@@ -76,8 +57,8 @@ void RequireCuda(cudaError_t error, const char* what) {
 }
 
 // A bf16 device tensor of uniform values in [-1, 1].
-Tensor RandomBf16(const BenchContext& ctx, weir::DeviceRuntime* runtime, const weir::Shape& shape,
-                  uint64_t seed) {
+Tensor RandomBf16(const weir::StreamContext& ctx, weir::DeviceRuntime* runtime,
+                  const weir::Shape& shape, uint64_t seed) {
   Tensor host = Tensor::Empty(weir::DT_BF16, shape);
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -143,7 +124,7 @@ int main(int argc, char** argv) {
   if (info.ok()) std::printf("device: %s\n", info->name.c_str());
   auto stream_or = runtime->AcquireStream();
   Require(stream_or.status(), "acquiring a stream");
-  BenchContext ctx(runtime, *stream_or);
+  weir::StreamContext ctx(runtime, *stream_or);
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(*stream_or);
 
   Tensor q = RandomBf16(ctx, runtime, {batch, tokens, heads, d}, 1);

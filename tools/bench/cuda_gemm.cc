@@ -50,25 +50,6 @@ const Problem kProblems[] = {
     {"v3_dense_gate_up", 4096, 36864, 7168},
 };
 
-class BenchDeviceContext : public weir::DeviceContext {
- public:
-  BenchDeviceContext(weir::DeviceRuntime* runtime, weir::StreamId stream)
-      : runtime_(runtime), stream_(stream) {}
-  weir::Device device() const override { return runtime_->device(); }
-  weir::StreamId stream() const override { return stream_; }
-  StatusOr<Tensor> Empty(DataType dtype, const Shape& shape) const override {
-    size_t bytes = static_cast<size_t>(weir::NumElements(shape)) * weir::DataTypeSize(dtype);
-    WEIR_ASSIGN_OR_RETURN(std::shared_ptr<weir::Storage> storage,
-                          runtime_->Allocate(bytes, stream_));
-    return Tensor::FromStorage(std::move(storage), dtype, shape);
-  }
-  Status Synchronize() const override { return runtime_->Synchronize(stream_); }
-
- private:
-  weir::DeviceRuntime* runtime_;
-  weir::StreamId stream_;
-};
-
 [[noreturn]] void Fail(const std::string& what, const Status& status) {
   std::fprintf(stderr, "weir_cuda_gemm: %s: %s\n", what.c_str(), status.ToString().c_str());
   std::exit(1);
@@ -105,7 +86,7 @@ class Bench {
   Bench() {
     runtime_ = Must(weir::FindDeviceRuntime("cuda:0"), "cuda:0");
     stream_ = Must(runtime_->AcquireStream(), "a stream");
-    context_ = std::make_unique<BenchDeviceContext>(runtime_, stream_);
+    context_ = std::make_unique<weir::StreamContext>(runtime_, stream_);
     kernel_ = std::make_unique<weir::KernelContext>(
         std::vector<const Tensor*>{}, std::vector<Tensor*>{}, &attrs_, context_.get());
   }
@@ -179,7 +160,7 @@ class Bench {
   weir::DeviceRuntime* runtime_ = nullptr;
   weir::StreamId stream_{};
   weir::Attrs attrs_;
-  std::unique_ptr<BenchDeviceContext> context_;
+  std::unique_ptr<weir::StreamContext> context_;
   std::unique_ptr<weir::KernelContext> kernel_;
 };
 

@@ -13,6 +13,7 @@
 
 #include "weir/status.h"
 #include "weir/tensor.h"
+#include "weir/tensor_op.h"
 
 namespace weir {
 
@@ -45,6 +46,22 @@ class DeviceRuntime {
   // Returns once everything queued on `stream` has finished, with the first error the device
   // reported. Inside a TBB task it frees the worker thread meanwhile (AwaitCallback).
   virtual Status Synchronize(StreamId stream) = 0;
+};
+
+// What a kernel on a device is given (KernelContext::device()): one stream of a runtime, scratch
+// memory ordered by it, and a wait for it. Programs give their kernels one per run; benchmarks
+// and tests that call kernels directly make their own.
+class StreamContext : public DeviceContext {
+ public:
+  StreamContext(DeviceRuntime* runtime, StreamId stream) : runtime_(runtime), stream_(stream) {}
+  Device device() const override { return runtime_->device(); }
+  StreamId stream() const override { return stream_; }
+  StatusOr<Tensor> Empty(DataType dtype, const Shape& shape) const override;
+  Status Synchronize() const override { return runtime_->Synchronize(stream_); }
+
+ private:
+  DeviceRuntime* runtime_;
+  StreamId stream_;
 };
 
 using DeviceFactory = std::function<StatusOr<DeviceRuntime*>(int index)>;
