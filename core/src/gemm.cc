@@ -1,5 +1,6 @@
 #include "weir/gemm.h"
 
+#include <glog/logging.h>
 #include <immintrin.h>
 #include <omp.h>
 
@@ -16,6 +17,8 @@
 #include <thread>
 #include <unordered_map>
 #include <vector>
+
+#include "weir/half.h"
 
 namespace weir {
 namespace {
@@ -117,6 +120,45 @@ StatusOr<std::shared_ptr<Matmul>> Primitive(const std::string& shape_key, const 
   } catch (const dnnl::error& e) {
     return Internal(std::string("oneDNN cannot build a matmul for ") + shape_key + ": " + e.what());
   }
+}
+
+// Debian's oneDNN builds bf16 matmuls only on CPUs with AVX-512 (avx512_core). Elsewhere bf16
+// products widen their operands to f32 (exactly) and run the f32 matmul: the same f32
+// accumulation and one rounding of C, at f32's speed. Set at the first bf16 matmul oneDNN refuses.
+std::atomic<bool> bf16_widens{false};
+
+void NoteBf16Widens(const Status& refused) {
+  if (!bf16_widens.exchange(true)) {
+    LOG(WARNING) << "oneDNN has no bf16 matmul on this CPU (" << refused.message()
+                 << "); bf16 products run as f32 products of the widened operands";
+  }
+}
+
+// C (ldc, c_type) = op(A)·op(B) (+ C) for bf16 A and B, through the f32 GemmBlock.
+Status WidenedBf16Gemm(int64_t m, int64_t n, int64_t k, MatrixRef a, MatrixRef b, void* c,
+                       DataType c_type, int64_t ldc, bool accumulate) {
+  auto widen = [](int64_t rows, int64_t cols, MatrixRef r) {
+    std::vector<float> out(static_cast<size_t>(rows * cols));
+    const bf16* data = static_cast<const bf16*>(r.data);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j)
+        out[static_cast<size_t>(i * cols + j)] =
+            static_cast<float>(r.transposed ? data[j * r.ld + i] : data[i * r.ld + j]);
+    return out;
+  };
+  std::vector<float> wa = widen(m, k, a), wb = widen(k, n, b);
+  if (c_type == DT_F32) {
+    return GemmBlock(DT_F32, DT_F32, m, n, k, MatrixRef{wa.data(), k}, MatrixRef{wb.data(), n}, c,
+                     ldc, accumulate);
+  }
+  bf16* cb = static_cast<bf16*>(c);
+  std::vector<float> wc =
+      accumulate ? widen(m, n, MatrixRef{c, ldc}) : std::vector<float>(static_cast<size_t>(m * n));
+  WEIR_RETURN_IF_ERROR(GemmBlock(DT_F32, DT_F32, m, n, k, MatrixRef{wa.data(), k},
+                                 MatrixRef{wb.data(), n}, wc.data(), n, accumulate));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) cb[i * ldc + j] = bf16(wc[static_cast<size_t>(i * n + j)]);
+  return Status();
 }
 
 void Execute(const Matmul& prim, const memory::desc& a_md, const void* a, const memory::desc& b_md,
@@ -643,9 +685,9 @@ Status Gemm(const Tensor& a_in, bool ta, const Tensor& b_in, bool tb, Tensor& c,
   auto at = [elt](const void* base, int64_t index, int64_t stride) {
     return static_cast<const char*>(base) + index * stride * elt;
   };
-  // Single products, a shared B under a transposed A (a loop of 2-D products) and f64 go through
-  // GemmBlock; a batched B runs as one 3-D primitive.
-  if (p.batch == 1 || !p.batched_b || a.dtype() == DT_F64) {
+  // Single products, a shared B under a transposed A (a loop of 2-D products), f64 and bf16
+  // without oneDNN's bf16 go through GemmBlock; a batched B runs as one 3-D primitive.
+  auto loop = [&]() -> Status {
     for (int64_t r = 0; r < p.batch; ++r) {
       MatrixRef ar{at(a.raw_data(), r, p.m * p.k), ta ? p.m : p.k, ta};
       MatrixRef br{at(b.raw_data(), p.batched_b ? r : 0, p.k * p.n), tb ? p.k : p.n, tb};
@@ -654,6 +696,10 @@ Status Gemm(const Tensor& a_in, bool ta, const Tensor& b_in, bool tb, Tensor& c,
                                      accumulate));
     }
     return Status();
+  };
+  if (p.batch == 1 || !p.batched_b || a.dtype() == DT_F64 ||
+      (a.dtype() == DT_BF16 && bf16_widens.load(std::memory_order_relaxed))) {
+    return loop();
   }
   if (a.dtype() != DT_F32 && a.dtype() != DT_BF16)
     return InvalidArgument(std::string("matmul has no kernel for ") + DataTypeName(a.dtype()));
@@ -665,8 +711,13 @@ Status Gemm(const Tensor& a_in, bool ta, const Tensor& b_in, bool tb, Tensor& c,
                     std::to_string(p.batch) + ":" + std::to_string(p.m) + ":" +
                     std::to_string(p.n) + ":" + std::to_string(p.k) + ":" + std::to_string(ta) +
                     std::to_string(tb);
-  WEIR_ASSIGN_OR_RETURN(auto prim, Primitive(key, a_md, b_md, c_md, accumulate));
-  Execute(*prim, a_md, a.raw_data(), b_md, b.raw_data(), c_md, c.raw_data());
+  auto prim = Primitive(key, a_md, b_md, c_md, accumulate);
+  if (!prim.ok() && a.dtype() == DT_BF16) {
+    NoteBf16Widens(prim.status());
+    return loop();
+  }
+  WEIR_RETURN_IF_ERROR(prim.status());
+  Execute(**prim, a_md, a.raw_data(), b_md, b.raw_data(), c_md, c.raw_data());
   return Status();
 }
 
@@ -702,6 +753,8 @@ Status GemmBlock(DataType ab_type, DataType c_type, int64_t m, int64_t n, int64_
     GemvBf16(n, k, a, b, c, c_type, accumulate);
     return Status();
   }
+  if (ab_type == DT_BF16 && bf16_widens.load(std::memory_order_relaxed))
+    return WidenedBf16Gemm(m, n, k, a, b, c, c_type, ldc, accumulate);
   auto stored = [](int64_t rows, int64_t cols, MatrixRef r, memory::data_type dt) {
     return memory::desc({rows, cols}, dt,
                         r.transposed ? memory::dims{1, r.ld} : memory::dims{r.ld, 1});
@@ -714,8 +767,13 @@ Status GemmBlock(DataType ab_type, DataType c_type, int64_t m, int64_t n, int64_
                     std::to_string(n) + "x" + std::to_string(k) + ":" + std::to_string(a.ld) +
                     (a.transposed ? "t" : "n") + std::to_string(b.ld) + (b.transposed ? "t" : "n") +
                     std::to_string(ldc);
-  WEIR_ASSIGN_OR_RETURN(auto prim, Primitive(key, a_md, b_md, c_md, accumulate));
-  Execute(*prim, a_md, a.data, b_md, b.data, c_md, c);
+  auto prim = Primitive(key, a_md, b_md, c_md, accumulate);
+  if (!prim.ok() && ab_type == DT_BF16) {
+    NoteBf16Widens(prim.status());
+    return WidenedBf16Gemm(m, n, k, a, b, c, c_type, ldc, accumulate);
+  }
+  WEIR_RETURN_IF_ERROR(prim.status());
+  Execute(**prim, a_md, a.data, b_md, b.data, c_md, c);
   return Status();
 }
 
