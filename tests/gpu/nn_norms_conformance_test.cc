@@ -101,6 +101,12 @@ TEST(NnNormsCuda, RopeForward) {
   for (const DtypeTolerance& f : GpuTolerances()) {
     for (const Case& k : cases)
       ExpectCudaConformance({"nn.RoPE", k.attrs, {{f.dtype, k.shape}}}, f.tolerance);
+    // Per-row starts (decoding sequences of different lengths), added to the attr.
+    ExpectCudaConformance({"nn.RoPE",
+                           "start=2 rope_factor=40 original_max_position=8",
+                           {{f.dtype, {3, 2, 4, 8}}, {DT_I64, {3}}},
+                           {{1, {0, 70, 100000}}}},
+                          f.tolerance);
   }
 }
 
@@ -108,6 +114,8 @@ TEST(NnNormsCuda, RopeGradients) {
   WEIR_REQUIRE_GPU();
   ExpectCudaGradients({"nn.RoPE", "theta=100", {F64({2, 3, 2, 4})}}, 1e-9);
   ExpectCudaGradients({"nn.RoPE", "interleaved=false start=5", {F64({1, 3, 1, 6})}}, 1e-9);
+  ExpectCudaGradients({"nn.RoPE", "", {F64({2, 3, 2, 4}), {DT_I64, {2}}}, {{1, {4, 0}}}, {1}},
+                      1e-9);
   ExpectCudaGradients({"nn.RoPE", "rope_factor=40 original_max_position=8", {F32({1, 4, 1, 8})}},
                       1e-4);
 }

@@ -61,6 +61,36 @@ TEST(NnGrad, Rope) {
       0);
 }
 
+TEST(NnGrad, RopeWithPerRowStarts) {
+  EXPECT_GT(CheckGradients({"nn.RoPE",
+                            "start=2 rope_factor=40 original_max_position=8",
+                            {F64({3, 2, 2, 8}), I64({3})},
+                            {{1, {0, 5, 11}}},
+                            {1}}),
+            0);
+}
+
+// Per-row starts rotate row b as the start attr start + starts[b] would, and add to the attr.
+TEST(NnReference, RopePerRowStartsMatchTheAttr) {
+  OpCase rows{"nn.RoPE", "start=3", {F64({2, 4, 3, 6}), I64({2})}, {{1, {0, 9}}}};
+  Tensor x = CaseInputs(rows)[0];
+  auto y = RunOp(rows);
+  ASSERT_TRUE(y.ok()) << y.status().ToString();
+  for (int64_t b = 0; b < 2; ++b) {
+    OpCase one{"nn.RoPE", "start=" + std::to_string(b == 0 ? 3 : 12), {F64({1, 4, 3, 6})}};
+    one.values[0] = x.Slice(0, b, b + 1).Contiguous().ToVector();
+    auto ref = RunOp(one);
+    ASSERT_TRUE(ref.ok()) << ref.status().ToString();
+    for (int64_t i = 0; i < 72; ++i) EXPECT_EQ((*y)[0].At(b * 72 + i), (*ref)[0].At(i)) << b;
+  }
+  OpCase wrong{"nn.RoPE", "", {F64({2, 4, 3, 6}), I64({3})}};
+  auto bad = RunOp(wrong);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().ToString().find("start must be i64 [batch] = i64[2], got i64[3]"),
+            std::string::npos)
+      << bad.status().ToString();
+}
+
 TEST(NnGrad, Attention) {
   // Multi-head, causal.
   EXPECT_GT(CheckGradients(

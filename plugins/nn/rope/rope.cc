@@ -12,6 +12,10 @@ Status RopeShape(ShapeContext& ctx) {
   if (x.shape.size() < 3 || x.shape.back() % 2 != 0) {
     return InvalidArgument("x must be [batch, time, ..., d] with an even d, got " + x.ToString());
   }
+  if (ctx.num_inputs() > 1 && !(ctx.input(1) == TensorType{DT_I64, {x.shape[0]}})) {
+    return InvalidArgument("start must be i64 [batch] = i64" + ShapeString({x.shape[0]}) +
+                           ", got " + ctx.input(1).ToString());
+  }
   ctx.set_output(0, x);
   return Status();
 }
@@ -25,17 +29,24 @@ Status RopeCpu(KernelContext& ctx) {
   bool interleaved = a.Bool("interleaved");
   double sign = a.Bool("inverse") ? -1.0 : 1.0;
   int64_t start = a.Int("start");
+  // With per-row starts, each (batch row, time step) has its own position.
+  Tensor starts = ctx.num_inputs() > 1 ? ctx.input(1).Contiguous() : Tensor();
+  const int64_t* row_start = ctx.num_inputs() > 1 ? starts.data<int64_t>() : nullptr;
+  int64_t positions = row_start != nullptr ? batch * time : time;
   return DispatchFloat(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     using A = AccumulatorOf<T>;
     const T* in = x.data<T>();
     T* out = ctx.output(0).data<T>();
-    // cos and sin per (position, pair), once: every batch row and head shares them. The angle is
-    // formed in double, since position × frequency needs more than float's 24 bits.
-    std::vector<A> cs(static_cast<size_t>(time * half)), sn(static_cast<size_t>(time * half));
-    ParallelFor(time, 16, [&](int64_t b, int64_t e) {
+    // cos and sin per (position, pair), once: every head (and without per-row starts every batch
+    // row) shares them. The angle is formed in double, since position × frequency needs more
+    // than float's 24 bits.
+    std::vector<A> cs(static_cast<size_t>(positions * half)),
+        sn(static_cast<size_t>(positions * half));
+    ParallelFor(positions, 16, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t) {
-        double pos = static_cast<double>(start + t);
+        double pos = static_cast<double>(start + t % time +
+                                         (row_start != nullptr ? row_start[t / time] : 0));
         for (int64_t i = 0; i < half; ++i) {
           double angle = pos * freq[static_cast<size_t>(i)];
           cs[static_cast<size_t>(t * half + i)] = static_cast<A>(std::cos(angle));
@@ -47,8 +58,8 @@ Status RopeCpu(KernelContext& ctx) {
     int64_t first = interleaved ? 2 : 1, offset = interleaved ? 1 : half;
     ParallelFor(batch * time, 8, [&](int64_t b, int64_t e) {
       for (int64_t bt = b; bt < e; ++bt) {
-        const A* c = cs.data() + bt % time * half;
-        const A* s = sn.data() + bt % time * half;
+        const A* c = cs.data() + bt % positions * half;
+        const A* s = sn.data() + bt % positions * half;
         for (int64_t h = 0; h < inner; ++h) {
           int64_t base = (bt * inner + h) * d;
           const T* x0 = in + base;
@@ -71,7 +82,9 @@ Status RopeCpu(KernelContext& ctx) {
 Status RopeGrad(GradContext& g) {
   std::map<std::string, AttrValue> attrs = g.attrs().values();
   attrs["inverse"] = Bool(!g.attrs().Bool("inverse"));
-  WEIR_ASSIGN_OR_RETURN(ValueRef dx, g.Op1("nn.RoPE", {g.grad(0)}, attrs));
+  std::vector<ValueRef> in = {g.grad(0)};
+  if (g.num_inputs() > 1) in.push_back(g.input(1));  // the same starts; they take no gradient
+  WEIR_ASSIGN_OR_RETURN(ValueRef dx, g.Op1("nn.RoPE", in, attrs));
   g.set_input_grad(0, dx);
   return Status();
 }
@@ -85,6 +98,9 @@ void RegisterRope(Registrar& r) {
           "channels is rotated by position · frequency. Pairs are adjacent (x[2i], x[2i+1]) when "
           "interleaved, else (x[i], x[i + d/2]). rope_factor > 1 turns on YaRN scaling.")
       .Input("x", "T", "[batch, time, ..., d], d even")
+      .OptionalInput("start", "i64",
+                     "[batch] position of each row's first time step, added to the start attr "
+                     "(decoding: the tokens each sequence has cached); no gradient")
       .Output("y", "T", "x rotated")
       .Attr<double>("theta", 10000.0, "frequency base θ: f_i = θ^(-2i/d)", Min(1.0))
       .Attr("interleaved", true, "rotate adjacent pairs (DeepSeek) instead of the two halves")
