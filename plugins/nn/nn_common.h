@@ -28,6 +28,7 @@ void RegisterElementwise(Registrar& r);
 void RegisterRmsNorm(Registrar& r);
 void RegisterRope(Registrar& r);
 void RegisterAttention(Registrar& r);
+void RegisterPagedAttention(Registrar& r);
 void RegisterCrossEntropy(Registrar& r);
 void RegisterShapeOps(Registrar& r);
 void RegisterDropout(Registrar& r);

@@ -18,6 +18,7 @@ void RegisterNn(weir::Registrar& r) {
   RegisterRmsNorm(r);
   RegisterRope(r);
   RegisterAttention(r);
+  RegisterPagedAttention(r);
   RegisterSegmentIds(r);
   RegisterCrossEntropy(r);
   RegisterShapeOps(r);

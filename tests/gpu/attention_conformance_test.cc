@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "../unit/paged_attention_cases.h"
 #include "weir/testing/gpu.h"
 #include "weir/testing/op_check.h"
 
@@ -263,6 +264,51 @@ TEST(CudaAttention, SplitKeyAttentionMatchesCpu) {
       ExpectCudaConformance(ForwardCase(p, dtype), dtype == DT_F32 ? 1e-4 : 2e-2);
     }
   }
+}
+
+}  // namespace
+}  // namespace weir::testing
+
+namespace weir::testing {
+namespace {
+
+// nn.PagedLatentAttention's kernel (the split-key kernels over the paged cache): MLA's absorbed
+// decode over blocks of 64 scattered through the cache, sequences of different lengths (partial
+// last blocks, none cached), two new tokens (an MTP verification step), and small dims in f64.
+TEST(CudaPagedLatentAttention, MatchesCpu) {
+  WEIR_REQUIRE_GPU();
+  const std::vector<PagedProblem> mla = {
+      {"MLA decode step", 1, 16, 576, 512, 64, {300, 64, 0, 1}, "scale=0.05", true},
+      {"MLA, two new tokens", 2, 8, 576, 512, 64, {129, 1000}, "", true},
+  };
+  for (const PagedProblem& p : mla) {
+    for (DataType dtype : {DT_F32, DT_BF16}) {  // f64 tiles of these dims exceed shared memory
+      SCOPED_TRACE(p.name + " in " + DataTypeName(dtype));
+      ExpectCudaNearCpu(PagedCase(p, dtype), dtype == DT_F32 ? 1e-4 : 2e-2, 1e-3);
+    }
+  }
+  const PagedProblem small{
+      "small dims, prefill after a cache", 20, 4, 9, 6, 16, {40, 0, 77}, "", true};
+  for (const DtypeTolerance& t : GpuTolerances()) {
+    SCOPED_TRACE(small.name + " in " + DataTypeName(t.dtype));
+    ExpectCudaNearCpu(PagedCase(small, t.dtype), t.tolerance, 1e-3);
+  }
+}
+
+// The kernel cannot report a block the cache lacks without a wait: that sequence's outputs are
+// NaN, and the others' are unharmed.
+TEST(CudaPagedLatentAttention, BadBlockGivesNanForItsSequenceOnly) {
+  WEIR_REQUIRE_GPU();
+  const PagedProblem p{"a bad block", 1, 2, 8, 8, 4, {6, 5}, "", true};
+  OpCase c = PagedCase(p, DT_F32);
+  auto good = RunOp(c, {}, nullptr, "cuda");
+  ASSERT_TRUE(good.ok()) << good.status().ToString();
+  c.values[3][0] = 99;  // sequence 0's first block
+  auto out = RunOp(c, {}, nullptr, "cuda");
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  const Tensor &o = (*out)[0], &expected = (*good)[0];  // [2, 1, 2, 8]
+  for (int64_t i = 0; i < 16; ++i) EXPECT_TRUE(std::isnan(o.At(i))) << i;
+  for (int64_t i = 16; i < 32; ++i) EXPECT_EQ(o.At(i), expected.At(i)) << i;
 }
 
 }  // namespace

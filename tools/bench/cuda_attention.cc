@@ -1,5 +1,6 @@
 // Times the CUDA kernels of nn.Attention (forward) and nn.AttentionGrad (backward) on cuda:0 at
-// DeepSeek's MLA shape, and MLA's absorbed decode (memory bandwidth), calling them directly
+// DeepSeek's MLA shape, and MLA's absorbed decode over the paged latent cache
+// (nn.PagedLatentAttention: memory bandwidth), calling them directly
 // through a KernelContext:
 //   weir_cuda_attention [tokens [heads [d [dv [batch]]]]]   (default 4096 16 192 128 2, causal
 //   bf16)
@@ -35,7 +36,8 @@ namespace weir::nn {
 // plugins/nn/cuda/attention.cu
 Status AttentionForwardCuda(KernelContext& ctx);
 Status AttentionBackwardCuda(KernelContext& ctx);
-Status AttentionCuda(KernelContext& ctx);  // nn.Attention's kernel: flash or split-key
+Status AttentionCuda(KernelContext& ctx);             // nn.Attention's kernel: flash or split-key
+Status PagedLatentAttentionCuda(KernelContext& ctx);  // attention_decode.cu
 }  // namespace weir::nn
 
 namespace {
@@ -56,6 +58,16 @@ void RequireCuda(cudaError_t error, const char* what) {
   std::exit(1);
 }
 
+// A device copy of `host`.
+Tensor ToDevice(const weir::StreamContext& ctx, weir::DeviceRuntime* runtime, const Tensor& host) {
+  auto device = ctx.Empty(host.dtype(), host.shape());
+  Require(device.status(), "allocating an input");
+  Require(runtime->CopyToDevice(device->raw_data(), host.raw_data(), host.nbytes(), ctx.stream()),
+          "copying an input");
+  Require(runtime->Synchronize(ctx.stream()), "copying an input");
+  return *device;
+}
+
 // A bf16 device tensor of uniform values in [-1, 1].
 Tensor RandomBf16(const weir::StreamContext& ctx, weir::DeviceRuntime* runtime,
                   const weir::Shape& shape, uint64_t seed) {
@@ -64,12 +76,7 @@ Tensor RandomBf16(const weir::StreamContext& ctx, weir::DeviceRuntime* runtime,
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   weir::bf16* values = host.data<weir::bf16>();
   for (int64_t i = 0; i < host.numel(); ++i) values[i] = weir::bf16(u(rng));
-  auto device = ctx.Empty(weir::DT_BF16, shape);
-  Require(device.status(), "allocating an input");
-  Require(runtime->CopyToDevice(device->raw_data(), host.raw_data(), host.nbytes(), ctx.stream()),
-          "copying an input");
-  Require(runtime->Synchronize(ctx.stream()), "copying an input");
-  return *device;
+  return ToDevice(ctx, runtime, host);
 }
 
 // Median milliseconds of `runs` calls of `launch`, after `warmup` calls.
@@ -166,27 +173,43 @@ int main(int argc, char** argv) {
   Require(runtime->Synchronize(*stream_or), "nn.AttentionGrad on cuda");
   Report("attention_backward_" + shape, 2 * pairs * (3 * fd + 2 * fdv), backward_ms);
 
-  // MLA's absorbed decode (spec §2.2): one query per sequence, 128 heads over one latent head
-  // (keys 576 wide: c_KV and the RoPE key; values c_KV's 512) of a 4096-token cache. It reads
-  // the cache once per step, so its rate is bytes read over time, against the H200's HBM3e
-  // 4.8 TB/s.
+  // MLA's absorbed decode (spec §2.2) over the paged cache: one new token per sequence, 128
+  // heads over one latent head (rows 576 wide: c_KV and the RoPE key; values c_KV's 512), 4095
+  // cached tokens in blocks of 64 scattered through the pool. It reads the cache once per step,
+  // so its rate is bytes read over time, against the H200's HBM3e 4.8 TB/s.
   {
-    const int64_t seqs = 64, cache = 4096, mla_heads = 128, latent = 512, rope = 64;
-    Tensor mq = RandomBf16(ctx, runtime, {seqs, 1, mla_heads, latent + rope}, 5);
-    Tensor mk = RandomBf16(ctx, runtime, {seqs, cache, 1, latent + rope}, 6);
-    Tensor mv = RandomBf16(ctx, runtime, {seqs, cache, 1, latent}, 7);
+    const int64_t seqs = 64, cached = 4095, mla_heads = 128, width = 576, latent = 512;
+    const int64_t block = 64, per_seq = (cached + block - 1) / block;
+    Tensor mq = RandomBf16(ctx, runtime, {seqs, 1, mla_heads, width}, 5);
+    Tensor mkv = RandomBf16(ctx, runtime, {seqs, 1, width}, 6);
+    Tensor pool = RandomBf16(ctx, runtime, {seqs * per_seq, block, width}, 7);
+    std::vector<double> ids(static_cast<size_t>(seqs * per_seq));
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<double>(i);
+    std::shuffle(ids.begin(), ids.end(), std::mt19937_64(8));
+    Tensor table = ToDevice(ctx, runtime, Tensor::FromValues(weir::DT_I64, {seqs, per_seq}, ids));
+    Tensor lengths = ToDevice(ctx, runtime,
+                              Tensor::FromValues(weir::DT_I64, {seqs},
+                                                 std::vector<double>(static_cast<size_t>(seqs),
+                                                                     static_cast<double>(cached))));
     Tensor mo = empty(weir::DT_BF16, {seqs, 1, mla_heads, latent});
     Tensor mlse = empty(weir::DT_F32, {seqs, mla_heads, 1});
-    weir::KernelContext decode({&mq, &mk, &mv}, {&mo, &mlse}, &attrs, &ctx);
-    double ms =
-        MedianMs(stream, [&] { Require(weir::nn::AttentionCuda(decode), "MLA decode on cuda"); });
+    weir::AttrValue value_dim;
+    value_dim.set_i(latent);
+    weir::Attrs paged_attrs({{"value_dim", value_dim}, {"scale", scale_attr}},
+                            "op 'nn.PagedLatentAttention'");
+    weir::KernelContext decode({&mq, &mkv, &pool, &table, &lengths}, {&mo, &mlse}, &paged_attrs,
+                               &ctx);
+    double ms = MedianMs(
+        stream, [&] { Require(weir::nn::PagedLatentAttentionCuda(decode), "MLA decode on cuda"); });
     Require(runtime->Synchronize(*stream_or), "MLA decode on cuda");
-    double bytes = static_cast<double>(mk.nbytes() + mv.nbytes() + mq.nbytes() + mo.nbytes());
+    // Bytes the step must move: every sequence's cached rows, its new row, q and o.
+    double bytes =
+        static_cast<double>(seqs * cached * width * 2 + mkv.nbytes() + mq.nbytes() + mo.nbytes());
     double gbps = bytes / (ms * 1e-3) / 1e9;
-    std::printf("%-48s %9.3f ms %8.1f GB/s (%.1f%% of 4.8 TB/s)\n", "mla_decode", ms, gbps,
+    std::printf("%-48s %9.3f ms %8.1f GB/s (%.1f%% of 4.8 TB/s)\n", "mla_decode_paged", ms, gbps,
                 gbps / 48);
     std::printf(
-        "{\"name\": \"mla_decode_b64_cache4096_h128\", \"gb_per_s\": %.1f, "
+        "{\"name\": \"mla_decode_paged_b64_cache4096_h128\", \"gb_per_s\": %.1f, "
         "\"hbm_fraction\": %.4f, \"ms\": %.4f}\n",
         gbps, gbps / 4800, ms);
   }
