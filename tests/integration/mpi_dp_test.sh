@@ -14,6 +14,10 @@ if [ -z "$mpirun" ] || ! command -v "$mpirun" > /dev/null; then
   echo "mpi_dp_test: SKIPPED: mpirun not found (tools/setup installs openmpi-bin)"
   exit 77
 fi
+# One GEMM thread on both sides: mpirun binds each rank to a core (so oneDNN runs one thread
+# there), and on CPUs without AVX-512 oneDNN's f32 kernels split a product's sum by the thread
+# count, so the virtual ranks must run under the same count to match bit for bit.
+export OMP_NUM_THREADS=1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 fail() {
