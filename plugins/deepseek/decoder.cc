@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "weir/attr.h"
@@ -144,21 +145,58 @@ StatusOr<std::vector<Tensor>> LatentDecoder::Run(const std::string& function,
 }
 
 void LatentDecoder::Open(Cache& cache, int64_t batch, int64_t layers) const {
-  if (!cache.latent.empty()) return;
-  DataType dtype = ModelDtype(attrs_);
-  for (int64_t l = 0; l < layers; ++l) {
-    cache.latent.push_back(Tensor::Zeros(dtype, {batch, 0, Int("kv_lora_rank")}));
-    cache.rope_key.push_back(Tensor::Zeros(dtype, {batch, 0, Int("qk_rope_head_dim")}));
+  if (!cache.blocks.empty()) return;
+  cache.batch = batch;
+  cache.blocks.assign(static_cast<size_t>(layers), Tensor::Zeros(ModelDtype(attrs_), {0, 0, 0}));
+  cache.table = Tensor::Zeros(DT_I64, {batch, 0});
+}
+
+void LatentDecoder::Reserve(Cache& cache, int64_t tokens) const {
+  const int64_t had = cache.table.dim(1), needed = (tokens + kBlockSize - 1) / kBlockSize;
+  if (needed <= had) return;
+  const int64_t max_blocks = std::max(needed, 2 * had), batch = cache.batch;
+  const int64_t pool = had * batch;  // blocks in use: 0 .. pool - 1
+  // The new blocks of each sequence follow the pool's.
+  Tensor table = Tensor::Empty(DT_I64, {batch, max_blocks});
+  for (int64_t b = 0; b < batch; ++b) {
+    int64_t* row = table.data<int64_t>() + b * max_blocks;
+    std::copy_n(cache.table.data<int64_t>() + b * had, had, row);
+    for (int64_t j = had; j < max_blocks; ++j) row[j] = pool + b * (max_blocks - had) + (j - had);
   }
+  const int64_t width = Int("kv_lora_rank") + Int("qk_rope_head_dim");
+  for (Tensor& blocks : cache.blocks) {
+    Tensor grown = Tensor::Zeros(blocks.dtype(), {batch * max_blocks, kBlockSize, width});
+    if (pool > 0) std::memcpy(grown.raw_data(), blocks.raw_data(), blocks.nbytes());
+    blocks = std::move(grown);
+  }
+  cache.table = std::move(table);
 }
 
 StatusOr<Tensor> LatentDecoder::Block(const std::string& function, const std::string& prefix,
                                       Cache& cache, size_t layer, std::vector<Tensor> inputs) {
-  inputs.push_back(cache.latent[layer]);
-  inputs.push_back(cache.rope_key[layer]);
+  const int64_t t = inputs[0].dim(1);
+  Tensor lengths = Tensor::FromValues(
+      DT_I64, {cache.batch},
+      std::vector<double>(static_cast<size_t>(cache.batch), static_cast<double>(cache.position)));
+  Tensor& blocks = cache.blocks[layer];
+  inputs.push_back(blocks);
+  inputs.push_back(cache.table);
+  inputs.push_back(lengths);
   WEIR_ASSIGN_OR_RETURN(auto out, Run(function, prefix, cache.position, inputs, {}));
-  cache.latent[layer] = out[1];
-  cache.rope_key[layer] = out[2];
+  // The new tokens' rows into their blocks (Reserve made room).
+  const Tensor rows = out[1].Contiguous();
+  const size_t row_bytes = static_cast<size_t>(blocks.dim(2)) * DataTypeSize(blocks.dtype());
+  const int64_t max_blocks = cache.table.dim(1);
+  const auto* from = static_cast<const char*>(rows.raw_data());
+  auto* to = static_cast<char*>(blocks.raw_data());
+  for (int64_t b = 0; b < cache.batch; ++b) {
+    for (int64_t i = 0; i < t; ++i) {
+      int64_t p = cache.position + i;
+      int64_t block = cache.table.data<int64_t>()[b * max_blocks + p / kBlockSize];
+      std::memcpy(to + (block * kBlockSize + p % kBlockSize) * static_cast<int64_t>(row_bytes),
+                  from + (b * t + i) * static_cast<int64_t>(row_bytes), row_bytes);
+    }
+  }
   return out[0];
 }
 
@@ -167,10 +205,11 @@ StatusOr<Tensor> LatentDecoder::Feed(const Tensor& tokens) {
     return InvalidArgument("tokens must be [batch, t >= 1], got " + tokens.DebugString());
   int64_t layers = Int("num_hidden_layers"), dense = Int("first_k_dense_replace");
   Open(main_, tokens.dim(0), layers);
-  if (main_.latent[0].dim(0) != tokens.dim(0)) {
+  if (main_.batch != tokens.dim(0)) {
     return InvalidArgument("batch " + std::to_string(tokens.dim(0)) + " after a prefill of batch " +
-                           std::to_string(main_.latent[0].dim(0)));
+                           std::to_string(main_.batch));
   }
+  Reserve(main_, main_.position + tokens.dim(1));
   WEIR_ASSIGN_OR_RETURN(auto embedded, Run("DecodeEmbed", "", 0, {tokens}, {}));
   Tensor x = embedded[0];
   for (int64_t l = 0; l < layers; ++l) {
@@ -187,18 +226,19 @@ StatusOr<Tensor> LatentDecoder::Feed(const Tensor& tokens) {
 }
 
 void LatentDecoder::Truncate(int64_t position) {
-  if (position >= main_.position) return;
-  for (size_t l = 0; l < main_.latent.size(); ++l) {
-    main_.latent[l] = main_.latent[l].Slice(1, 0, position).Contiguous();
-    main_.rope_key[l] = main_.rope_key[l].Slice(1, 0, position).Contiguous();
-  }
-  main_.position = position;
+  // The rows after `position` stay in their blocks, to be overwritten.
+  main_.position = std::min(main_.position, std::max<int64_t>(position, 0));
 }
 
 StatusOr<Tensor> LatentDecoder::FeedMtp(const Tensor& h, const Tensor& next_tokens) {
   if (Int("num_nextn_predict_layers") < 1)
     return InvalidArgument("the model has no MTP module (num_nextn_predict_layers is 0)");
   Open(mtp_, next_tokens.dim(0), 1);
+  if (mtp_.batch != next_tokens.dim(0)) {
+    return InvalidArgument("batch " + std::to_string(next_tokens.dim(0)) +
+                           " after an MTP prefill of batch " + std::to_string(mtp_.batch));
+  }
+  Reserve(mtp_, mtp_.position + next_tokens.dim(1));
   WEIR_ASSIGN_OR_RETURN(auto embedded, Run("DecodeEmbed", "", 0, {next_tokens}, {}));
   WEIR_ASSIGN_OR_RETURN(Tensor state, Block("MTPDecode", "mtp.0", mtp_, 0, {h, embedded[0]}));
   mtp_.position += next_tokens.dim(1);

@@ -1,9 +1,10 @@
 // Incremental decoding of a DeepseekV3 model (graphs/models/deepseek_v3.pbtxt) over MLA's latent
-// cache: per layer only the normalized latent c_KV and the rotated RoPE key are kept, and
-// attention runs in the absorbed form (spec §2.2). Each block is a program of the graph's
-// DenseBlockDecode / MoEBlockDecode built with the block's name as prefix, so it reads the
-// parameters the training function created (or the HF converter imported). The MTP module
-// decodes the same way (MTPDecode, prefix mtp.0) and drafts a token for speculative decoding
+// cache: per layer only the normalized latent c_KV and the rotated RoPE key are kept, in blocks
+// of 64 tokens that a block table maps to each sequence (FlashMLA's paged layout), and
+// attention runs in the absorbed form (spec §2.2) with nn.PagedLatentAttention. Each block is a
+// program of the graph's DenseBlockDecode / MoEBlockDecode built with the block's name as prefix,
+// so it reads the parameters the training function created (or the HF converter imported). The MTP
+// module decodes the same way (MTPDecode, prefix mtp.0) and drafts a token for speculative decoding
 // (spec §4).
 #pragma once
 
@@ -23,10 +24,10 @@ namespace weir::deepseek {
 
 // Decoding programs by (function, attrs, input types), built with the prefix kBlockPrefix when
 // they are blocks (so every layer of a kind shares one program, run over that layer's parameters
-// under the shared name). A program depends on the position and cache length it was built for,
-// so a decoder alone reuses only the embedding and head ones and a block's across layers; a
-// cache shared by decoders of one graph (generations of equal prompt lengths) also reuses every
-// block program from the second generation on. Thread-safe.
+// under the shared name). A block program depends on the number of new tokens and the size of
+// the paged cache, not on the position (RoPE reads the sequences' lengths), so one serves every
+// decoding step until the cache grows; a cache shared by decoders of one graph serves every
+// generation. Thread-safe.
 class DecodePrograms {
  public:
   static constexpr const char* kBlockPrefix = "block";
@@ -114,14 +115,22 @@ class LatentDecoder {
   StatusOr<Tensor> FeedMtp(const Tensor& h, const Tensor& next_tokens);
 
  private:
+  // Sequence b's j-th block is blocks[l][table[b, j]] in every layer l; a block holds
+  // kBlockSize rows of c_KV ‖ k_pe. Blocks are never moved while the table grows, except when
+  // the pool itself grows (doubling, so each row is copied O(1) times on average).
   struct Cache {
-    std::vector<Tensor> latent, rope_key;  // per layer: [batch, position, width]
-    int64_t position = 0;
+    std::vector<Tensor> blocks;  // per layer: [pool blocks, kBlockSize, kv_lora + rope dims]
+    Tensor table;                // i64 [batch, max_blocks]
+    int64_t batch = 0, position = 0;
   };
+  static constexpr int64_t kBlockSize = 64;
+  // Makes room for `tokens` tokens per sequence.
+  void Reserve(Cache& cache, int64_t tokens) const;
   StatusOr<std::vector<Tensor>> Run(const std::string& function, const std::string& prefix,
                                     int64_t position, const std::vector<Tensor>& inputs,
                                     const std::vector<std::string>& outputs);
-  // Runs one block over its cache entry `layer`, appending to it; returns the block's output.
+  // Runs one block over layer `layer` of the cache, storing the new tokens' rows there; returns
+  // the block's output.
   StatusOr<Tensor> Block(const std::string& function, const std::string& prefix, Cache& cache,
                          size_t layer, std::vector<Tensor> inputs);
   void Open(Cache& cache, int64_t batch, int64_t layers) const;

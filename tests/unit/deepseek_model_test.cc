@@ -130,12 +130,14 @@ TEST(TinyDeepseekV3, AnInferenceProgramLeavesOutTheMtpModule) {
             std::string::npos);
 }
 
-// Prefill then one token at a time over the latent cache (absorbed MLA) gives the logits of one
-// full forward pass (decompressed MLA), in f64.
-void ExpectDecodingMatchesTheFullForward(std::map<std::string, AttrValue> attrs) {
-  const int64_t batch = 2, time = 7, prefill = 3;
+// Prefill then one token at a time over the paged latent cache (absorbed MLA) gives the logits of
+// one full forward pass (decompressed MLA), in f64. Returns the programs the decoder built.
+int64_t ExpectDecodingMatchesTheFullForward(std::map<std::string, AttrValue> attrs,
+                                            int64_t time = 7, int64_t prefill = 3) {
+  const int64_t batch = 2;
   auto full = Build(attrs, batch, time, "");
-  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  EXPECT_TRUE(full.ok()) << full.status().ToString();
+  if (!full.ok()) return 0;
   ParamStore params;
   params.Initialize((*full)->params(), 11);
   if (Tensor* bias = params.Find("moe_layers.0.ffn.router.bias"))
@@ -143,20 +145,24 @@ void ExpectDecodingMatchesTheFullForward(std::map<std::string, AttrValue> attrs)
       StoreFromDouble(bias->raw_data(), bias->dtype(), e, 0.03 * static_cast<double>(e % 3));
   std::vector<Tensor> inputs = RandomTokens(batch, time, 13, 12);
   auto reference = (*full)->Run(inputs, params);
-  ASSERT_TRUE(reference.ok()) << reference.status().ToString();
+  EXPECT_TRUE(reference.ok()) << reference.status().ToString();
+  if (!reference.ok()) return 0;
   Tensor logits = reference->values[1];  // [batch, time, vocab]
 
   auto loaded = LoadTestGraph(TestGraph("good/deepseek_import.pbtxt"));
-  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
-  deepseek::LatentDecoder decoder(*loaded, attrs, TestRegistry(), params);
+  EXPECT_TRUE(loaded.ok()) << loaded.status().ToString();
+  if (!loaded.ok()) return 0;
+  auto programs = std::make_shared<deepseek::DecodePrograms>();
+  deepseek::LatentDecoder decoder(*loaded, attrs, TestRegistry(), params, programs);
   int64_t vocab = logits.dim(2);
   double worst = 0;
   for (int64_t begin = 0; begin < time;) {
     int64_t end = begin == 0 ? prefill : begin + 1;
     Tensor step = inputs[0].Slice(1, begin, end).Contiguous();
     auto out = decoder.Feed(step);
-    ASSERT_TRUE(out.ok()) << out.status().ToString();
-    ASSERT_EQ(out->shape(), (Shape{batch, end - begin, vocab}));
+    EXPECT_TRUE(out.ok()) << out.status().ToString();
+    if (!out.ok()) return 0;
+    EXPECT_EQ(out->shape(), (Shape{batch, end - begin, vocab}));
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t t = begin; t < end; ++t)
         for (int64_t v = 0; v < vocab; ++v) {
@@ -168,10 +174,21 @@ void ExpectDecodingMatchesTheFullForward(std::map<std::string, AttrValue> attrs)
   }
   EXPECT_EQ(decoder.position(), time);
   EXPECT_LT(worst, 1e-10);
+  return programs->builds();
 }
 
 TEST(TinyDeepseekV3, DecodingOverTheLatentCacheMatchesTheFullForward) {
   ExpectDecodingMatchesTheFullForward(TinyV3("f64"));
+}
+
+// Past the cache's first blocks of 64: the prefill ends inside block 0, decoding crosses into
+// blocks 1 and 2 (the pool grows twice, moving what is cached). A block program serves every
+// step until the pool grows: a handful of builds for 95 steps, where one per step and block kind
+// would be 190.
+TEST(TinyDeepseekV3, DecodingAcrossCacheBlocksReusesItsPrograms) {
+  int64_t builds = ExpectDecodingMatchesTheFullForward(TinyV3("f64"), 150, 55);
+  EXPECT_GT(builds, 0);
+  EXPECT_LE(builds, 16);
 }
 
 TEST(TinyDeepseekV3, DecodingMatchesWithTheDirectQueryAndSoftmaxGating) {
