@@ -303,6 +303,17 @@ int Multiprocessors() {
   return count;
 }
 
+// The geometry's query side, from q [batch, time, heads, d].
+template <typename A>
+DecodeGeometry<A> QueryGeometry(const Tensor& q) {
+  DecodeGeometry<A> g{};
+  g.batch = static_cast<int>(q.dim(0));
+  g.time = static_cast<int>(q.dim(1));
+  g.heads = static_cast<int>(q.dim(2));
+  g.d = static_cast<int>(q.dim(3));
+  return g;
+}
+
 // Launches both kernels over `source`. g is filled but for scale, the splits and group_rows;
 // o [batch, time, heads, dv] and lse [batch, heads, time] are the outputs.
 template <typename Host, typename Keys>
@@ -370,11 +381,7 @@ Status SplitKeyAttention(KernelContext& ctx) {
   return DispatchFloat(q.dtype(), [&](auto tag) -> Status {
     using Host = decltype(tag);
     using T = cuda::DeviceT<Host>;
-    DecodeGeometry<AccumulatorOf<Host>> g{};
-    g.batch = static_cast<int>(q.dim(0));
-    g.time = static_cast<int>(q.dim(1));
-    g.heads = static_cast<int>(q.dim(2));
-    g.d = static_cast<int>(q.dim(3));
+    auto g = QueryGeometry<AccumulatorOf<Host>>(q);
     g.keys = static_cast<int>(k.dim(1));
     g.kv_heads = static_cast<int>(k.dim(2));
     g.dv = static_cast<int>(v.dim(3));
@@ -415,11 +422,7 @@ Status PagedLatentAttentionCuda(KernelContext& ctx) {
   return DispatchFloat(q.dtype(), [&](auto tag) -> Status {
     using Host = decltype(tag);
     using T = cuda::DeviceT<Host>;
-    DecodeGeometry<AccumulatorOf<Host>> g{};
-    g.batch = static_cast<int>(q.dim(0));
-    g.time = static_cast<int>(q.dim(1));
-    g.heads = static_cast<int>(q.dim(2));
-    g.d = static_cast<int>(q.dim(3));
+    auto g = QueryGeometry<AccumulatorOf<Host>>(q);
     g.keys = static_cast<int>(keys);
     g.kv_heads = 1;
     g.dv = static_cast<int>(value_dim > 0 ? value_dim : q.dim(3));
