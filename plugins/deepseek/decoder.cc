@@ -147,6 +147,7 @@ StatusOr<std::vector<Tensor>> LatentDecoder::Run(const std::string& function,
 void LatentDecoder::Open(Cache& cache, int64_t batch, int64_t layers) const {
   if (!cache.blocks.empty()) return;
   cache.batch = batch;
+  cache.lengths.assign(static_cast<size_t>(batch), 0);
   cache.blocks.assign(static_cast<size_t>(layers), Tensor::Zeros(ModelDtype(attrs_), {0, 0, 0}));
   cache.table = Tensor::Zeros(DT_I64, {batch, 0});
 }
@@ -172,26 +173,49 @@ void LatentDecoder::Reserve(Cache& cache, int64_t tokens) const {
   cache.table = std::move(table);
 }
 
+Status LatentDecoder::Prepare(Cache& cache, const Tensor& tokens,
+                              const std::vector<int64_t>& used) const {
+  const int64_t batch = tokens.dim(0), t = tokens.dim(1);
+  if (cache.batch != batch) {
+    return InvalidArgument("batch " + std::to_string(batch) + " after a prefill of batch " +
+                           std::to_string(cache.batch));
+  }
+  if (!used.empty() && static_cast<int64_t>(used.size()) != batch) {
+    return InvalidArgument(std::to_string(used.size()) + " used counts for a batch of " +
+                           std::to_string(batch));
+  }
+  cache.used.assign(static_cast<size_t>(batch), t);
+  for (size_t b = 0; b < used.size(); ++b) {
+    if (used[b] < 1 || used[b] > t) {
+      return InvalidArgument("row " + std::to_string(b) + " uses " + std::to_string(used[b]) +
+                             " of its " + std::to_string(t) + " tokens (1 to " + std::to_string(t) +
+                             ")");
+    }
+    cache.used[b] = used[b];
+  }
+  Reserve(cache, *std::max_element(cache.lengths.begin(), cache.lengths.end()) + t);
+  return Status();
+}
+
 StatusOr<Tensor> LatentDecoder::Block(const std::string& function, const std::string& prefix,
                                       Cache& cache, size_t layer, std::vector<Tensor> inputs) {
   const int64_t t = inputs[0].dim(1);
   Tensor lengths = Tensor::FromValues(
-      DT_I64, {cache.batch},
-      std::vector<double>(static_cast<size_t>(cache.batch), static_cast<double>(cache.position)));
+      DT_I64, {cache.batch}, std::vector<double>(cache.lengths.begin(), cache.lengths.end()));
   Tensor& blocks = cache.blocks[layer];
   inputs.push_back(blocks);
   inputs.push_back(cache.table);
   inputs.push_back(lengths);
-  WEIR_ASSIGN_OR_RETURN(auto out, Run(function, prefix, cache.position, inputs, {}));
-  // The new tokens' rows into their blocks (Reserve made room).
+  WEIR_ASSIGN_OR_RETURN(auto out, Run(function, prefix, 0, inputs, {}));
+  // The rows of the tokens each sequence uses into its blocks (Prepare made room).
   const Tensor rows = out[1].Contiguous();
   const size_t row_bytes = static_cast<size_t>(blocks.dim(2)) * DataTypeSize(blocks.dtype());
   const int64_t max_blocks = cache.table.dim(1);
   const auto* from = static_cast<const char*>(rows.raw_data());
   auto* to = static_cast<char*>(blocks.raw_data());
   for (int64_t b = 0; b < cache.batch; ++b) {
-    for (int64_t i = 0; i < t; ++i) {
-      int64_t p = cache.position + i;
+    for (int64_t i = 0; i < cache.used[static_cast<size_t>(b)]; ++i) {
+      int64_t p = cache.lengths[static_cast<size_t>(b)] + i;
       int64_t block = cache.table.data<int64_t>()[b * max_blocks + p / kBlockSize];
       std::memcpy(to + (block * kBlockSize + p % kBlockSize) * static_cast<int64_t>(row_bytes),
                   from + (b * t + i) * static_cast<int64_t>(row_bytes), row_bytes);
@@ -200,16 +224,16 @@ StatusOr<Tensor> LatentDecoder::Block(const std::string& function, const std::st
   return out[0];
 }
 
-StatusOr<Tensor> LatentDecoder::Feed(const Tensor& tokens) {
+void LatentDecoder::Advance(Cache& cache) {
+  for (size_t b = 0; b < cache.lengths.size(); ++b) cache.lengths[b] += cache.used[b];
+}
+
+StatusOr<Tensor> LatentDecoder::Feed(const Tensor& tokens, const std::vector<int64_t>& used) {
   if (tokens.rank() != 2 || tokens.dim(1) < 1)
     return InvalidArgument("tokens must be [batch, t >= 1], got " + tokens.DebugString());
   int64_t layers = Int("num_hidden_layers"), dense = Int("first_k_dense_replace");
   Open(main_, tokens.dim(0), layers);
-  if (main_.batch != tokens.dim(0)) {
-    return InvalidArgument("batch " + std::to_string(tokens.dim(0)) + " after a prefill of batch " +
-                           std::to_string(main_.batch));
-  }
-  Reserve(main_, main_.position + tokens.dim(1));
+  WEIR_RETURN_IF_ERROR(Prepare(main_, tokens, used));
   WEIR_ASSIGN_OR_RETURN(auto embedded, Run("DecodeEmbed", "", 0, {tokens}, {}));
   Tensor x = embedded[0];
   for (int64_t l = 0; l < layers; ++l) {
@@ -220,28 +244,28 @@ StatusOr<Tensor> LatentDecoder::Feed(const Tensor& tokens) {
                                    static_cast<size_t>(l), {x}));
   }
   WEIR_ASSIGN_OR_RETURN(auto head, Run("DecodeHead", "", 0, {x}, {}));
-  main_.position += tokens.dim(1);
+  Advance(main_);
   hidden_ = head[1];
   return head[0];
 }
 
+int64_t LatentDecoder::position() const {
+  return main_.lengths.empty() ? 0 : *std::max_element(main_.lengths.begin(), main_.lengths.end());
+}
+
 void LatentDecoder::Truncate(int64_t position) {
   // The rows after `position` stay in their blocks, to be overwritten.
-  main_.position = std::min(main_.position, std::max<int64_t>(position, 0));
+  for (int64_t& length : main_.lengths) length = std::min(length, std::max<int64_t>(position, 0));
 }
 
 StatusOr<Tensor> LatentDecoder::FeedMtp(const Tensor& h, const Tensor& next_tokens) {
   if (Int("num_nextn_predict_layers") < 1)
     return InvalidArgument("the model has no MTP module (num_nextn_predict_layers is 0)");
   Open(mtp_, next_tokens.dim(0), 1);
-  if (mtp_.batch != next_tokens.dim(0)) {
-    return InvalidArgument("batch " + std::to_string(next_tokens.dim(0)) +
-                           " after an MTP prefill of batch " + std::to_string(mtp_.batch));
-  }
-  Reserve(mtp_, mtp_.position + next_tokens.dim(1));
+  WEIR_RETURN_IF_ERROR(Prepare(mtp_, next_tokens, {}));
   WEIR_ASSIGN_OR_RETURN(auto embedded, Run("DecodeEmbed", "", 0, {next_tokens}, {}));
   WEIR_ASSIGN_OR_RETURN(Tensor state, Block("MTPDecode", "mtp.0", mtp_, 0, {h, embedded[0]}));
-  mtp_.position += next_tokens.dim(1);
+  Advance(mtp_);
   WEIR_ASSIGN_OR_RETURN(auto logits, Run("MTPHead", "", 0, {state}, {}));
   return logits[0];
 }
@@ -359,10 +383,30 @@ Status Speculate(LatentDecoder& decoder, const Tensor& prompt, const GenerateOpt
 
 }  // namespace
 
+std::pair<Tensor, std::vector<int64_t>> PadPrompts(const std::vector<std::vector<int64_t>>& prompts,
+                                                   const std::vector<size_t>& rows) {
+  size_t longest = 0;
+  for (size_t r : rows) longest = std::max(longest, prompts[r].size());
+  std::vector<double> ids;
+  std::vector<int64_t> lengths;
+  for (size_t r : rows) {
+    const std::vector<int64_t>& p = prompts[r];
+    ids.insert(ids.end(), p.begin(), p.end());
+    ids.insert(ids.end(), longest - p.size(), p.empty() ? 0.0 : static_cast<double>(p.back()));
+    lengths.push_back(static_cast<int64_t>(p.size()));
+  }
+  Tensor tokens = Tensor::FromValues(
+      DT_I64, {static_cast<int64_t>(rows.size()), static_cast<int64_t>(longest)}, ids);
+  return {tokens, lengths};
+}
+
 StatusOr<Generated> Generate(LatentDecoder& decoder, const Tensor& prompts,
-                             const GenerateOptions& options) {
+                             const GenerateOptions& options,
+                             const std::vector<int64_t>& prompt_lengths) {
   if (prompts.rank() != 2 || prompts.dim(1) < 1)
     return InvalidArgument("prompts must be [batch, length >= 1], got " + prompts.DebugString());
+  const bool padded = std::any_of(prompt_lengths.begin(), prompt_lengths.end(),
+                                  [&](int64_t n) { return n != prompts.dim(1); });
   if (decoder.position() != 0) return InvalidArgument("the decoder has already seen tokens");
   if (options.top_p <= 0 || options.top_p > 1)
     return InvalidArgument("top_p must be in (0, 1], got " + std::to_string(options.top_p));
@@ -372,8 +416,8 @@ StatusOr<Generated> Generate(LatentDecoder& decoder, const Tensor& prompts,
   if (options.max_new < 1) return out;
   Tensor p = prompts.Contiguous();
   if (options.speculative) {
-    if (batch != 1 || options.temperature > 0)
-      return InvalidArgument("speculative decoding is greedy with one prompt at a time");
+    if (batch != 1 || options.temperature > 0 || padded)
+      return InvalidArgument("speculative decoding is greedy with one unpadded prompt at a time");
     WEIR_RETURN_IF_ERROR(Speculate(decoder, p, options, out));
     return out;
   }
@@ -382,11 +426,13 @@ StatusOr<Generated> Generate(LatentDecoder& decoder, const Tensor& prompts,
     rngs.emplace_back(options.seed ^ (0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(b + 1)));
   std::vector<bool> done(static_cast<size_t>(batch), false);
   auto start = Clock::now();
-  WEIR_ASSIGN_OR_RETURN(Tensor logits, decoder.Feed(p));
+  WEIR_ASSIGN_OR_RETURN(Tensor logits, decoder.Feed(p, prompt_lengths));
   out.prefill_seconds = Since(start);
   start = Clock::now();
   out.main_steps = 1;
-  int64_t row = p.dim(1) - 1;  // the position whose logits choose the next token
+  // Per row, the position whose logits choose the next token: its last prompt token.
+  std::vector<int64_t> row(static_cast<size_t>(batch), p.dim(1) - 1);
+  for (size_t b = 0; b < prompt_lengths.size(); ++b) row[b] = prompt_lengths[b] - 1;
   while (true) {
     Tensor f = logits.To(DT_F32);
     int64_t vocab = f.dim(2), steps = f.dim(1);
@@ -398,8 +444,8 @@ StatusOr<Generated> Generate(LatentDecoder& decoder, const Tensor& prompts,
         next[static_cast<size_t>(b)] = tokens.back();  // finished rows idle on their last token
         continue;
       }
-      int64_t t = ChooseToken(f.data<float>() + (b * steps + row) * vocab, vocab, options,
-                              rngs[static_cast<size_t>(b)]);
+      int64_t t = ChooseToken(f.data<float>() + (b * steps + row[static_cast<size_t>(b)]) * vocab,
+                              vocab, options, rngs[static_cast<size_t>(b)]);
       tokens.push_back(t);
       next[static_cast<size_t>(b)] = t;
       done[static_cast<size_t>(b)] = Stops(options, t) ||
@@ -411,7 +457,7 @@ StatusOr<Generated> Generate(LatentDecoder& decoder, const Tensor& prompts,
     std::vector<double> ids(next.begin(), next.end());
     WEIR_ASSIGN_OR_RETURN(logits, decoder.Feed(Tensor::FromValues(DT_I64, {batch, 1}, ids)));
     ++out.main_steps;
-    row = 0;
+    std::fill(row.begin(), row.end(), 0);
   }
   out.decode_seconds = Since(start);
   return out;

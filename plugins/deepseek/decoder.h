@@ -102,12 +102,16 @@ class LatentDecoder {
 
   // Feeds tokens [batch, t] that follow the ones fed so far (the first call is the prefill);
   // returns their logits [batch, t, vocab] and appends them to the cache. hidden() then holds
-  // their final normed states [batch, t, d].
-  StatusOr<Tensor> Feed(const Tensor& tokens);
+  // their final normed states [batch, t, d]. With `used`, row b's first used[b] tokens (1 to t)
+  // are its own and the rest padding: only those are cached, so rows grow by different counts
+  // (prompts of different lengths, right-padded, prefilled as one batch). Each row's tokens sit
+  // at its own positions: its logits at padded positions mean nothing.
+  StatusOr<Tensor> Feed(const Tensor& tokens, const std::vector<int64_t>& used = {});
   const Tensor& hidden() const { return hidden_; }
   // Forgets every cached token from `position` on (a draft the model rejected).
   void Truncate(int64_t position);
-  int64_t position() const { return main_.position; }
+  // The most tokens a row has cached.
+  int64_t position() const;
 
   // The MTP module (num_nextn_predict_layers >= 1) at the positions after the ones it has seen:
   // h [batch, t, d] the main model's normed states there, next_tokens [batch, t] the tokens
@@ -121,11 +125,17 @@ class LatentDecoder {
   struct Cache {
     std::vector<Tensor> blocks;  // per layer: [pool blocks, kBlockSize, kv_lora + rope dims]
     Tensor table;                // i64 [batch, max_blocks]
-    int64_t batch = 0, position = 0;
+    int64_t batch = 0;
+    std::vector<int64_t> lengths;  // per sequence: tokens cached
+    std::vector<int64_t> used;     // per sequence: tokens the step in progress adds
   };
   static constexpr int64_t kBlockSize = 64;
   // Makes room for `tokens` tokens per sequence.
   void Reserve(Cache& cache, int64_t tokens) const;
+  // Checks a step's batch and used counts (empty: every token), notes them and makes room.
+  Status Prepare(Cache& cache, const Tensor& tokens, const std::vector<int64_t>& used) const;
+  // Ends a step: every sequence has cached its used tokens.
+  static void Advance(Cache& cache);
   StatusOr<std::vector<Tensor>> Run(const std::string& function, const std::string& prefix,
                                     int64_t position, const std::vector<Tensor>& inputs,
                                     const std::vector<std::string>& outputs);
@@ -172,9 +182,18 @@ struct Generated {
 // top-k, top-p; reproducible from the seed), every prompt until a stop token or
 // max_new. With `speculative` (greedy, one prompt), MTP drafts the token after the next one and
 // each main step verifies the pair (spec §4: a second token for free when the draft is
-// accepted); the tokens are the same as without it.
+// accepted); the tokens are the same as without it. Prompts of different lengths decode as one
+// batch when right-padded to the longest, with `prompt_lengths` giving each one's own length
+// (empty: all of them full). A row's tokens do not depend on the others': greedy rows get what
+// they get alone.
 StatusOr<Generated> Generate(LatentDecoder& decoder, const Tensor& prompts,
-                             const GenerateOptions& options);
+                             const GenerateOptions& options,
+                             const std::vector<int64_t>& prompt_lengths = {});
+
+// The prompts `rows` of `prompts` as one batch [rows, longest], right-padded with their last
+// token, and each one's length: Generate's prompts and prompt_lengths.
+std::pair<Tensor, std::vector<int64_t>> PadPrompts(const std::vector<std::vector<int64_t>>& prompts,
+                                                   const std::vector<size_t>& rows);
 
 // The token chosen from `logits` [vocab] (greedy when options.temperature is 0).
 int64_t ChooseToken(const float* logits, int64_t vocab, const GenerateOptions& options,

@@ -256,6 +256,78 @@ TEST(TinyDeepseekV3, SpeculativeDecodingWithMtpGivesTheGreedyTokens) {
   EXPECT_NE(refused.status().message().find("no MTP module"), std::string::npos);
 }
 
+// Prompts of different lengths, right-padded into one batch, decode as they do alone: the same
+// logits at their own positions (prefill and steps, f64) and the same greedy tokens, across a
+// cache block (the longer prompt ends at position 70).
+TEST(TinyDeepseekV3, PaddedPromptsOfDifferentLengthsDecodeAsTheyDoAlone) {
+  std::map<std::string, AttrValue> attrs = TinyV3("f64");
+  auto full = Build(attrs, 1, 4, "");
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  ParamStore params;
+  params.Initialize((*full)->params(), 6);
+  auto loaded = LoadTestGraph(TestGraph("good/deepseek_import.pbtxt"));
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  const std::vector<int64_t> lengths = {5, 70, 64};
+  const int64_t longest = 70;
+  Tensor random = RandomTokens(3, longest, 13, 9)[0];
+  std::vector<double> padded = random.ToVector();
+  for (int64_t b = 0; b < 3; ++b)
+    for (int64_t t = lengths[static_cast<size_t>(b)]; t < longest; ++t)
+      padded[static_cast<size_t>(b * longest + t)] = 1;  // padding: any id
+  Tensor prompts = Tensor::FromValues(DT_I64, {3, longest}, padded);
+  auto alone = [&](int64_t b) {
+    return prompts.Slice(0, b, b + 1).Slice(1, 0, lengths[static_cast<size_t>(b)]).Contiguous();
+  };
+  // Logits: the prefill, then two steps.
+  deepseek::LatentDecoder together(*loaded, attrs, TestRegistry(), params);
+  std::vector<Tensor> steps;
+  auto first = together.Feed(prompts, lengths);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  steps.push_back(*first);
+  for (double token : {3.0, 11.0}) {
+    auto next = together.Feed(Tensor::FromValues(DT_I64, {3, 1}, {token, token, token}));
+    ASSERT_TRUE(next.ok()) << next.status().ToString();
+    steps.push_back(*next);
+  }
+  EXPECT_EQ(together.position(), longest + 2);
+  const int64_t vocab = steps[0].dim(2);
+  for (int64_t b = 0; b < 3; ++b) {
+    deepseek::LatentDecoder one(*loaded, attrs, TestRegistry(), params);
+    std::vector<Tensor> own;
+    own.push_back(*one.Feed(alone(b)));
+    own.push_back(*one.Feed(Tensor::FromValues(DT_I64, {1, 1}, {3.0})));
+    own.push_back(*one.Feed(Tensor::FromValues(DT_I64, {1, 1}, {11.0})));
+    double worst = 0;
+    for (size_t s = 0; s < 3; ++s) {
+      const int64_t t_all = steps[s].dim(1), t_own = own[s].dim(1);
+      for (int64_t t = 0; t < t_own; ++t)
+        for (int64_t v = 0; v < vocab; ++v)
+          worst = std::max(
+              worst, std::abs(steps[s].At((b * t_all + t) * vocab + v) - own[s].At(t * vocab + v)));
+    }
+    EXPECT_LT(worst, 1e-10) << "row " << b;
+  }
+  // Greedy generation.
+  deepseek::GenerateOptions greedy;
+  greedy.max_new = 12;
+  deepseek::LatentDecoder batch(*loaded, attrs, TestRegistry(), params);
+  auto all = deepseek::Generate(batch, prompts, greedy, lengths);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  for (int64_t b = 0; b < 3; ++b) {
+    deepseek::LatentDecoder one(*loaded, attrs, TestRegistry(), params);
+    auto mine = deepseek::Generate(one, alone(b), greedy);
+    ASSERT_TRUE(mine.ok()) << mine.status().ToString();
+    EXPECT_EQ(all->tokens[static_cast<size_t>(b)], mine->tokens[0]) << "row " << b;
+  }
+  // A row cannot use more tokens than it was given, nor none.
+  deepseek::LatentDecoder bad(*loaded, attrs, TestRegistry(), params);
+  auto refused = bad.Feed(prompts, {5, 71, 64});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("row 1 uses 71 of its 70 tokens (1 to 70)"),
+            std::string::npos)
+      << refused.status().message();
+}
+
 // Sampling: reproducible from the seed, greedy at top-k 1 or a tiny top-p, a batch giving each
 // prompt what it gets alone, stop tokens ending a prompt.
 TEST(TinyDeepseekV3, SamplingIsReproducibleAndStopsAtStopTokens) {

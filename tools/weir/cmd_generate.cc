@@ -6,7 +6,6 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
-#include <map>
 
 #include "args.h"
 #include "bpe.h"
@@ -41,7 +40,7 @@ form. For each prompt the new ids are printed on one line.
 With --tokenizer, prompts are text: each --prompt, or the "prompt" field of every line of
 --prompts FILE.jsonl. Each is written with --template (default the chat template the tiny
 pipeline trains with, "<|user|>{prompt}<|assistant|>"; "{prompt}" for raw text) and encoded;
-prompts of equal length decode as one batch. A completion ends at a --stop-text entry (a special
+they decode as one batch, right-padded to the longest, each at its own positions. A completion ends at a --stop-text entry (a special
 token such as <|eos|>, the default, or a string the text is cut before). One JSON line per prompt
 is printed: {"prompt": ..., "completion": ..., "tokens": N, "truncated": true|false}.
 
@@ -199,35 +198,32 @@ Status Generate(const Args& args) {
       };
     }
   }
-  // Prompts of one length decode as one batch; speculative decoding takes one at a time.
+  // The prompts decode as one batch, right-padded to the longest (each row at its own
+  // positions); speculative decoding takes one at a time.
   std::vector<std::vector<size_t>> batches;
-  std::map<size_t, std::vector<size_t>> by_length;
+  std::vector<size_t> all;
   for (size_t i = 0; i < prompts.size(); ++i) {
     if (options.speculative) {
       batches.push_back({i});
     } else {
-      by_length[prompts[i].size()].push_back(i);
+      all.push_back(i);
     }
   }
-  for (auto& [length, members] : by_length) batches.push_back(members);
+  if (!all.empty()) batches.push_back(std::move(all));
   std::vector<std::vector<int64_t>> outputs(prompts.size());
   // The batches share compiled programs (one per block position and shape).
   auto programs = std::make_shared<deepseek::DecodePrograms>();
   deepseek::Generated total;
   int64_t prompt_tokens = 0, made = 0;
   for (const auto& batch : batches) {
-    std::vector<double> ids;
-    for (size_t i : batch) ids.insert(ids.end(), prompts[i].begin(), prompts[i].end());
-    Tensor tokens = Tensor::FromValues(
-        DT_I64,
-        {static_cast<int64_t>(batch.size()), static_cast<int64_t>(prompts[batch[0]].size())}, ids);
+    auto [tokens, used] = deepseek::PadPrompts(prompts, batch);
     deepseek::LatentDecoder decoder(graph, model.attrs, OpRegistry::Global(), params, programs);
-    WEIR_ASSIGN_OR_RETURN(auto out, deepseek::Generate(decoder, tokens, options));
+    WEIR_ASSIGN_OR_RETURN(auto out, deepseek::Generate(decoder, tokens, options, used));
     for (size_t r = 0; r < batch.size(); ++r) {
       made += static_cast<int64_t>(out.tokens[r].size());
       outputs[batch[r]] = std::move(out.tokens[r]);
     }
-    prompt_tokens += tokens.numel();
+    for (int64_t u : used) prompt_tokens += u;
     total.drafted += out.drafted;
     total.accepted += out.accepted;
     total.main_steps += out.main_steps;

@@ -5,7 +5,6 @@
 #include <glog/logging.h>
 
 #include <chrono>
-#include <map>
 
 #include "bpe.h"
 #include "chat/chat.h"
@@ -73,29 +72,25 @@ class GenerateKernel : public StreamKernel {
     IntListColumn prompt_ids(n), completion_ids(n);
     IntColumn groups(n), truncated(n), lengths(n);
     StringColumn completions(n);
-    // Rows whose prompts encode to the same length decode as one batch; speculative decoding
-    // takes one row at a time.
-    std::map<size_t, std::vector<size_t>> by_length;
+    // Every row decodes in one batch, the prompts right-padded to the longest (each row at its
+    // own positions); speculative decoding takes one row at a time.
+    std::vector<size_t> all_rows;
     for (size_t i = 0; i < n; ++i) {
       WEIR_ASSIGN_OR_RETURN(std::string text,
                             FormatPrompt(ctx_.String("template"), (*prompts)[copies[i]]));
       prompt_ids[i] = tokenizer_->Encode(text, /*specials=*/true);
       if (prompt_ids[i].empty()) return ctx_.Error("row " + std::to_string(i) + ": empty prompt");
       groups[i] = groups_seen_ + static_cast<int64_t>(copies[i]);
-      if (!options_.speculative) by_length[prompt_ids[i].size()].push_back(i);
+      all_rows.push_back(i);
     }
     std::vector<std::vector<size_t>> batches;
     for (size_t i = 0; options_.speculative && i < n; ++i) batches.push_back({i});
-    for (auto& [length, members] : by_length) batches.push_back(std::move(members));
+    if (!options_.speculative && n > 0) batches.push_back(std::move(all_rows));
     int64_t prompt_tokens = 0, new_tokens = 0;
     double prefill_s = 0, decode_s = 0;
     int64_t drafted = 0, accepted = 0;
     for (const std::vector<size_t>& members : batches) {
-      size_t length = prompt_ids[members[0]].size();
-      std::vector<double> ids;
-      for (size_t i : members) ids.insert(ids.end(), prompt_ids[i].begin(), prompt_ids[i].end());
-      Tensor tokens = Tensor::FromValues(
-          DT_I64, {static_cast<int64_t>(members.size()), static_cast<int64_t>(length)}, ids);
+      auto [tokens, used] = deepseek::PadPrompts(prompt_ids, members);
       deepseek::GenerateOptions options = options_;
       // Every call draws from its own streams, the same on every run of the graph.
       options.seed = seed_ + 0x9E3779B97F4A7C15ULL * (calls_++ + 1);
@@ -110,7 +105,7 @@ class GenerateKernel : public StreamKernel {
         if (!params.ok()) return ctx_.Error(params.status().message());
         deepseek::LatentDecoder decoder(model_->graph(), model_->attrs(), model_->ops(), **params,
                                         programs_);
-        auto run = deepseek::Generate(decoder, tokens, options);
+        auto run = deepseek::Generate(decoder, tokens, options, used);
         if (!run.ok()) return ctx_.Error(run.status().message());
         generated = std::move(*run);
       }
@@ -118,7 +113,7 @@ class GenerateKernel : public StreamKernel {
       accepted += generated.accepted;
       prefill_s += generated.prefill_seconds;
       decode_s += generated.decode_seconds;
-      prompt_tokens += tokens.numel();
+      for (int64_t u : used) prompt_tokens += u;
       for (size_t m = 0; m < members.size(); ++m) {
         size_t i = members[m];
         std::vector<int64_t>& got = generated.tokens[m];
