@@ -40,9 +40,10 @@ form. For each prompt the new ids are printed on one line.
 With --tokenizer, prompts are text: each --prompt, or the "prompt" field of every line of
 --prompts FILE.jsonl. Each is written with --template (default the chat template the tiny
 pipeline trains with, "<|user|>{prompt}<|assistant|>"; "{prompt}" for raw text) and encoded;
-they decode as one batch, right-padded to the longest, each at its own positions. A completion ends at a --stop-text entry (a special
-token such as <|eos|>, the default, or a string the text is cut before). One JSON line per prompt
-is printed: {"prompt": ..., "completion": ..., "tokens": N, "truncated": true|false}.
+they decode as one batch, right-padded to the longest, each at its own positions. A completion
+ends at a --stop-text entry (a special token such as <|eos|>, the default, or a string the text
+is cut before). One JSON line per prompt is printed: {"prompt": ..., "completion": ...,
+"tokens": N, "truncated": true|false}.
 
 Greedy by default; with --temperature > 0 tokens are sampled (after --top-k and --top-p), each
 prompt from its own stream of --seed, so a run repeats exactly. A prompt ends at a --stop id
@@ -211,7 +212,7 @@ Status Generate(const Args& args) {
   }
   if (!all.empty()) batches.push_back(std::move(all));
   std::vector<std::vector<int64_t>> outputs(prompts.size());
-  // The batches share compiled programs (one per block position and shape).
+  // The batches share compiled programs (one per block function and shape).
   auto programs = std::make_shared<deepseek::DecodePrograms>();
   deepseek::Generated total;
   int64_t prompt_tokens = 0, made = 0;
