@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -91,6 +92,19 @@ __device__ __forceinline__ D Store(double v) {
 
 __device__ __forceinline__ float Exp(float x) { return expf(x); }
 __device__ __forceinline__ double Exp(double x) { return exp(x); }
+
+template <typename A>
+__device__ __forceinline__ A Infinity() {
+  return static_cast<A>(INFINITY);
+}
+// What a kernel writes where it cannot report an error without a wait (a bad id, a bad block).
+template <typename A>
+__device__ __forceinline__ A QuietNaN() {
+  if constexpr (std::is_same_v<A, double>)
+    return nan("");
+  else
+    return nanf("");
+}
 
 constexpr unsigned kFullMask = 0xffffffffu;  // every lane of a warp
 

@@ -45,16 +45,10 @@ struct DecodeGeometry {
 };
 
 using cuda::Exp;
+using cuda::Infinity;
+using cuda::QuietNaN;
 using cuda::WarpMax;
 using cuda::WarpSum;
-
-template <typename A>
-__device__ __forceinline__ A Infinity() {
-  if constexpr (std::is_same_v<A, double>)
-    return __longlong_as_double(0x7ff0000000000000LL);
-  else
-    return __int_as_float(0x7f800000);
-}
 
 // nn.Attention's keys: k [batch, keys, kv_heads, d] and v [batch, keys, kv_heads, dv].
 template <typename T>
@@ -110,14 +104,6 @@ struct PagedKeys {
   }
   __device__ const T* Value(int b, int kv_head, int j) const { return Key(b, kv_head, j); }
 };
-
-template <typename A>
-__device__ __forceinline__ A QuietNaN() {
-  if constexpr (std::is_same_v<A, double>)
-    return __longlong_as_double(0x7ff8000000000000LL);
-  else
-    return __int_as_float(0x7fc00000);
-}
 
 // Row r of a kv head's group is head (kv_head · group + r / time) at time r % time.
 template <typename T, typename A, typename Keys>

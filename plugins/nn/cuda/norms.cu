@@ -62,17 +62,8 @@ __device__ __forceinline__ float DeviceLog(float v) { return logf(v); }
 __device__ __forceinline__ double DeviceLog(double v) { return log(v); }
 __device__ __forceinline__ float DeviceSqrt(float v) { return sqrtf(v); }
 __device__ __forceinline__ double DeviceSqrt(double v) { return sqrt(v); }
-template <typename A>
-__device__ __forceinline__ A Infinity() {
-  return static_cast<A>(INFINITY);
-}
-template <typename A>
-__device__ __forceinline__ A QuietNaN() {
-  if constexpr (std::is_same_v<A, double>)
-    return nan("");
-  else
-    return nanf("");
-}
+using cuda::Infinity;
+using cuda::QuietNaN;
 
 // ---- Block reductions ----------------------------------------------------------------------
 
