@@ -112,6 +112,19 @@ AccumulatorOf<T> ExpSum(const T* row, int64_t n, AccumulatorOf<T> scale, Accumul
                         : ExpSumLoop<false>(row, n, scale, shift, out);
 }
 
+// One row of a flash-attention block's online softmax: folds the scores row[0, n) (unscaled,
+// scale > 0) into the row's running max m and sum l, stores exp(row·scale − m) to p[0, n), and
+// returns the factor the row's earlier output must be multiplied by.
+template <typename T, typename A>
+A OnlineSoftmaxStep(const A* row, int64_t n, A scale, A& m, A& l, T* p) {
+  A mn = std::max(m, RowMax(row, n) * scale);
+  A sum = ExpSum(row, n, scale, mn, p);
+  A corr = Exp(m - mn);
+  l = l * corr + sum;
+  m = mn;
+  return corr;
+}
+
 // The gradient of an op whose output is its input (a shared weight, a marker).
 inline Status IdentityGradient(GradContext& g) {
   if (g.needs_grad(0)) g.set_input_grad(0, g.grad(0));

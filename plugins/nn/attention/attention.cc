@@ -214,13 +214,9 @@ Status AttentionCpu(KernelContext& ctx) {
             std::fill(prow, prow + begin, T(0));
             std::fill(prow + std::max(begin, end), prow + nk, T(0));
             if (end <= begin) continue;
-            const A* row = s.data() + i * nk + begin;
-            A mn = std::max(m[i], RowMax(row, end - begin) * scale);  // scale > 0
-            A sum = ExpSum(row, end - begin, scale, mn, prow + begin);
-            A corr = Exp(m[i] - mn);
-            l[i] = l[i] * corr + sum;
+            A corr = OnlineSoftmaxStep(s.data() + i * nk + begin, end - begin, scale, m[i], l[i],
+                                       prow + begin);
             for (int64_t x = 0; x < d.dv; ++x) acc[i * d.dv + x] *= corr;
-            m[i] = mn;
           }
           if (st.ok()) {
             st = GemmBlock(kT, kA, nq, d.dv, nk, MatrixRef{p.data(), nk}, v.At(b, k0, hk),

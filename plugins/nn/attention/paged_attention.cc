@@ -171,13 +171,9 @@ Status PagedLatentAttentionCpu(KernelContext& ctx) {
             int64_t visible = c < new_chunk ? nk : (r0 + i) / d.heads + 1;
             T* prow = p.data() + i * nk;
             std::fill(prow + visible, prow + nk, T(0));
-            const A* row = s.data() + i * nk;
-            A mn = std::max(m[static_cast<size_t>(i)], RowMax(row, visible) * scale);  // scale > 0
-            A sum = ExpSum(row, visible, scale, mn, prow);
-            A corr = Exp(m[static_cast<size_t>(i)] - mn);
-            l[static_cast<size_t>(i)] = l[static_cast<size_t>(i)] * corr + sum;
+            A corr = OnlineSoftmaxStep(s.data() + i * nk, visible, scale, m[static_cast<size_t>(i)],
+                                       l[static_cast<size_t>(i)], prow);
             for (int64_t x = 0; x < d.dv; ++x) acc[static_cast<size_t>(i * d.dv + x)] *= corr;
-            m[static_cast<size_t>(i)] = mn;
           }
           if (st.ok()) {
             st = GemmBlock(kT, kA, nr, d.dv, nk, MatrixRef{p.data(), nk}, MatrixRef{keys, d.d},
